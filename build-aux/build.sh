@@ -1,0 +1,59 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Configure (once) and build a minimal x86_64-softmmu QEMU out of tree:
+#   build.sh SRC OBJ
+# KVM + TCG, system libfdt, no docs, no downloads, no blobs.  Option ROMs are
+# built from source; SeaBIOS and the NIC ROMs come from Debian's packages and
+# are copied into the build's data folder.  ccache is used when present, with
+# a cache outside the clone ($CCACHE_DIR, default ~/.cache/qemu-vmt-ccache).
+set -eu
+
+SRC=$(cd "$1" && pwd)
+mkdir -p "$2"
+OBJ=$(cd "$2" && pwd)
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/qemu-vmt-ccache}
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-3G}
+
+CONFIGURE_ARGS="--target-list=x86_64-softmmu --without-default-features
+ --enable-kvm --enable-tcg --enable-fdt=system --disable-docs
+ --disable-download --disable-install-blobs --disable-werror
+ --python=/usr/bin/python3 "
+
+if [ ! -f "$OBJ/build.ninja" ] ||
+   [ "$(cat "$OBJ/.configure-args" 2>/dev/null)" != "$CONFIGURE_ARGS" ]; then
+    echo "build: configuring $OBJ"
+    # shellcheck disable=SC2086
+    (cd "$OBJ" && "$SRC/configure" $CONFIGURE_ARGS) > "$OBJ/configure.log" 2>&1 || {
+        tail -30 "$OBJ/configure.log" >&2
+        echo "build: configure failed, see $OBJ/configure.log" >&2
+        exit 1
+    }
+    echo "$CONFIGURE_ARGS" > "$OBJ/.configure-args"
+fi
+
+TARGETS="qemu-system-x86_64 tests/qtest/migration-test ${EXTRA_TARGETS:-}"
+ninja -C "$OBJ" $TARGETS
+
+# Firmware from Debian's packages into the data folder QEMU searches when
+# run from the build tree.
+DATA=$(ls -d "$OBJ"/qemu-bundle/*/share/qemu "$OBJ"/qemu-bundle/*/*/share/qemu 2>/dev/null | head -1)
+if [ -z "$DATA" ]; then
+    DATA=$OBJ/qemu-bundle/usr/local/share/qemu
+fi
+mkdir -p "$DATA"
+for f in /usr/share/seabios/bios-256k.bin /usr/share/seabios/bios-microvm.bin \
+         /usr/share/seabios/bios.bin /usr/share/seabios/vgabios-stdvga.bin \
+         /usr/lib/ipxe/qemu/efi-e1000e.rom /usr/lib/ipxe/qemu/efi-e1000.rom \
+         /usr/lib/ipxe/qemu/efi-virtio.rom; do
+    b=$(basename "$f")
+    cmp -s "$f" "$DATA/$b" || cp "$f" "$DATA/$b"
+done
+for f in "$OBJ"/pc-bios/optionrom/*.bin; do
+    [ -f "$f" ] || continue
+    b=$(basename "$f")
+    [ -e "$DATA/$b" ] || ln -sf "$f" "$DATA/$b"
+done
+echo "build: $OBJ/qemu-system-x86_64 ready"
