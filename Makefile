@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Build driver for the VM templating series over pinned QEMU 10.0.13.
+#
+#   make deps        install Debian packages (apt-get; root or sudo)
+#   make fetch       pinned upstream tarball, SHA-256 verified
+#   make tree        assemble build/src: upstream + new files + patches/series
+#   make build       our QEMU in build/qemu (and the qtests)
+#   make upstream    pristine upstream QEMU in build/qemu-upstream
+#   make guest       the bundled test guest in build/guest
+#   make check       everything above, then qtests and the end-to-end suite
+#   make demo        everything above, then a template and clones, with timings
+#   make patches-git / patches-export   edit the series in a git tree
+#
+# Each step is cheap to re-run when its inputs did not change.
+
+SHARED ?= ../shared
+B      := build
+DL     := $(B)/dl
+SRC    := $(B)/src
+OBJ    := $(B)/qemu
+UPSRC  := $(B)/upstream-src
+UPOBJ  := $(B)/qemu-upstream
+GUEST  := $(B)/guest
+PY     := /usr/bin/python3
+
+export SHARED DL
+
+.PHONY: all deps fetch tree build upstream guest check check-qtest check-e2e \
+        demo patches-git patches-export clean distclean
+
+all: build
+
+deps:
+	@sh build-aux/deps.sh
+
+fetch: deps
+	@sh build-aux/fetch.sh
+
+tree: fetch
+	@sh build-aux/tree.sh ours $(SRC)
+
+build: tree
+	@sh build-aux/build.sh $(SRC) $(OBJ)
+
+upstream: fetch
+	@sh build-aux/tree.sh upstream $(UPSRC)
+	@sh build-aux/build.sh $(UPSRC) $(UPOBJ)
+
+guest: deps
+	@sh tests/guest/build-guest.sh $(GUEST)
+
+check: build upstream guest
+	@sh build-aux/check.sh
+
+demo: build guest
+	@$(PY) tests/vmt/demo.py
+
+# A git tree for editing the series: upstream is one commit, the new files
+# another, each patch one commit on top.  Edit, commit (or rebase), then
+# 'make patches-export' writes patches/ and patches/series back.
+patches-git: fetch
+	@sh build-aux/patches-git.sh init $(B)/patches-git
+
+patches-export:
+	@sh build-aux/patches-git.sh export $(B)/patches-git
+
+clean:
+	rm -rf $(OBJ) $(UPOBJ) $(SRC) $(UPSRC) $(GUEST)
+
+distclean:
+	rm -rf $(B)
