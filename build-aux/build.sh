@@ -34,6 +34,10 @@ if [ ! -f "$OBJ/build.ninja" ] ||
     echo "$CONFIGURE_ARGS" > "$OBJ/.configure-args"
 fi
 
+# Option ROMs (linuxboot_dma.bin, kvmvapic.bin, ...) are built from source
+# by configure's make fragment, not by ninja.
+make -s -C "$OBJ/pc-bios/optionrom" >/dev/null
+
 TARGETS="qemu-system-x86_64 tests/qtest/migration-test ${EXTRA_TARGETS:-}"
 ninja -C "$OBJ" $TARGETS
 

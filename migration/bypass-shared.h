@@ -1,0 +1,31 @@
+/*
+ * bypass-shared-memory: save device state only, clones map the RAM file
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_MIGRATION_BYPASS_SHARED_H
+#define QEMU_MIGRATION_BYPASS_SHARED_H
+
+#include "exec/cpu-common.h"
+
+/*
+ * Registers the "bypass-shared-memory" live section.  Must run before
+ * ram_mig_init() so that the section precedes RAM in the stream.
+ */
+void bypass_shared_mig_init(void);
+
+/*
+ * True when @rb is not sent because shared memory is bypassed:
+ * on the source, the capability is on and @rb is shared and backed by a
+ * named file; on the destination, the incoming stream listed @rb.
+ */
+bool bypass_shared_block_is_bypassed(RAMBlock *rb);
+
+/* True while an incoming stream that bypasses shared memory is loaded. */
+bool bypass_shared_incoming_active(void);
+
+/* Capability compatibility, called from migrate_caps_check(). */
+bool bypass_shared_caps_check(bool *new_caps, Error **errp);
+
+#endif
