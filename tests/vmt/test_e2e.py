@@ -1,0 +1,152 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+VMT end-to-end tests: the bundled test guest and the upstream template /
+clone flow with x-ignore-shared.  Run with tests/vmt/run.py.
+
+These tests assert behaviour only; they never check timings.
+"""
+
+import os
+import re
+import unittest
+
+import vmt
+
+WRITE_MIB = 8
+
+
+class GuestAgentTest(unittest.TestCase):
+    """Boot the bundled guest and exercise every agent request."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.vm = vmt.VM(name='guest')
+        try:
+            cls.vm.launch()
+            cls.banner = cls.vm.wait_banner()
+        except BaseException:
+            cls.vm.kill()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.vm.shutdown()
+
+    def test_banner(self):
+        self.assertRegex(self.banner, r'^READY \d+$')
+
+    def test_ping(self):
+        self.assertEqual(self.vm.agent.ping(), 'pong')
+
+    def test_unknown_request(self):
+        self.assertEqual(self.vm.agent.request('frobnicate 1 2'),
+                         'err unknown frobnicate 1 2')
+
+    def test_write_and_sum(self):
+        a = self.vm.agent
+        self.assertEqual(a.write(42, WRITE_MIB), f'ok write {WRITE_MIB}')
+        s1 = a.sum()
+        s2 = a.sum()
+        self.assertRegex(s1, r'^[0-9a-f]{64}$')
+        self.assertEqual(s1, s2)
+        # deterministic: same seed, same data; other seed, other data
+        self.assertEqual(a.write(42, WRITE_MIB), f'ok write {WRITE_MIB}')
+        self.assertEqual(a.sum(), s1)
+        self.assertEqual(a.write(43, WRITE_MIB), f'ok write {WRITE_MIB}')
+        self.assertNotEqual(a.sum(), s1)
+
+    def test_write_usage(self):
+        self.assertTrue(self.vm.agent.request('write x 1').startswith('err '))
+
+    def test_rand(self):
+        a = self.vm.agent
+        r1 = a.rand(32)
+        r2 = a.rand(32)
+        self.assertRegex(r1, r'^[0-9a-f]{64}$')
+        self.assertRegex(r2, r'^[0-9a-f]{64}$')
+        self.assertNotEqual(r1, r2)
+        self.assertEqual(len(a.rand(1)), 2)
+
+    def test_genid(self):
+        ans = self.vm.agent.request('genid')
+        self.assertRegex(ans, r'^genid driver=[01] device=[01] reseeds=\d+$')
+
+
+class TemplateCloneTest(unittest.TestCase):
+    """Upstream templating: save a template with x-ignore-shared, start
+    three clones from its RAM file (share=off) and its state."""
+
+    NCLONES = 3
+    TEMPLATE_SEED = 7
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = vmt.TempDir(prefix='vmt-e2e-tpl-')
+        cls.ram = cls.tmp.join('template.ram')
+        cls.state = cls.tmp.join('state')
+        cls.clones = []
+        try:
+            with vmt.VM(name='template', tmpdir=cls.tmp.path,
+                        extra_args=vmt.ram_backend_args(cls.ram, True)) as t:
+                t.launch()
+                t.wait_banner()
+                a = t.agent
+                assert a.write(cls.TEMPLATE_SEED, WRITE_MIB) == \
+                    f'ok write {WRITE_MIB}'
+                cls.template_sum = a.sum()
+                vmt.migrate_to_file(t, cls.state, 'ignore-shared')
+                t.shutdown()
+            cls.ram_sha = vmt.sha256_file(cls.ram)
+            for i in range(cls.NCLONES):
+                c = vmt.VM(name=f'clone{i}', tmpdir=cls.tmp.path,
+                           extra_args=vmt.clone_args(cls.ram, cls.state))
+                cls.clones.append(c)
+                c.launch()
+                vmt.restore_clone(c, cls.state, 'ignore-shared')
+            for c in cls.clones:
+                c.wait_pong()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for c in cls.clones:
+            c.kill()
+        cls.tmp.cleanup()
+
+    def test_a_state_small(self):
+        # guest RAM is not in the state file: far less than 256 MiB
+        self.assertLess(os.path.getsize(self.state), 32 << 20)
+
+    def test_b_clones_run(self):
+        for c in self.clones:
+            self.assertEqual(c.status(), 'running', c.name)
+            self.assertEqual(c.agent.ping(), 'pong', c.name)
+
+    def test_c_clones_see_template_data(self):
+        for c in self.clones:
+            self.assertEqual(c.agent.sum(), self.template_sum, c.name)
+
+    def test_d_clone_writes_are_private(self):
+        a0 = self.clones[0].agent
+        self.assertEqual(a0.write(1234, WRITE_MIB), f'ok write {WRITE_MIB}')
+        s0 = a0.sum()
+        self.assertNotEqual(s0, self.template_sum)
+        for c in self.clones[1:]:
+            self.assertEqual(c.agent.sum(), self.template_sum, c.name)
+        self.assertEqual(a0.sum(), s0)
+        # the template RAM file is never written by a share=off clone
+        self.assertEqual(vmt.sha256_file(self.ram), self.ram_sha)
+
+    def test_e_clone_ram_is_private_mapping(self):
+        m = self.clones[0].smaps(path=self.ram)
+        self.assertEqual(m['Size'], 256 << 10)
+        # pages the clone wrote are private copies
+        self.assertGreater(m['Private_Dirty'], 0)
+
+    def test_f_genid_format(self):
+        for c in self.clones:
+            g = c.agent.genid()
+            self.assertEqual(set(g), {'driver', 'device', 'reseeds'}, c.name)
+            self.assertTrue(re.fullmatch(r'\d+', g['reseeds']), c.name)

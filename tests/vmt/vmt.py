@@ -1,0 +1,766 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+VMT end-to-end harness library.
+
+Launches QEMU VMs running the bundled test guest (tests/guest/), talks to
+them over QMP and to the guest agent over a serial line, measures start-up
+latencies and reads memory accounting from /proc.  The agent protocol is
+documented in docs/devel/vmt-guest-agent.rst.
+
+Only the Python standard library is used, plus QEMU's in-tree QMP library
+(``qemu.qmp.legacy``) from a QEMU source tree's python/ directory.
+
+Environment variables:
+
+  VMT_QEMU     QEMU binary (default: build/qemu/qemu-system-x86_64)
+  VMT_PYTHON   directory holding QEMU's python package "qemu" (default:
+               build/src/python, else build/upstream-src/python)
+  VMT_GUEST    directory with vmlinuz and initrd.img (default: build/guest)
+  VMT_ACCEL    kvm|tcg; default: probe once and cache in build/guest/accel-probe
+  VMT_TMPDIR   where per-test directories go (default: /dev/shm, else /tmp)
+  VMT_KEEP     set to 1 to keep per-test directories (for debugging)
+  VMT_VERBOSE  set to 1 to print every QEMU command line
+"""
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SRCDIR = os.path.dirname(os.path.abspath(__file__))
+TOPDIR = os.path.normpath(os.path.join(SRCDIR, '..', '..'))
+BUILDDIR = os.path.join(TOPDIR, 'build')
+
+DEFAULT_QEMU = os.path.join(BUILDDIR, 'qemu', 'qemu-system-x86_64')
+DEFAULT_GUEST = os.path.join(BUILDDIR, 'guest')
+ACCEL_CACHE = os.path.join(DEFAULT_GUEST, 'accel-probe')
+
+AGENT_PREFIX = 'VMT-AGENT '
+KERNEL_CMDLINE = ('console=ttyS0 quiet panic=-1 vmt_agent=ttyS1 '
+                  'no_timer_check tsc=unstable')
+GUEST_MEM = '256M'
+
+
+class VMTError(Exception):
+    pass
+
+
+def now_ns():
+    return time.perf_counter_ns()
+
+
+def ms(ns):
+    """Nanoseconds to milliseconds (float)."""
+    return ns / 1e6
+
+
+def log(msg):
+    print(f'vmt: {msg}', file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# configuration
+
+def qemu_binary(path=None):
+    path = path or os.environ.get('VMT_QEMU') or DEFAULT_QEMU
+    if not os.access(path, os.X_OK):
+        raise VMTError(f'QEMU binary {path} not found (set VMT_QEMU '
+                       'or pass --qemu)')
+    return os.path.abspath(path)
+
+
+def python_dir(path=None, binary=None):
+    """The python dir: explicit, $VMT_PYTHON, else the one matching the
+    QEMU binary (build/qemu-upstream -> build/upstream-src/python,
+    build/qemu -> build/src/python), else whichever exists."""
+    cands = [path, os.environ.get('VMT_PYTHON')]
+    try:
+        bdir = os.path.dirname(qemu_binary(binary))
+    except VMTError:
+        bdir = ''
+    if bdir == os.path.join(BUILDDIR, 'qemu-upstream'):
+        cands.append(os.path.join(BUILDDIR, 'upstream-src', 'python'))
+    cands += [os.path.join(BUILDDIR, 'src', 'python'),
+              os.path.join(BUILDDIR, 'upstream-src', 'python')]
+    for c in cands:
+        if c and os.path.isdir(os.path.join(c, 'qemu', 'qmp')):
+            return os.path.abspath(c)
+    raise VMTError('QEMU python directory (with qemu/qmp) not found; '
+                   'set VMT_PYTHON')
+
+
+_QMP_CLASS = None
+
+
+def qmp_class(pydir=None):
+    """Import qemu.qmp.legacy.QEMUMonitorProtocol from the python dir."""
+    global _QMP_CLASS
+    if _QMP_CLASS is None:
+        d = python_dir(pydir)
+        if d not in sys.path:
+            sys.path.insert(0, d)
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+        _QMP_CLASS = QEMUMonitorProtocol
+    return _QMP_CLASS
+
+
+def guest_files(guestdir=None):
+    d = guestdir or os.environ.get('VMT_GUEST') or DEFAULT_GUEST
+    kernel = os.path.join(d, 'vmlinuz')
+    initrd = os.path.join(d, 'initrd.img')
+    for f in (kernel, initrd):
+        if not os.path.isfile(f):
+            raise VMTError(f'{f} missing: run tests/guest/build-guest.sh {d}')
+    return kernel, initrd
+
+
+def tmp_base():
+    base = os.environ.get('VMT_TMPDIR')
+    if not base:
+        base = '/dev/shm' if os.path.isdir('/dev/shm') else '/tmp'
+    return base
+
+
+# ---------------------------------------------------------------------------
+# cleanup: every VM and temp dir we create is registered here
+
+_vms = []
+_tmpdirs = []
+_cleanup_lock = threading.RLock()
+
+
+def cleanup_all():
+    with _cleanup_lock:
+        for vm in list(_vms):
+            try:
+                vm.kill()
+            except Exception:
+                pass
+        for d in list(_tmpdirs):
+            remove_tmpdir(d)
+
+
+def remove_tmpdir(d):
+    with _cleanup_lock:
+        if d in _tmpdirs:
+            _tmpdirs.remove(d)
+    if os.environ.get('VMT_KEEP') == '1':
+        log(f'keeping {d}')
+        return
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _on_signal(signum, frame):
+    # Turn SIGTERM/SIGHUP into an exception so that context managers run;
+    # SIGINT already raises KeyboardInterrupt.  atexit is the last resort.
+    cleanup_all()
+    raise SystemExit(128 + signum)
+
+
+atexit.register(cleanup_all)
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    try:
+        signal.signal(_sig, _on_signal)
+    except (ValueError, OSError):
+        pass
+
+
+class TempDir:
+    """A per-test directory (on tmpfs by default), removed on exit."""
+
+    def __init__(self, prefix='vmt-'):
+        self.path = tempfile.mkdtemp(prefix=prefix, dir=tmp_base())
+        with _cleanup_lock:
+            _tmpdirs.append(self.path)
+
+    def join(self, *names):
+        return os.path.join(self.path, *names)
+
+    def cleanup(self):
+        remove_tmpdir(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+
+def _child_setup():
+    # Own process group (Ctrl-C goes to us, we kill QEMU ourselves) and
+    # SIGKILL when the harness dies without cleaning up.
+    os.setpgid(0, 0)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)     # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# guest agent client
+
+class AgentError(VMTError):
+    pass
+
+
+class Agent:
+    """Client of the guest agent on a unix socket chardev.
+
+    Lines not starting with AGENT_PREFIX are noise and skipped."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = None
+        self.buf = b''
+
+    def connect(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.path)
+                self.sock = s
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                if time.monotonic() > deadline:
+                    raise AgentError(f'cannot connect to {self.path}')
+                time.sleep(0.002)
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b'\n')
+
+    def read_answer(self, timeout):
+        """Next prefixed answer (without the prefix), None on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b'\n' in self.buf:
+                raw, self.buf = self.buf.split(b'\n', 1)
+                line = raw.decode('utf-8', 'replace').strip('\r\x00 ')
+                i = line.find(AGENT_PREFIX)
+                if i >= 0:
+                    return line[i + len(AGENT_PREFIX):]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if not data:
+                raise AgentError('agent connection closed')
+            self.buf += data
+
+    def drain(self):
+        """Forget anything received so far (stale banners etc.)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+        except (BlockingIOError, socket.timeout):
+            pass
+        self.buf = b''
+
+    def wait_banner(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            ans = self.read_answer(max(0.0, deadline - time.monotonic()))
+            if ans is None:
+                raise AgentError(f'no agent banner within {timeout} s')
+            if ans.startswith('READY'):
+                return ans
+
+    def request(self, req, timeout=60.0):
+        """Send one request, return its answer (prefix stripped).
+
+        Banners are skipped; an answer to an earlier request that timed
+        out could still arrive late, so callers use wait-free requests."""
+        self.drain()
+        self.send(req)
+        deadline = time.monotonic() + timeout
+        while True:
+            ans = self.read_answer(max(0.0, deadline - time.monotonic()))
+            if ans is None:
+                raise AgentError(f'no answer to {req!r} within {timeout} s')
+            if not ans.startswith('READY'):
+                return ans
+
+    def ping_until_pong(self, timeout=60.0, interval=1.0):
+        """Ping repeatedly until a pong arrives (the first ping may be
+        lost while the guest is not listening yet)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.send('ping')
+            end = min(deadline, time.monotonic() + interval)
+            while True:
+                ans = self.read_answer(max(0.0, end - time.monotonic()))
+                if ans is None:
+                    break
+                if ans == 'pong':
+                    # drop answers to earlier, delayed pings
+                    time.sleep(0.05)
+                    self.drain()
+                    return now_ns()
+        raise AgentError(f'no pong within {timeout} s')
+
+    # convenience wrappers for the documented requests
+    def ping(self, timeout=30.0):
+        return self.request('ping', timeout)
+
+    def write(self, seed, mib, timeout=120.0):
+        return self.request(f'write {seed} {mib}', timeout)
+
+    def sum(self, timeout=60.0):
+        ans = self.request('sum', timeout)
+        if not ans.startswith('sum '):
+            raise AgentError(f'sum failed: {ans}')
+        return ans.split()[1]
+
+    def rand(self, n, timeout=30.0):
+        ans = self.request(f'rand {n}', timeout)
+        if not ans.startswith('rand '):
+            raise AgentError(f'rand failed: {ans}')
+        return ans.split()[1]
+
+    def genid(self, timeout=30.0):
+        """Returns the genid answer as a dict of its key=value fields."""
+        ans = self.request('genid', timeout)
+        f = ans.split()
+        if not f or f[0] != 'genid':
+            raise AgentError(f'genid failed: {ans}')
+        return dict(kv.split('=', 1) for kv in f[1:])
+
+
+# ---------------------------------------------------------------------------
+# accelerator selection
+
+_accel = None
+
+
+def _probe_kvm(binary):
+    if not os.access('/dev/kvm', os.R_OK | os.W_OK):
+        return False, 'no usable /dev/kvm'
+    try:
+        with VM(binary, accel='kvm', name='accel-probe') as vm:
+            vm.launch()
+            try:
+                vm.agent.wait_banner(timeout=15.0)
+            except AgentError:
+                return False, 'guest did not reach the agent banner ' \
+                    'within 15 s under KVM'
+            return True, 'guest reached the agent banner under KVM'
+    except VMTError as e:
+        return False, f'KVM launch failed: {e}'
+
+
+def select_accel(binary=None):
+    """kvm or tcg: VMT_ACCEL, else the cached probe result, else probe."""
+    global _accel
+    if _accel:
+        return _accel
+    how = ''
+    env = os.environ.get('VMT_ACCEL')
+    if env:
+        if env not in ('kvm', 'tcg'):
+            raise VMTError(f'VMT_ACCEL must be kvm or tcg, not {env}')
+        _accel, how = env, 'from VMT_ACCEL'
+    else:
+        try:
+            with open(ACCEL_CACHE) as f:
+                cached = f.readline().split()
+            if cached and cached[0] in ('kvm', 'tcg'):
+                _accel, how = cached[0], f'cached in {ACCEL_CACHE}'
+        except OSError:
+            pass
+    if not _accel:
+        log('probing KVM (up to 15 s) ...')
+        ok, why = _probe_kvm(qemu_binary(binary))
+        _accel = 'kvm' if ok else 'tcg'
+        how = f'probed: {why}'
+        try:
+            os.makedirs(os.path.dirname(ACCEL_CACHE), exist_ok=True)
+            with open(ACCEL_CACHE, 'w') as f:
+                f.write(f'{_accel}\n# {why}\n')
+        except OSError:
+            pass
+    log(f'accelerator: {_accel} ({how})')
+    return _accel
+
+
+# ---------------------------------------------------------------------------
+# the VM
+
+class VM:
+    """One QEMU process running the test guest.
+
+    The per-VM directory holds qmp.sock, agent.sock (the guest's ttyS1)
+    and console.log (the guest's ttyS0).  Timestamps (perf_counter_ns) are
+    kept in self.t: 'exec', 'qmp' (first QMP reply), 'banner', 'pong'.
+    """
+
+    def __init__(self, binary=None, extra_args=(), accel=None, name='vm',
+                 tmpdir=None, guest=None, mem=GUEST_MEM, kernel_args='',
+                 with_guest=True, pydir=None):
+        self.binary = qemu_binary(binary)
+        self.extra_args = list(extra_args)
+        self.accel = accel
+        self.name = name
+        self.mem = mem
+        self.kernel_args = kernel_args
+        self.with_guest = with_guest
+        self.guest = guest
+        self.pydir = pydir
+        self._own_tmp = tmpdir is None
+        self.tmp = TempDir(prefix=f'vmt-{name}-') if tmpdir is None else None
+        base = self.tmp.path if self.tmp else tmpdir
+        self.dir = os.path.join(base, name) if tmpdir else base
+        os.makedirs(self.dir, exist_ok=True)
+        self.qmp_path = os.path.join(self.dir, 'qmp.sock')
+        self.agent_path = os.path.join(self.dir, 'agent.sock')
+        self.console = os.path.join(self.dir, 'console.log')
+        self.stderr_path = os.path.join(self.dir, 'qemu.stderr')
+        self.proc = None
+        self.qmp = None
+        self.agent = Agent(self.agent_path)
+        self.t = {}
+
+    # -- command line
+    def args(self):
+        accel = self.accel or select_accel(self.binary)
+        a = [self.binary, '-M', 'pc', '-m', self.mem, '-nodefaults',
+             '-no-user-config', '-display', 'none', '-no-reboot',
+             '-accel', accel,
+             '-chardev', f'socket,id=qmp,path={self.qmp_path},'
+                         'server=on,wait=off',
+             '-mon', 'chardev=qmp,mode=control',
+             '-serial', f'file:{self.console}',
+             '-chardev', f'socket,id=agent,path={self.agent_path},'
+                         'server=on,wait=off',
+             '-serial', 'chardev:agent']
+        if self.with_guest:
+            kernel, initrd = guest_files(self.guest)
+            cmdline = KERNEL_CMDLINE
+            if self.kernel_args:
+                cmdline += ' ' + self.kernel_args
+            a += ['-kernel', kernel, '-initrd', initrd, '-append', cmdline]
+        return a + self.extra_args
+
+    # -- life cycle
+    def launch(self, connect_agent=True):
+        """Start QEMU; connect QMP (and the agent socket).  Returns the
+        exec timestamp."""
+        args = self.args()
+        if os.environ.get('VMT_VERBOSE') == '1':
+            log(f'{self.name}: ' + ' '.join(args))
+        stderr = open(self.stderr_path, 'wb')
+        with _cleanup_lock:
+            self.t['exec'] = now_ns()
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                         stdout=stderr, stderr=stderr,
+                                         preexec_fn=_child_setup)
+            _vms.append(self)
+        stderr.close()
+        self.connect_qmp()
+        if connect_agent:
+            self.agent.connect()
+        return self.t['exec']
+
+    def connect_qmp(self, timeout=30.0):
+        """Connect (retrying until the socket is there) and negotiate;
+        the qmp_capabilities reply is the first QMP reply."""
+        cls = qmp_class(self.pydir)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            if os.path.exists(self.qmp_path):
+                q = cls(self.qmp_path)
+                try:
+                    q.connect(negotiate=True)
+                    self.t['qmp'] = now_ns()
+                    self.qmp = q
+                    return
+                except Exception:
+                    try:
+                        q.close()
+                    except Exception:
+                        pass
+            if time.monotonic() > deadline:
+                raise VMTError(f'{self.name}: QMP not reachable')
+            time.sleep(0.001)
+
+    def _check_alive(self):
+        if self.proc and self.proc.poll() is not None:
+            raise VMTError(f'{self.name}: QEMU exited with '
+                           f'{self.proc.returncode}: {self.stderr_tail()}')
+
+    def stderr_tail(self, n=2000):
+        try:
+            with open(self.stderr_path, 'rb') as f:
+                return f.read()[-n:].decode('utf-8', 'replace').strip()
+        except OSError:
+            return ''
+
+    def console_tail(self, n=2000):
+        try:
+            with open(self.console, 'rb') as f:
+                return f.read()[-n:].decode('utf-8', 'replace')
+        except OSError:
+            return ''
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def wait_banner(self, timeout=120.0):
+        try:
+            ans = self.agent.wait_banner(timeout)
+        except AgentError as e:
+            raise AgentError(f'{self.name}: {e}; console:\n'
+                             f'{self.console_tail()}') from None
+        self.t['banner'] = now_ns()
+        return ans
+
+    def wait_pong(self, timeout=60.0):
+        self.t['pong'] = self.agent.ping_until_pong(timeout)
+        return self.t['pong']
+
+    def shutdown(self, timeout=10.0):
+        """quit via QMP, then make sure the process is gone."""
+        if self.proc and self.proc.poll() is None and self.qmp:
+            try:
+                self.qmp.cmd('quit')
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self):
+        self.agent.close()
+        if self.qmp:
+            try:
+                self.qmp.close()
+            except Exception:
+                pass
+            self.qmp = None
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
+            self.proc.wait()
+        with _cleanup_lock:
+            if self in _vms:
+                _vms.remove(self)
+        if self.tmp and self._own_tmp:
+            self.tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+        return False
+
+    # -- QMP helpers
+    def cmd(self, name, **args):
+        self._check_alive()
+        return self.qmp.cmd(name, **args)
+
+    def set_caps(self, **caps):
+        self.cmd('migrate-set-capabilities',
+                 capabilities=[{'capability': k.replace('_', '-'),
+                                'state': bool(v)} for k, v in caps.items()])
+
+    def status(self):
+        return self.cmd('query-status')['status']
+
+    def wait_migration(self, timeout=300.0, poll=0.002):
+        """Poll query-migrate until completed; raise on failure."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.cmd('query-migrate')
+            st = info.get('status')
+            if st == 'completed':
+                return info
+            if st in ('failed', 'cancelled'):
+                raise VMTError(f'{self.name}: migration {st}: '
+                               f'{info.get("error-desc", "")} '
+                               f'{self.stderr_tail()}')
+            if time.monotonic() > deadline:
+                raise VMTError(f'{self.name}: migration not completed '
+                               f'after {timeout} s (status {st})')
+            time.sleep(poll)
+
+    def wait_event(self, name, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VMTError(f'{self.name}: no {name} event')
+            try:
+                ev = self.qmp.pull_event(wait=float(left))
+            except Exception:
+                raise VMTError(f'{self.name}: no {name} event') from None
+            if ev and ev.get('event') == name:
+                return ev
+
+    # -- memory
+    def smaps(self, path=None, anon_size=None):
+        return smaps_mapping(self.pid, path=path, anon_size=anon_size)
+
+    def smaps_rollup(self):
+        return smaps_rollup(self.pid)
+
+
+# ---------------------------------------------------------------------------
+# memory accounting (all values in KiB)
+
+SMAPS_FIELDS = ('Rss', 'Pss', 'Shared_Clean', 'Shared_Dirty',
+                'Private_Clean', 'Private_Dirty', 'Anonymous')
+
+
+def _parse_size(line):
+    parts = line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+
+
+def _is_header(line):
+    first = line.split(' ', 1)[0]
+    return '-' in first and not first.endswith(':')
+
+
+def smaps_mapping(pid, path=None, anon_size=None):
+    """Memory of one mapping of process pid, from /proc/PID/smaps.
+
+    Select it by file path (all mappings of that file are summed), or as
+    the anonymous mapping of anon_size bytes (the guest RAM of a VM
+    without a file backend; if none has exactly that size, the smallest
+    larger one).  Returns a dict of SMAPS_FIELDS in KiB plus 'Size' and
+    'mappings' (how many were summed)."""
+    if (path is None) == (anon_size is None):
+        raise ValueError('give exactly one of path and anon_size')
+    maps = []
+    cur = None
+    with open(f'/proc/{pid}/smaps') as f:
+        for line in f:
+            if _is_header(line):
+                fields = line.split(None, 5)
+                start, end = (int(x, 16) for x in fields[0].split('-'))
+                name = fields[5].strip() if len(fields) > 5 else ''
+                cur = {'name': name, 'bytes': end - start}
+                maps.append(cur)
+            elif cur is not None and ':' in line:
+                key = line.split(':', 1)[0]
+                if key in SMAPS_FIELDS or key == 'Size':
+                    cur[key] = _parse_size(line)
+    if path is not None:
+        real = os.path.realpath(path)
+        sel = [m for m in maps
+               if m['name'] in (path, real, path + ' (deleted)')]
+    else:
+        anon = [m for m in maps if m['name'] == '']
+        sel = [m for m in anon if m['bytes'] == anon_size]
+        if not sel:
+            bigger = sorted((m for m in anon if m['bytes'] > anon_size),
+                            key=lambda m: m['bytes'])
+            sel = bigger[:1]
+    if not sel:
+        raise VMTError(f'pid {pid}: no mapping for '
+                       f'{path or f"anonymous {anon_size} bytes"}')
+    res = {k: sum(m.get(k, 0) for m in sel) for k in SMAPS_FIELDS + ('Size',)}
+    res['mappings'] = len(sel)
+    return res
+
+
+def smaps_rollup(pid):
+    """Whole-process totals from /proc/PID/smaps_rollup, in KiB."""
+    res = {}
+    with open(f'/proc/{pid}/smaps_rollup') as f:
+        for line in f:
+            if _is_header(line):
+                continue
+            key = line.split(':', 1)[0]
+            if key in SMAPS_FIELDS:
+                res[key] = _parse_size(line)
+    return res
+
+
+def sha256_file(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# the template / clone flow
+
+def ram_backend_args(ram_path, share, size=GUEST_MEM):
+    return ['-object', f'memory-backend-file,id=mem0,size={size},'
+                       f'mem-path={ram_path},share={"on" if share else "off"}',
+            '-machine', 'memory-backend=mem0']
+
+
+MODES = ('ignore-shared', 'bypass')
+
+
+def migrate_to_file(vm, state_path, mode='ignore-shared', timeout=300.0):
+    """Stop vm and save its state (without shared RAM) to state_path.
+
+    mode ignore-shared: upstream capability x-ignore-shared;
+    mode bypass: our bypass-shared-memory capability."""
+    cap = {'ignore-shared': 'x-ignore-shared',
+           'bypass': 'bypass-shared-memory'}[mode]
+    vm.cmd('stop')
+    vm.cmd('migrate-set-capabilities',
+           capabilities=[{'capability': cap, 'state': True}])
+    vm.cmd('migrate', uri=f'exec:cat > {state_path}')
+    return vm.wait_migration(timeout)
+
+
+def clone_args(ram_path, state_path, mode='ignore-shared'):
+    """Extra QEMU arguments of a clone (besides the guest)."""
+    args = ram_backend_args(ram_path, share=False)
+    if mode == 'ignore-shared':
+        return args + ['-S', '-incoming', 'defer']
+    return args + ['-incoming', f'exec:cat {state_path}']
+
+
+def restore_clone(vm, state_path, mode='ignore-shared', timeout=300.0):
+    """After vm.launch() with clone_args(): load the state and run.
+
+    Sets vm.t['restored'] when the incoming migration has completed and
+    vm.t['running'] once the guest runs."""
+    if mode == 'ignore-shared':
+        vm.set_caps(x_ignore_shared=True)
+        vm.cmd('migrate-incoming', uri=f'exec:cat {state_path}')
+    vm.wait_migration(timeout)
+    vm.t['restored'] = now_ns()
+    if vm.status() != 'running':
+        vm.cmd('cont')
+    vm.t['running'] = now_ns()
