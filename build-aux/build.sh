@@ -16,6 +16,11 @@ TOP=$(cd "$(dirname "$0")/.." && pwd)
 
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/qemu-vmt-ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-3G}
+# Hits across clones at other paths: paths below build/ are made relative.
+export CCACHE_BASEDIR=$(dirname "$OBJ")
+export CCACHE_NOHASHDIR=true
+CC="gcc"
+command -v ccache >/dev/null && CC="ccache gcc"
 
 CONFIGURE_ARGS="--target-list=x86_64-softmmu --without-default-features
  --enable-kvm --enable-tcg --enable-fdt=system --disable-docs
@@ -23,15 +28,15 @@ CONFIGURE_ARGS="--target-list=x86_64-softmmu --without-default-features
  --python=/usr/bin/python3 "
 
 if [ ! -f "$OBJ/build.ninja" ] ||
-   [ "$(cat "$OBJ/.configure-args" 2>/dev/null)" != "$CONFIGURE_ARGS" ]; then
+   [ "$(cat "$OBJ/.configure-args" 2>/dev/null)" != "$CC $CONFIGURE_ARGS" ]; then
     echo "build: configuring $OBJ"
     # shellcheck disable=SC2086
-    (cd "$OBJ" && "$SRC/configure" $CONFIGURE_ARGS) > "$OBJ/configure.log" 2>&1 || {
+    (cd "$OBJ" && "$SRC/configure" --cc="$CC" $CONFIGURE_ARGS) > "$OBJ/configure.log" 2>&1 || {
         tail -30 "$OBJ/configure.log" >&2
         echo "build: configure failed, see $OBJ/configure.log" >&2
         exit 1
     }
-    echo "$CONFIGURE_ARGS" > "$OBJ/.configure-args"
+    echo "$CC $CONFIGURE_ARGS" > "$OBJ/.configure-args"
 fi
 
 # Option ROMs (linuxboot_dma.bin, kvmvapic.bin, ...) are built from source
