@@ -467,6 +467,7 @@ class VM:
         """Start QEMU; connect QMP (and the agent socket).  Returns the
         exec timestamp."""
         args = self.args()
+        qmp_class(self.pydir)       # import before the clock starts
         if os.environ.get('VMT_VERBOSE') == '1':
             log(f'{self.name}: ' + ' '.join(args))
         stderr = open(self.stderr_path, 'wb')
