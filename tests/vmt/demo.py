@@ -92,12 +92,12 @@ def main():
         with vmt.VM(name='template', tmpdir=tmp.path,
                     extra_args=vmt.ram_backend_args(ram, share=True)) as t:
             t0 = t.launch()
-            t.wait_banner()
             if not has_capability(t, cap):
                 print(f'error: {binary} has no migration capability {cap}; '
                       f'--mode {mode} needs a QEMU that has it',
                       file=sys.stderr)
                 return 2
+            t.wait_banner()
             w0 = vmt.now_ns()
             ans = t.agent.write(opts.seed, opts.mib)
             w1 = vmt.now_ns()
