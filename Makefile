@@ -41,7 +41,8 @@ tree: fetch
 	@sh build-aux/tree.sh ours $(SRC)
 
 build: tree
-	@sh build-aux/build.sh $(SRC) $(OBJ)
+	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test" \
+	    sh build-aux/build.sh $(SRC) $(OBJ)
 
 upstream: fetch
 	@sh build-aux/tree.sh upstream $(UPSRC)

@@ -18,6 +18,8 @@
 #include "qemu/error-report.h"
 #include "qapi/error.h"
 #include "exec/ramblock.h"
+#include "hw/core/qdev-prop-internal.h"
+#include "qapi/qapi-types-migration.h"
 #include "migration/register.h"
 #include "migration/vmstate.h"
 #include "migration.h"
@@ -77,6 +79,15 @@ static const VMStateDescription vmstate_bypass_shared_identities = {
                                     TemplateIdentity),
         VMSTATE_END_OF_LIST()
     },
+};
+
+const PropertyInfo qdev_prop_bypass_shared_memory_check = {
+    .type = "BypassSharedMemoryCheck",
+    .description = "How clones check bypassed shared memory (sampled/full)",
+    .enum_table = &BypassSharedMemoryCheck_lookup,
+    .get = qdev_propinfo_get_enum,
+    .set = qdev_propinfo_set_enum,
+    .set_default_value = qdev_propinfo_set_default_value_enum,
 };
 
 static struct {

@@ -8,6 +8,10 @@
 #define QEMU_MIGRATION_BYPASS_SHARED_H
 
 #include "exec/cpu-common.h"
+#include "hw/qdev-properties.h"
+
+/* -global migration.bypass-shared-memory-check=sampled|full */
+extern const PropertyInfo qdev_prop_bypass_shared_memory_check;
 
 /*
  * Registers the "bypass-shared-memory" live section.  Must run before

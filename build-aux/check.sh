@@ -1,0 +1,122 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Run the test suites against build/qemu and print one summary line:
+#   1. upstream's migration qtests that matter here, on our build;
+#   2. stream compatibility with pristine upstream, both directions;
+#   3. this series' qtests, under TCG and, when usable, under KVM;
+#   4. the end-to-end suite with the bundled Linux guest.
+# VMT_CHECK_ONLY=qtest|compat|vmt|e2e runs one group.
+set -u
+
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+OBJ=$TOP/build/qemu
+UPOBJ=$TOP/build/qemu-upstream
+LOGDIR=$TOP/build/check-logs
+ONLY=${VMT_CHECK_ONLY:-}
+mkdir -p "$LOGDIR"
+
+PASS=0 FAIL=0 SKIP=0
+FAILED=""
+
+# run_qtest LABEL BINARY [env assignments...] -- ARGS...
+# Runs a glib qtest binary in TAP mode and counts its results.
+run_qtest() {
+    label=$1 bin=$2
+    shift 2
+    envs=""
+    while [ "$1" != "--" ]; do envs="$envs $1"; shift; done
+    shift
+    log=$LOGDIR/$(echo "$label" | tr ' /' '__').log
+    printf '%-44s ' "$label"
+    start=$(date +%s)
+    # shellcheck disable=SC2086
+    env $envs PYTHON=/usr/bin/python3 "$bin" --tap -k "$@" > "$log" 2>&1
+    rc=$?
+    p=$(grep -c '^ok .*' "$log" | tr -d ' ')
+    s=$(grep -c '^ok .*# SKIP' "$log" | tr -d ' ')
+    f=$(grep -c '^not ok' "$log" | tr -d ' ')
+    p=$((p - s))
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+        f=1     # crashed or aborted before reporting
+    fi
+    PASS=$((PASS + p)) SKIP=$((SKIP + s)) FAIL=$((FAIL + f))
+    [ "$f" = 0 ] || FAILED="$FAILED
+  $label (log: $log)"
+    echo "$p passed, $f failed, $s skipped ($(( $(date +%s) - start )) s)"
+}
+
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+MT=$OBJ/tests/qtest/migration-test
+VT=$OBJ/tests/qtest/vmt-bypass-shared-test
+QEMU=$OBJ/qemu-system-x86_64
+UPQEMU=$UPOBJ/qemu-system-x86_64
+
+# KVM here is nested and slow, but runs the qtests' boot-block guest.
+kvm_usable() {
+    [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
+    printf '{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n' |
+        timeout 20 "$QEMU" -accel kvm -M q35 -nodefaults -display none \
+            -qmp stdio >/dev/null 2>&1
+}
+
+echo "check: QEMU under test: $QEMU"
+if want qtest; then
+    echo "== upstream migration qtests on our build"
+    for p in /x86_64/migration/precopy/file \
+             /x86_64/migration/precopy/file/mapped-ram \
+             /x86_64/migration/multifd/file/mapped-ram \
+             /x86_64/migration/ignore-shared \
+             /x86_64/migration/analyze-script \
+             /x86_64/migration/postcopy/plain; do
+        run_qtest "upstream $p" "$MT" QTEST_QEMU_BINARY="$QEMU" \
+            QEMU_TEST_FLAKY_TESTS=1 -- --full -p "$p"
+    done
+fi
+
+if want compat; then
+    echo "== stream compatibility with pristine upstream (capability off)"
+    run_qtest "compat ours->upstream file" "$MT" \
+        QTEST_QEMU_BINARY="$QEMU" QTEST_QEMU_BINARY_SRC="$QEMU" \
+        QTEST_QEMU_BINARY_DST="$UPQEMU" -- --full -p /x86_64/migration/precopy/file
+    run_qtest "compat upstream->ours file" "$MT" \
+        QTEST_QEMU_BINARY="$QEMU" QTEST_QEMU_BINARY_SRC="$UPQEMU" \
+        QTEST_QEMU_BINARY_DST="$QEMU" -- --full -p /x86_64/migration/precopy/file
+fi
+
+if want vmt; then
+    echo "== this series' qtests"
+    run_qtest "vmt qtests (tcg)" "$VT" QTEST_QEMU_BINARY="$QEMU" \
+        VMT_QTEST_ACCEL=tcg -- -p /x86_64/vmt
+    if kvm_usable; then
+        run_qtest "vmt qtests (kvm)" "$VT" QTEST_QEMU_BINARY="$QEMU" \
+            VMT_QTEST_ACCEL=kvm -- -p /x86_64/vmt
+    else
+        echo "vmt qtests (kvm): KVM not usable here, skipped"
+        SKIP=$((SKIP + 1))
+    fi
+fi
+
+if want e2e; then
+    echo "== end-to-end suite with the bundled guest"
+    log=$LOGDIR/e2e.log
+    /usr/bin/python3 "$TOP/tests/vmt/run.py" --qemu "$QEMU" 2>&1 | tee "$log"
+    line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+    if [ -n "$line" ]; then
+        p=$(echo "$line" | sed -E 's/^e2e: ([0-9]+) passed.*/\1/')
+        f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+        s=$(echo "$line" | sed -nE 's/.* ([0-9]+) skipped.*/\1/p')
+        PASS=$((PASS + p)) FAIL=$((FAIL + f)) SKIP=$((SKIP + ${s:-0}))
+        [ "$f" = 0 ] || FAILED="$FAILED
+  e2e (log: $log)"
+    else
+        FAIL=$((FAIL + 1))
+        FAILED="$FAILED
+  e2e: no summary line (log: $log)"
+    fi
+fi
+
+[ -z "$FAILED" ] || echo "check: failures:$FAILED"
+echo "check: $PASS passed, $FAIL failed, $SKIP skipped"
+[ "$FAIL" = 0 ]
