@@ -12,7 +12,6 @@ port=${1:-/dev/ttyS1}
 data=/data/pattern
 version=1
 
-set -f                          # requests are never globbed
 cr=$(printf '\r')
 
 # Raw mode: no echo of requests, no CR/LF translation, no signals.
@@ -61,16 +60,20 @@ do_genid() {
     for f in /sys/bus/acpi/devices/QEMUVGID:*; do
         [ -e "$f" ] && dev=1
     done
+    crng=0
+    [ -e /run/crng-ready ] && crng=1
     n=$(dmesg | grep -c 'crng reseeded due to virtual machine fork')
-    reply "genid driver=$drv device=$dev reseeds=${n:-0}"
+    reply "genid driver=$drv device=$dev reseeds=${n:-0} crng=$crng"
 }
 
 reply "READY $version"
 
 while IFS= read -r line; do
     line=${line%"$cr"}
+    set -f                      # split the request, never glob it
     # shellcheck disable=SC2086
     set -- $line
+    set +f
     [ $# -gt 0 ] || continue
     case $1 in
     ping)

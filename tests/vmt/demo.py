@@ -68,9 +68,7 @@ def main():
     binary = vmt.qemu_binary()
     pydir = vmt.python_dir()
     if not opts.no_build_guest:
-        subprocess.run([os.path.join(vmt.TOPDIR, 'tests', 'guest',
-                                     'build-guest.sh'), vmt.DEFAULT_GUEST],
-                       check=True, stdout=subprocess.DEVNULL)
+        vmt.build_guest()
     accel = vmt.select_accel(binary)
     mode = opts.mode
     cap = CAPABILITY[mode]
@@ -79,7 +77,7 @@ def main():
     print(f'python:      {pydir}')
     print(f'accelerator: {accel}')
     print(f'mode:        {mode} (capability {cap})')
-    print(f'guest:       {vmt.DEFAULT_GUEST} ({vmt.GUEST_MEM} RAM)')
+    print(f'guest:       {vmt.guest_dir()} ({vmt.GUEST_MEM} RAM)')
 
     ok = True
     with vmt.TempDir(prefix='vmt-demo-') as tmp:

@@ -44,10 +44,7 @@ def main():
         binary = vmt.qemu_binary()
         pydir = vmt.python_dir()
         if not opts.no_build_guest:
-            subprocess.run([os.path.join(vmt.TOPDIR, 'tests', 'guest',
-                                         'build-guest.sh'),
-                            vmt.DEFAULT_GUEST], check=True,
-                           stdout=subprocess.DEVNULL)
+            vmt.build_guest()
         print(f'e2e: qemu {binary}', flush=True)
         print(f'e2e: python {pydir}', flush=True)
         accel = vmt.select_accel(binary)

@@ -8,6 +8,7 @@ These tests assert behaviour only; they never check timings.
 
 import os
 import re
+import time
 import unittest
 
 import vmt
@@ -69,7 +70,10 @@ class GuestAgentTest(unittest.TestCase):
 
     def test_genid(self):
         ans = self.vm.agent.request('genid')
-        self.assertRegex(ans, r'^genid driver=[01] device=[01] reseeds=\d+$')
+        self.assertRegex(ans, r'^genid driver=[01] device=[01] reseeds=\d+ '
+                              r'crng=[01]( |$)')
+        # no -device vmgenid here
+        self.assertIn(' device=0 ', ans)
 
 
 class TemplateCloneTest(unittest.TestCase):
@@ -78,6 +82,8 @@ class TemplateCloneTest(unittest.TestCase):
 
     NCLONES = 3
     TEMPLATE_SEED = 7
+    # a vmgenid device gives each clone (a new QEMU) a new generation ID
+    DEVICES = ['-device', 'vmgenid']
 
     @classmethod
     def setUpClass(cls):
@@ -87,19 +93,25 @@ class TemplateCloneTest(unittest.TestCase):
         cls.clones = []
         try:
             with vmt.VM(name='template', tmpdir=cls.tmp.path,
-                        extra_args=vmt.ram_backend_args(cls.ram, True)) as t:
+                        extra_args=vmt.ram_backend_args(cls.ram, True) +
+                        cls.DEVICES) as t:
                 t.launch()
                 t.wait_banner()
                 a = t.agent
                 assert a.write(cls.TEMPLATE_SEED, WRITE_MIB) == \
                     f'ok write {WRITE_MIB}'
                 cls.template_sum = a.sum()
+                cls.template_genid = a.genid()
+                if cls.template_genid['driver'] == '1':
+                    # Linux only reseeds on a VM fork once its crng is up
+                    cls.template_genid = a.wait_crng()
                 vmt.migrate_to_file(t, cls.state, 'ignore-shared')
                 t.shutdown()
             cls.ram_sha = vmt.sha256_file(cls.ram)
             for i in range(cls.NCLONES):
                 c = vmt.VM(name=f'clone{i}', tmpdir=cls.tmp.path,
-                           extra_args=vmt.clone_args(cls.ram, cls.state))
+                           extra_args=vmt.clone_args(cls.ram, cls.state) +
+                           cls.DEVICES)
                 cls.clones.append(c)
                 c.launch()
                 vmt.restore_clone(c, cls.state, 'ignore-shared')
@@ -148,5 +160,21 @@ class TemplateCloneTest(unittest.TestCase):
     def test_f_genid_format(self):
         for c in self.clones:
             g = c.agent.genid()
-            self.assertEqual(set(g), {'driver', 'device', 'reseeds'}, c.name)
+            self.assertLessEqual({'driver', 'device', 'reseeds', 'crng'},
+                                 set(g), c.name)
             self.assertTrue(re.fullmatch(r'\d+', g['reseeds']), c.name)
+            self.assertEqual(g['device'], '1', c.name)
+
+    def test_g_vmgenid_reseed_in_clones(self):
+        if self.template_genid['driver'] != '1':
+            self.skipTest('guest kernel has no vmgenid driver '
+                          '(see docs/devel/vmt-guest-agent.rst)')
+        self.assertEqual(self.template_genid['reseeds'], '0')
+        for c in self.clones:
+            for _ in range(40):
+                g = c.agent.genid()
+                if g['reseeds'] != '0':
+                    break
+                time.sleep(0.25)
+            self.assertEqual(g['driver'], '1', c.name)
+            self.assertEqual(g['reseeds'], '1', c.name)

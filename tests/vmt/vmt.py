@@ -44,7 +44,7 @@ ACCEL_CACHE = os.path.join(DEFAULT_GUEST, 'accel-probe')
 
 AGENT_PREFIX = 'VMT-AGENT '
 KERNEL_CMDLINE = ('console=ttyS0 quiet panic=-1 vmt_agent=ttyS1 '
-                  'no_timer_check tsc=unstable')
+                  'no_timer_check tsc=unstable mitigations=off')
 GUEST_MEM = '256M'
 
 
@@ -111,8 +111,20 @@ def qmp_class(pydir=None):
     return _QMP_CLASS
 
 
+def guest_dir(guestdir=None):
+    return os.path.abspath(guestdir or os.environ.get('VMT_GUEST') or
+                           DEFAULT_GUEST)
+
+
+def build_guest(guestdir=None):
+    """Run tests/guest/build-guest.sh (cheap when up to date)."""
+    subprocess.run([os.path.join(TOPDIR, 'tests', 'guest', 'build-guest.sh'),
+                    guest_dir(guestdir)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def guest_files(guestdir=None):
-    d = guestdir or os.environ.get('VMT_GUEST') or DEFAULT_GUEST
+    d = guest_dir(guestdir)
     kernel = os.path.join(d, 'vmlinuz')
     initrd = os.path.join(d, 'initrd.img')
     for f in (kernel, initrd):
@@ -338,6 +350,17 @@ class Agent:
         if not ans.startswith('rand '):
             raise AgentError(f'rand failed: {ans}')
         return ans.split()[1]
+
+    def wait_crng(self, timeout=120.0):
+        """Wait until the guest's crng is initialised (genid crng=1)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            g = self.genid()
+            if g.get('crng') == '1':
+                return g
+            if time.monotonic() > deadline:
+                raise AgentError(f'guest crng not ready after {timeout} s')
+            time.sleep(0.5)
 
     def genid(self, timeout=30.0):
         """Returns the genid answer as a dict of its key=value fields."""
