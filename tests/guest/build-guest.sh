@@ -16,9 +16,11 @@
 #
 # Environment:
 #   VMT_GUEST_KERNEL_META  meta package whose linux-image-* dependency is used
-#                          (default: linux-image-cloud-amd64)
+#                          (default: the one OUTDIR was last built with,
+#                          else linux-image-cloud-amd64)
 #   VMT_GUEST_MODULES      kernel modules wanted in the guest if the kernel
-#                          has them as modules (default: "vmgenid")
+#                          has them as modules, each NAME or NAME=CONFIG_OPT
+#                          (default: "vmgenid", i.e. CONFIG_VMGENID)
 #   BUSYBOX                static busybox binary (default: /bin/busybox)
 
 set -eu
@@ -31,7 +33,15 @@ srcdir=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
 
-meta=${VMT_GUEST_KERNEL_META:-linux-image-cloud-amd64}
+# OUTDIR remembers the meta package it was built with, so that a plain
+# re-run keeps the kernel flavour chosen earlier.
+if [ -n "${VMT_GUEST_KERNEL_META:-}" ]; then
+    meta=$VMT_GUEST_KERNEL_META
+elif [ -s "$out/kernel-meta" ]; then
+    meta=$(cat "$out/kernel-meta")
+else
+    meta=linux-image-cloud-amd64
+fi
 wanted_modules=${VMT_GUEST_MODULES:-vmgenid}
 busybox=${BUSYBOX:-/bin/busybox}
 
@@ -53,6 +63,7 @@ kver=$(apt-cache show --no-all-versions "$kpkg" 2>/dev/null |
        sed -n 's/^Version: //p' | head -n 1)
 [ -n "$kver" ] || die "no candidate version for $kpkg"
 kid="$kpkg $kver"
+echo "$meta" > "$out/kernel-meta"
 
 if [ -f "$out/kernel-pkg/.vmt-package" ] &&
    [ "$(cat "$out/kernel-pkg/.vmt-package")" = "$kid" ] &&
@@ -100,8 +111,11 @@ done
 # (the package ships no modules.dep; depmod only runs at install time).
 find_module() {
     [ -n "$moddir" ] || return 0
-    find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" |
-        head -n 1
+    # module names use "_" where file names may use "-", and vice versa
+    u=$(echo "$1" | tr - _)
+    d=$(echo "$1" | tr _ -)
+    find "$moddir/kernel" \( -name "$u.ko" -o -name "$d.ko" \
+        -o -name "$u.ko.*" -o -name "$d.ko.*" \) | head -n 1
 }
 module_deps() {
     tr '\000' '\n' < "$1" | sed -n 's/^depends=//p' | tr ',' ' '
@@ -117,8 +131,13 @@ add_module() {
     done
     modlist="$modlist $1"
 }
-for m in $wanted_modules; do
-    opt=$(echo "$m" | tr 'a-z-' 'A-Z_')
+for spec in $wanted_modules; do
+    m=${spec%%=*}
+    if [ "$spec" != "$m" ]; then
+        opt=${spec#*=}
+    else
+        opt=$(echo "$m" | tr 'a-z-' 'A-Z_')
+    fi
     case $(kopt "$opt") in
     y) note "CONFIG_$opt=y in $krel (built in)" ;;
     m) note "CONFIG_$opt=m in $krel (module, added to the initrd)"
