@@ -34,6 +34,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import vmt  # noqa: E402
 
+# every VM gets a VM generation ID device: each clone sees a new ID
+DEVICES = ['-device', 'vmgenid']
+
 CAPABILITY = {'ignore-shared': 'x-ignore-shared',
               'bypass': 'bypass-shared-memory'}
 
@@ -88,7 +91,8 @@ def main():
 
         # -- template
         with vmt.VM(name='template', tmpdir=tmp.path,
-                    extra_args=vmt.ram_backend_args(ram, share=True)) as t:
+                    extra_args=vmt.ram_backend_args(ram, share=True) +
+                    DEVICES) as t:
             t0 = t.launch()
             if not has_capability(t, cap):
                 print(f'error: {binary} has no migration capability {cap}; '
@@ -102,6 +106,10 @@ def main():
             if ans != f'ok write {opts.mib}':
                 raise vmt.VMTError(f'template write failed: {ans}')
             tsum = t.agent.sum()
+            tgen = t.agent.genid()
+            if tgen['driver'] == '1':
+                # Linux only reseeds on a VM fork once its crng is up
+                tgen = t.agent.wait_crng()
             tmem = t.smaps(path=ram)
             troll = t.smaps_rollup()
             s0 = vmt.now_ns()
@@ -126,13 +134,15 @@ def main():
         try:
             for i in range(opts.clones):
                 c = vmt.VM(name=f'clone{i}', tmpdir=tmp.path,
-                           extra_args=vmt.clone_args(ram, state, mode))
+                           extra_args=vmt.clone_args(ram, state, mode) +
+                           DEVICES)
                 clones.append(c)
                 c.launch()
                 vmt.restore_clone(c, state, mode)
                 c.wait_pong()
                 c.sum_ok = c.agent.sum() == tsum
                 c.ping_ok = c.agent.ping() == 'pong'
+                c.genid = c.agent.genid()
                 ok = ok and c.sum_ok and c.ping_ok
             # memory once all clones run (sharing shows in Pss)
             for c in clones:
@@ -141,7 +151,8 @@ def main():
 
             print('clones (ms since exec)')
             hdr = (f'  {"clone":<7} {"QMP reply":>10} {"restored":>10} '
-                   f'{"running":>10} {"pong":>10}  {"ping":<5} {"sum":<5}')
+                   f'{"running":>10} {"pong":>10}  {"ping":<5} {"sum":<5} '
+                   f'genid')
             print(hdr)
             for c in clones:
                 e = c.t['exec']
@@ -150,7 +161,9 @@ def main():
                       f'{vmt.ms(c.t["running"] - e):10.1f} '
                       f'{vmt.ms(c.t["pong"] - e):10.1f}  '
                       f'{"ok" if c.ping_ok else "FAIL":<5} '
-                      f'{"match" if c.sum_ok else "DIFF":<5}')
+                      f'{"match" if c.sum_ok else "DIFF":<5} '
+                      f'driver={c.genid["driver"]} '
+                      f'reseeds={c.genid["reseeds"]}')
             print()
             print('memory (MiB); guest RAM = mapping of template.ram; '
                   'process Pss from smaps_rollup')
