@@ -26,9 +26,7 @@ Prints the timings of every step and the memory of every clone.
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -155,11 +153,10 @@ def main():
                    f'genid')
             print(hdr)
             for c in clones:
-                e = c.t['exec']
-                print(f'  {c.name:<7} {vmt.ms(c.t["qmp"] - e):10.1f} '
-                      f'{vmt.ms(c.t["restored"] - e):10.1f} '
-                      f'{vmt.ms(c.t["running"] - e):10.1f} '
-                      f'{vmt.ms(c.t["pong"] - e):10.1f}  '
+                print(f'  {c.name:<7} {vmt.ms(c.since_exec_ns("qmp")):10.1f} '
+                      f'{vmt.ms(c.since_exec_ns("restored")):10.1f} '
+                      f'{vmt.ms(c.since_exec_ns("running")):10.1f} '
+                      f'{vmt.ms(c.since_exec_ns("pong")):10.1f}  '
                       f'{"ok" if c.ping_ok else "FAIL":<5} '
                       f'{"match" if c.sum_ok else "DIFF":<5} '
                       f'driver={c.genid["driver"]} '

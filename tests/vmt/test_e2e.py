@@ -16,6 +16,33 @@ import vmt
 WRITE_MIB = 8
 
 
+class HarnessTest(unittest.TestCase):
+    """The harness's /proc parsers, on this Python process."""
+
+    def test_smaps_file_mapping(self):
+        import mmap
+        with vmt.TempDir(prefix='vmt-e2e-smaps-') as tmp:
+            path = tmp.join('f')
+            with open(path, 'wb') as f:
+                f.truncate(1 << 20)
+            with open(path, 'r+b') as f:
+                m = mmap.mmap(f.fileno(), 1 << 20, mmap.MAP_PRIVATE)
+                for off in range(0, 256 << 10, 4096):
+                    m[off] = 1          # 64 private dirty pages
+                r = vmt.smaps_mapping(os.getpid(), path=path)
+                m.close()
+        self.assertEqual(r['Size'], 1024)
+        self.assertEqual(r['mappings'], 1)
+        self.assertGreaterEqual(r['Private_Dirty'], 256)
+        self.assertGreaterEqual(r['Rss'], r['Private_Dirty'])
+
+    def test_smaps_rollup(self):
+        r = vmt.smaps_rollup(os.getpid())
+        self.assertEqual(set(r), set(vmt.SMAPS_FIELDS))
+        self.assertGreater(r['Rss'], 0)
+        self.assertGreater(r['Pss'], 0)
+
+
 class GuestAgentTest(unittest.TestCase):
     """Boot the bundled guest and exercise every agent request."""
 

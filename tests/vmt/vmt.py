@@ -565,6 +565,19 @@ class VM:
         self.t['pong'] = self.agent.ping_until_pong(timeout)
         return self.t['pong']
 
+    # -- timing helpers (perf_counter_ns based)
+    def since_exec_ns(self, key):
+        """ns from exec to the event recorded as self.t[key]: 'qmp' is the
+        first QMP reply (to qmp_capabilities, not the greeting), 'banner'
+        the agent banner, 'pong' the first pong, 'restored'/'running' see
+        restore_clone()."""
+        return self.t[key] - self.t['exec']
+
+    def answer_since_exec_ns(self, req, timeout=60.0):
+        """Send an agent request; return (answer, ns from exec to it)."""
+        ans = self.agent.request(req, timeout)
+        return ans, now_ns() - self.t['exec']
+
     def shutdown(self, timeout=10.0):
         """quit via QMP, then make sure the process is gone."""
         if self.proc and self.proc.poll() is None and self.qmp:
