@@ -35,17 +35,10 @@ import vmt  # noqa: E402
 # every VM gets a VM generation ID device: each clone sees a new ID
 DEVICES = ['-device', 'vmgenid']
 
-CAPABILITY = {'ignore-shared': 'x-ignore-shared',
-              'bypass': 'bypass-shared-memory'}
 
 
 def kib(n):
     return f'{n / 1024:.1f}'
-
-
-def has_capability(vm, cap):
-    caps = vm.cmd('query-migrate-capabilities')
-    return any(c['capability'] == cap for c in caps)
 
 
 def main():
@@ -72,7 +65,7 @@ def main():
         vmt.build_guest()
     accel = vmt.select_accel(binary)
     mode = opts.mode
-    cap = CAPABILITY[mode]
+    cap = vmt.CAPABILITY[mode]
 
     print(f'QEMU:        {binary}')
     print(f'python:      {pydir}')
@@ -92,7 +85,7 @@ def main():
                     extra_args=vmt.ram_backend_args(ram, share=True) +
                     DEVICES) as t:
             t0 = t.launch()
-            if not has_capability(t, cap):
+            if not vmt.has_capability(t, cap):
                 print(f'error: {binary} has no migration capability {cap}; '
                       f'--mode {mode} needs a QEMU that has it',
                       file=sys.stderr)

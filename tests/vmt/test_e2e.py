@@ -107,6 +107,7 @@ class TemplateCloneTest(unittest.TestCase):
     """Upstream templating: save a template with x-ignore-shared, start
     three clones from its RAM file (share=off) and its state."""
 
+    MODE = 'ignore-shared'      # see vmt.migrate_to_file()
     NCLONES = 3
     TEMPLATE_SEED = 7
     # a vmgenid device gives each clone (a new QEMU) a new generation ID
@@ -123,6 +124,9 @@ class TemplateCloneTest(unittest.TestCase):
                         extra_args=vmt.ram_backend_args(cls.ram, True) +
                         cls.DEVICES) as t:
                 t.launch()
+                cap = vmt.CAPABILITY[cls.MODE]
+                if not vmt.has_capability(t, cap):
+                    raise unittest.SkipTest(f'QEMU has no {cap} capability')
                 t.wait_banner()
                 a = t.agent
                 assert a.write(cls.TEMPLATE_SEED, WRITE_MIB) == \
@@ -132,16 +136,17 @@ class TemplateCloneTest(unittest.TestCase):
                 if cls.template_genid['driver'] == '1':
                     # Linux only reseeds on a VM fork once its crng is up
                     cls.template_genid = a.wait_crng()
-                vmt.migrate_to_file(t, cls.state, 'ignore-shared')
+                vmt.migrate_to_file(t, cls.state, cls.MODE)
                 t.shutdown()
             cls.ram_sha = vmt.sha256_file(cls.ram)
             for i in range(cls.NCLONES):
                 c = vmt.VM(name=f'clone{i}', tmpdir=cls.tmp.path,
-                           extra_args=vmt.clone_args(cls.ram, cls.state) +
+                           extra_args=vmt.clone_args(cls.ram, cls.state,
+                                                     cls.MODE) +
                            cls.DEVICES)
                 cls.clones.append(c)
                 c.launch()
-                vmt.restore_clone(c, cls.state, 'ignore-shared')
+                vmt.restore_clone(c, cls.state, cls.MODE)
             for c in cls.clones:
                 c.wait_pong()
         except BaseException:
@@ -205,3 +210,11 @@ class TemplateCloneTest(unittest.TestCase):
                 time.sleep(0.25)
             self.assertEqual(g['driver'], '1', c.name)
             self.assertEqual(g['reseeds'], '1', c.name)
+
+
+class BypassCloneTest(TemplateCloneTest):
+    """The same with the bypass-shared-memory capability: set on the
+    template only; clones start with a plain -incoming "exec:cat STATE".
+    Skipped when the QEMU under test lacks the capability."""
+
+    MODE = 'bypass'

@@ -766,13 +766,22 @@ def ram_backend_args(ram_path, share, size=GUEST_MEM):
 MODES = ('ignore-shared', 'bypass')
 
 
+CAPABILITY = {'ignore-shared': 'x-ignore-shared',
+              'bypass': 'bypass-shared-memory'}
+
+
+def has_capability(vm, cap):
+    """Does vm's QEMU know the migration capability cap?"""
+    return any(c['capability'] == cap
+               for c in vm.cmd('query-migrate-capabilities'))
+
+
 def migrate_to_file(vm, state_path, mode='ignore-shared', timeout=300.0):
     """Stop vm and save its state (without shared RAM) to state_path.
 
     mode ignore-shared: upstream capability x-ignore-shared;
     mode bypass: our bypass-shared-memory capability."""
-    cap = {'ignore-shared': 'x-ignore-shared',
-           'bypass': 'bypass-shared-memory'}[mode]
+    cap = CAPABILITY[mode]
     vm.cmd('stop')
     vm.cmd('migrate-set-capabilities',
            capabilities=[{'capability': cap, 'state': True}])
