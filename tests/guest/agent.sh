@@ -99,7 +99,8 @@ while IFS= read -r line; do
         fi
         ;;
     rand)
-        if [ $# -ne 2 ] || ! is_uint "$2" || [ "$2" -lt 1 ] || [ "$2" -gt 4096 ]; then
+        if [ $# -ne 2 ] || ! is_uint "$2" || [ "$2" -lt 1 ] ||
+           [ "$2" -gt 4096 ]; then
             reply "err usage rand N"
         else
             h=$(head -c "$2" /dev/urandom | od -An -v -tx1 | tr -d ' \n')

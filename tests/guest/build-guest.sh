@@ -93,7 +93,8 @@ kconfig="$out/kernel-pkg/boot/config-$krel"
 if ! cmp -s "$kimg" "$out/vmlinuz" 2>/dev/null; then
     cp "$kimg" "$out/vmlinuz.tmp" && mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 fi
-for d in "$out/kernel-pkg/lib/modules/$krel" "$out/kernel-pkg/usr/lib/modules/$krel"; do
+for d in "$out/kernel-pkg/lib/modules/$krel" \
+         "$out/kernel-pkg/usr/lib/modules/$krel"; do
     [ -d "$d" ] && moddir=$d && break
 done
 moddir=${moddir:-}

@@ -84,7 +84,7 @@ def main():
         with vmt.VM(name='template', tmpdir=tmp.path,
                     extra_args=vmt.ram_backend_args(ram, share=True) +
                     DEVICES) as t:
-            t0 = t.launch()
+            t.launch()
             if not vmt.has_capability(t, cap):
                 print(f'error: {binary} has no migration capability {cap}; '
                       f'--mode {mode} needs a QEMU that has it',
@@ -111,8 +111,10 @@ def main():
         ram_sha = vmt.sha256_file(ram)
 
         print('template')
-        print(f'  exec -> QMP reply          {vmt.ms(t.t["qmp"] - t0):9.1f} ms')
-        print(f'  exec -> agent banner       {vmt.ms(t.t["banner"] - t0):9.1f} ms')
+        tq = vmt.ms(t.since_exec_ns('qmp'))
+        tb = vmt.ms(t.since_exec_ns('banner'))
+        print(f'  exec -> QMP reply          {tq:9.1f} ms')
+        print(f'  exec -> agent banner       {tb:9.1f} ms')
         print(f'  guest write {opts.mib} MiB (seed {opts.seed}) '
               f'{vmt.ms(w1 - w0):9.1f} ms')
         print(f'  save (stop .. completed)   {vmt.ms(s1 - s0):9.1f} ms')

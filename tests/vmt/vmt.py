@@ -46,7 +46,7 @@ AGENT_PREFIX = 'VMT-AGENT '
 # quiet: a slow emulated console; mitigations=off, cryptomgr.notests: the
 # guest is a test fixture, skip work that costs 0.2-0.5 s of boot under TCG.
 KERNEL_CMDLINE = ('console=ttyS0 quiet panic=-1 vmt_agent=ttyS1 '
-                  'no_timer_check tsc=unstable mitigations=off cryptomgr.notests')
+                  'no_timer_check mitigations=off cryptomgr.notests')
 GUEST_MEM = '256M'
 
 
