@@ -328,10 +328,11 @@ class Agent:
                 if ans is None:
                     break
                 if ans == 'pong':
+                    t = now_ns()
                     # drop answers to earlier, delayed pings
                     time.sleep(0.05)
                     self.drain()
-                    return now_ns()
+                    return t
         raise AgentError(f'no pong within {timeout} s')
 
     # convenience wrappers for the documented requests
