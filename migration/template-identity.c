@@ -19,8 +19,10 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/units.h"
 #include "qapi/error.h"
 #include "qapi/qapi-types-migration.h"
+#include "exec/memory.h"
 #include "exec/ramblock.h"
 #include "migration/vmstate.h"
 #include "template-identity.h"
@@ -214,10 +216,10 @@ bool template_identity_verify(const TemplateIdentity *id, RAMBlock *rb,
         return false;
     }
     if (id->mtime_ns != stat_mtime_ns(&st)) {
-        error_setg(errp, "RAM block '%s': memory file %s was modified after "
-                   "the template was saved (modification time differs); "
-                   "save the template again, and copy template files with "
-                   "their timestamps", rb->idstr, file);
+        error_setg(errp, "RAM block '%s': memory file %s was modified or "
+                   "re-created after the template was saved (modification "
+                   "time differs); save the template again, and copy "
+                   "template files with their timestamps", rb->idstr, file);
         return false;
     }
     fingerprint_sampled(rb, id->used_length, id->seed, id->samples, digest);
