@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Run the VMT end-to-end suite (tests/vmt/test_e2e.py).
+Run the VMT end-to-end suite (tests/vmt/test_e2e*.py: MODULES).
 
   /usr/bin/python3 tests/vmt/run.py [--qemu PATH] [--python DIR] [-k FILTER]
 
@@ -18,6 +18,9 @@ import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# test_e2e: the guest, templates with a shared RAM file (ignore-shared,
+# bypass); test_e2e_mapped: template from any VM (mapped-ram, map/copy)
+MODULES = ('test_e2e', 'test_e2e_mapped')
 
 
 def main():
@@ -57,7 +60,7 @@ def main():
     loader = unittest.TestLoader()
     if opts.filters:
         loader.testNamePatterns = [f'*{f}*' for f in opts.filters]
-    suite = loader.loadTestsFromName('test_e2e')
+    suite = loader.loadTestsFromNames(MODULES)
     start = time.monotonic()
     try:
         result = unittest.TextTestRunner(verbosity=2 if opts.verbose else 1,

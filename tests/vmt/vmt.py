@@ -766,17 +766,54 @@ def ram_backend_args(ram_path, share, size=GUEST_MEM):
             '-machine', 'memory-backend=mem0']
 
 
-MODES = ('ignore-shared', 'bypass')
+# Template modes.  ignore-shared and bypass: the template's RAM is a
+# share=on memory-backend-file, saved as device state only; clones map the
+# RAM file with share=off.  map and copy ("template from any VM"): the
+# template has ordinary anonymous RAM and is saved with upstream's
+# mapped-ram capability to one fixed-ram file; clones load that file with
+# the migration parameter mapped-ram-load=map (the file's page regions are
+# mapped copy-on-write over guest RAM) or =copy (upstream's pread; the
+# default, and the only way on a QEMU without mapped-ram-load).
+SHARED_MODES = ('ignore-shared', 'bypass')
+FILE_MODES = ('map', 'copy')
+MODES = SHARED_MODES + FILE_MODES
 
 
 CAPABILITY = {'ignore-shared': 'x-ignore-shared',
-              'bypass': 'bypass-shared-memory'}
+              'bypass': 'bypass-shared-memory',
+              'map': 'mapped-ram',
+              'copy': 'mapped-ram'}
+
+MAPPED_RAM_LOAD = 'mapped-ram-load'
 
 
 def has_capability(vm, cap):
     """Does vm's QEMU know the migration capability cap?"""
     return any(c['capability'] == cap
                for c in vm.cmd('query-migrate-capabilities'))
+
+
+def has_parameter(vm, param):
+    """Does vm's QEMU know the migration parameter param?"""
+    return param in vm.cmd('query-migrate-parameters')
+
+
+def mode_unsupported(vm, mode):
+    """None if vm's QEMU can make and start clones in mode, else why not."""
+    cap = CAPABILITY[mode]
+    if not has_capability(vm, cap):
+        return f'QEMU has no migration capability {cap}'
+    if mode == 'map' and not has_parameter(vm, MAPPED_RAM_LOAD):
+        return (f'QEMU has no migration parameter {MAPPED_RAM_LOAD} '
+                '(mapped-ram-load=map not built in)')
+    return None
+
+
+def template_args(ram_path, mode):
+    """Extra QEMU arguments of a template (besides the guest)."""
+    if mode in SHARED_MODES:
+        return ram_backend_args(ram_path, share=True)
+    return []       # plain -m: anonymous RAM
 
 
 def migrate_to_file(vm, state_path, mode='ignore-shared', timeout=300.0):
@@ -792,15 +829,49 @@ def migrate_to_file(vm, state_path, mode='ignore-shared', timeout=300.0):
     return vm.wait_migration(timeout)
 
 
-def clone_args(ram_path, state_path, mode='ignore-shared'):
-    """Extra QEMU arguments of a clone (besides the guest)."""
+def migrate_to_mapped_ram(vm, path, timeout=300.0):
+    """Save the running vm, RAM included, to the fixed-ram file path.
+
+    Capability mapped-ram, no bandwidth limit (file saves are throttled
+    otherwise).  The VM is not stopped first: migration stops it at
+    completion, and the stream records it as running, so clones start
+    running."""
+    vm.set_caps(mapped_ram=True)
+    vm.cmd('migrate-set-parameters', **{'max-bandwidth': 0})
+    vm.cmd('migrate', uri=f'file:{path}')
+    return vm.wait_migration(timeout)
+
+
+def save_template(vm, state_path, mode, timeout=300.0):
+    """Save vm as a template in mode: the state file (shared modes) or the
+    fixed-ram file (file modes) is state_path."""
+    if mode in SHARED_MODES:
+        return migrate_to_file(vm, state_path, mode, timeout)
+    return migrate_to_mapped_ram(vm, state_path, timeout)
+
+
+def clone_args(ram_path, state_path, mode='ignore-shared', defer=False):
+    """Extra QEMU arguments of a clone (besides the guest).
+
+    File modes: the fixed-ram file is state_path (ram_path is unused);
+    with defer, the clone waits for restore_clone() to set the capability
+    and parameter over QMP, else they are given with -global and the
+    restore starts at once."""
+    if mode in FILE_MODES:
+        if defer:
+            return ['-incoming', 'defer']
+        args = ['-global', 'migration.mapped-ram=on']
+        if mode == 'map':
+            args += ['-global', f'migration.{MAPPED_RAM_LOAD}=map']
+        return args + ['-incoming', f'file:{state_path}']
     args = ram_backend_args(ram_path, share=False)
     if mode == 'ignore-shared':
         return args + ['-S', '-incoming', 'defer']
     return args + ['-incoming', f'exec:cat {state_path}']
 
 
-def restore_clone(vm, state_path, mode='ignore-shared', timeout=300.0):
+def restore_clone(vm, state_path, mode='ignore-shared', defer=False,
+                  timeout=300.0):
     """After vm.launch() with clone_args(): load the state and run.
 
     Sets vm.t['restored'] when the incoming migration has completed and
@@ -808,8 +879,40 @@ def restore_clone(vm, state_path, mode='ignore-shared', timeout=300.0):
     if mode == 'ignore-shared':
         vm.set_caps(x_ignore_shared=True)
         vm.cmd('migrate-incoming', uri=f'exec:cat {state_path}')
+    elif mode in FILE_MODES and defer:
+        vm.set_caps(mapped_ram=True)
+        if mode == 'map' or has_parameter(vm, MAPPED_RAM_LOAD):
+            vm.cmd('migrate-set-parameters', **{MAPPED_RAM_LOAD: mode})
+        vm.cmd('migrate-incoming', uri=f'file:{state_path}')
     vm.wait_migration(timeout)
     vm.t['restored'] = now_ns()
     if vm.status() != 'running':
         vm.cmd('cont')
     vm.t['running'] = now_ns()
+
+
+def clone_ram(vm, state_path, ram_path, mode, mem=GUEST_MEM):
+    """smaps_mapping() of a clone's guest RAM: the template RAM file
+    (shared modes), the fixed-ram file (map; all mappings of it, i.e. the
+    RAM blocks mapped from it, ROMs included), the anonymous mapping of
+    the RAM size (copy)."""
+    if mode in SHARED_MODES:
+        return vm.smaps(path=ram_path)
+    if mode == 'map':
+        return vm.smaps(path=state_path)
+    return vm.smaps(anon_size=parse_size(mem))
+
+
+def parse_size(s):
+    """'256M' -> bytes (K, M, G suffixes, binary)."""
+    mult = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
+    s = str(s).strip().upper()
+    if s and s[-1] in mult:
+        return int(s[:-1]) * mult[s[-1]]
+    return int(s)
+
+
+def file_sizes(path):
+    """(apparent, allocated) size of a file in bytes."""
+    st = os.stat(path)
+    return st.st_size, st.st_blocks * 512

@@ -1,0 +1,185 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+VMT end-to-end tests, "template from any VM": a VM with ordinary anonymous
+RAM is saved with upstream's mapped-ram capability to one fixed-ram file;
+clones load it with the migration parameter mapped-ram-load=map (the
+file's page regions mapped copy-on-write over guest RAM) and, for
+comparison, one clone with upstream's copying load.  Run with
+tests/vmt/run.py.
+
+The map tests are skipped when the QEMU under test has no mapped-ram-load
+parameter (upstream QEMU).  These tests assert behaviour only; they never
+check timings.
+"""
+
+import os
+import unittest
+
+import vmt
+
+WRITE_MIB = 8
+RAM_KIB = vmt.parse_size(vmt.GUEST_MEM) >> 10
+
+
+class MappedRamCloneTest(unittest.TestCase):
+    """Template with anonymous RAM saved with mapped-ram to
+    template.fixed; NCLONES clones load it with mapped-ram-load=map (the
+    last one over QMP: -incoming defer, migrate-set-parameters,
+    migrate-incoming; the others with -global ... -incoming file:), one
+    clone with the default copy load."""
+
+    NCLONES = 3
+    TEMPLATE_SEED = 11
+    CLONE_SEED = 1234
+    DEVICES = ['-device', 'vmgenid']
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = vmt.TempDir(prefix='vmt-e2e-mapped-')
+        cls.fixed = cls.tmp.join('template.fixed')
+        cls.clones = []
+        cls.copy_clone = None
+        cls.map_skip = None
+        try:
+            with vmt.VM(name='template', tmpdir=cls.tmp.path,
+                        extra_args=cls.DEVICES) as t:
+                t.launch()
+                why = vmt.mode_unsupported(t, 'copy')
+                if why:
+                    raise unittest.SkipTest(why)
+                cls.map_skip = vmt.mode_unsupported(t, 'map')
+                t.wait_banner()
+                a = t.agent
+                ans = a.write(cls.TEMPLATE_SEED, WRITE_MIB)
+                assert ans == f'ok write {WRITE_MIB}', ans
+                cls.template_sum = a.sum()
+                vmt.save_template(t, cls.fixed, 'map')
+                cls.template_status = t.status()
+                t.shutdown()
+            cls.fixed_sha = vmt.sha256_file(cls.fixed)
+            cls.copy_clone = cls._start_clone('copy', 'copy', defer=False)
+            if not cls.map_skip:
+                for i in range(cls.NCLONES):
+                    cls.clones.append(cls._start_clone(
+                        f'map{i}', 'map', defer=i == cls.NCLONES - 1))
+            for c in [cls.copy_clone] + cls.clones:
+                c.wait_pong()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def _start_clone(cls, name, mode, defer):
+        c = vmt.VM(name=name, tmpdir=cls.tmp.path,
+                   extra_args=vmt.clone_args(None, cls.fixed, mode, defer) +
+                   cls.DEVICES)
+        c.load_mode = mode
+        c.defer = defer
+        # registered (for cleanup) as soon as launched
+        c.launch()
+        vmt.restore_clone(c, cls.fixed, mode, defer)
+        return c
+
+    @classmethod
+    def tearDownClass(cls):
+        for c in cls.clones + [cls.copy_clone]:
+            if c:
+                c.kill()
+        cls.tmp.cleanup()
+
+    def need_map(self):
+        if self.map_skip:
+            self.skipTest(self.map_skip)
+
+    # -- the template and its file (upstream mapped-ram)
+
+    def test_a_saved_running_template(self):
+        # migration stopped the VM at completion; it was not stopped before
+        self.assertEqual(self.template_status, 'postmigrate')
+
+    def test_b_file_is_fixed_ram(self):
+        apparent, allocated = vmt.file_sizes(self.fixed)
+        # every RAM page has its place in the file ...
+        self.assertGreaterEqual(apparent, RAM_KIB << 10)
+        # ... but zero pages are holes: a freshly booted 256 MiB guest
+        # has not touched all of its RAM
+        self.assertLess(allocated, RAM_KIB << 10)
+
+    # -- the copying load, for comparison
+
+    def test_c_copy_clone(self):
+        c = self.copy_clone
+        self.assertEqual(c.status(), 'running')
+        self.assertEqual(c.agent.ping(), 'pong')
+        self.assertEqual(c.agent.sum(), self.template_sum)
+        # guest RAM stays an anonymous mapping of the RAM size
+        m = vmt.clone_ram(c, self.fixed, None, 'copy')
+        self.assertEqual(m['Size'], RAM_KIB)
+        with self.assertRaises(vmt.VMTError):
+            c.smaps(path=self.fixed)
+
+    # -- mapped-ram-load=map
+
+    def test_d_map_clones_run(self):
+        self.need_map()
+        for c in self.clones:
+            self.assertEqual(c.status(), 'running', c.name)
+            self.assertEqual(c.agent.ping(), 'pong', c.name)
+
+    def test_e_map_clones_see_template_data(self):
+        self.need_map()
+        for c in self.clones:
+            self.assertEqual(c.agent.sum(), self.template_sum, c.name)
+
+    def test_f_map_ram_is_file_mapping(self):
+        self.need_map()
+        for c in self.clones:
+            m = vmt.clone_ram(c, self.fixed, None, 'map')
+            # the whole guest RAM (and the ROM blocks) map the file
+            self.assertGreaterEqual(m['Size'], RAM_KIB, c.name)
+            private = m['Private_Clean'] + m['Private_Dirty']
+            self.assertLess(private, RAM_KIB // 2, f'{c.name}: {m}')
+            # all clones run the same guest kernel from the same pages
+            self.assertGreater(m['Shared_Clean'], 0, f'{c.name}: {m}')
+
+    def test_g_map_clone_writes_are_private(self):
+        self.need_map()
+        a0 = self.clones[0].agent
+        self.assertEqual(a0.write(self.CLONE_SEED, WRITE_MIB),
+                         f'ok write {WRITE_MIB}')
+        s0 = a0.sum()
+        self.assertNotEqual(s0, self.template_sum)
+        for c in self.clones[1:] + [self.copy_clone]:
+            self.assertEqual(c.agent.sum(), self.template_sum, c.name)
+        self.assertEqual(a0.sum(), s0)
+        # the written pages are private copies of clone 0 ...
+        m = vmt.clone_ram(self.clones[0], self.fixed, None, 'map')
+        self.assertGreaterEqual(m['Private_Dirty'], WRITE_MIB << 10)
+        # ... and the file is never written
+        self.assertEqual(vmt.sha256_file(self.fixed), self.fixed_sha)
+
+    def test_h_map_clone_refuses_to_save_into_its_file(self):
+        # writing the file would change the memory of every clone
+        self.need_map()
+        c = self.clones[-1]
+        c.set_caps(mapped_ram=True)
+        c.cmd('migrate-set-parameters', **{'max-bandwidth': 0})
+        refused = False
+        try:
+            c.cmd('migrate', uri=f'file:{self.fixed}')
+        except vmt.VMTError:
+            raise
+        except Exception:
+            refused = True      # an error answer to the migrate command
+        if not refused:
+            # or the migration fails
+            with self.assertRaises(vmt.VMTError):
+                c.wait_migration(timeout=60)
+        self.assertEqual(vmt.sha256_file(self.fixed), self.fixed_sha)
+        self.assertEqual(c.status(), 'running')
+        for x in self.clones:
+            self.assertEqual(x.agent.ping(), 'pong', x.name)
+
+
+if __name__ == '__main__':
+    unittest.main()
