@@ -12,7 +12,6 @@ parameter (upstream QEMU).  These tests assert behaviour only; they never
 check timings.
 """
 
-import os
 import unittest
 
 import vmt
@@ -135,12 +134,18 @@ class MappedRamCloneTest(unittest.TestCase):
         self.need_map()
         for c in self.clones:
             m = vmt.clone_ram(c, self.fixed, None, 'map')
-            # the whole guest RAM (and the ROM blocks) map the file
-            self.assertGreaterEqual(m['Size'], RAM_KIB, c.name)
+            # the guest RAM (and the ROM blocks) map the file; ranges of
+            # pages that the live save wrote and then found zero get
+            # anonymous zero mappings, so allow for some of those
+            self.assertGreater(m['Size'], RAM_KIB * 9 // 10, f'{c.name}: {m}')
             private = m['Private_Clean'] + m['Private_Dirty']
             self.assertLess(private, RAM_KIB // 2, f'{c.name}: {m}')
-            # all clones run the same guest kernel from the same pages
-            self.assertGreater(m['Shared_Clean'], 0, f'{c.name}: {m}')
+            # the clones run the same guest from the same file pages: most
+            # of what is resident is shared (Shared_Dirty rather than
+            # Shared_Clean when the file is on tmpfs, whose pages are
+            # always dirty)
+            shared = m['Shared_Clean'] + m['Shared_Dirty']
+            self.assertGreater(shared, private, f'{c.name}: {m}')
 
     def test_g_map_clone_writes_are_private(self):
         self.need_map()
@@ -152,9 +157,11 @@ class MappedRamCloneTest(unittest.TestCase):
         for c in self.clones[1:] + [self.copy_clone]:
             self.assertEqual(c.agent.sum(), self.template_sum, c.name)
         self.assertEqual(a0.sum(), s0)
-        # the written pages are private copies of clone 0 ...
+        # the written pages are private copies of clone 0 (most of them
+        # in the file mapping; a few may land in anonymous zero ranges) ...
         m = vmt.clone_ram(self.clones[0], self.fixed, None, 'map')
-        self.assertGreaterEqual(m['Private_Dirty'], WRITE_MIB << 10)
+        self.assertGreaterEqual(m['Anonymous'], (WRITE_MIB << 10) * 3 // 4,
+                                str(m))
         # ... and the file is never written
         self.assertEqual(vmt.sha256_file(self.fixed), self.fixed_sha)
 
