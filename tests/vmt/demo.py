@@ -349,4 +349,5 @@ if __name__ == '__main__':
         print(f'demo: error: {e}', file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        sys.exit(130)
+        vmt.cleanup_all()
+        sys.exit(128 + (vmt.terminated_by or 2))

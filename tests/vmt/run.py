@@ -67,8 +67,9 @@ def main():
                                          stream=sys.stdout).run(suite)
     except KeyboardInterrupt:
         vmt.cleanup_all()
-        print('e2e: interrupted')
-        return 130
+        sig = vmt.terminated_by or 2
+        print(f'e2e: interrupted (signal {sig})', flush=True)
+        return 128 + sig
     finally:
         vmt.cleanup_all()
 

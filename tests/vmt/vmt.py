@@ -171,11 +171,17 @@ def remove_tmpdir(d):
     shutil.rmtree(d, ignore_errors=True)
 
 
+terminated_by = None      # the signal number once SIGTERM/SIGHUP came
+
+
 def _on_signal(signum, frame):
-    # Turn SIGTERM/SIGHUP into an exception so that context managers run;
-    # SIGINT already raises KeyboardInterrupt.  atexit is the last resort.
+    # Turn SIGTERM/SIGHUP into KeyboardInterrupt, like SIGINT: context
+    # managers run, and unittest stops the run instead of recording an
+    # error and going on with the next test.  atexit is the last resort.
+    global terminated_by
+    terminated_by = signum
     cleanup_all()
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt(f'signal {signum}')
 
 
 atexit.register(cleanup_all)
