@@ -16,7 +16,7 @@ Environment variables:
   VMT_PYTHON   directory holding QEMU's python package "qemu" (default:
                build/src/python, else build/upstream-src/python)
   VMT_GUEST    directory with vmlinuz and initrd.img (default: build/guest)
-  VMT_ACCEL    kvm|tcg; default: probe once and cache in build/guest/accel-probe
+  VMT_ACCEL    kvm|tcg; default: probe once, cache in build/guest/accel-probe
   VMT_TMPDIR   where per-test directories go (default: /dev/shm, else /tmp)
   VMT_KEEP     set to 1 to keep per-test directories (for debugging)
   VMT_VERBOSE  set to 1 to print every QEMU command line
