@@ -41,7 +41,7 @@ tree: fetch
 	@sh build-aux/tree.sh ours $(SRC)
 
 build: tree
-	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test" \
+	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test" \
 	    sh build-aux/build.sh $(SRC) $(OBJ)
 
 upstream: fetch

@@ -50,6 +50,7 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 MT=$OBJ/tests/qtest/migration-test
 VT=$OBJ/tests/qtest/vmt-bypass-shared-test
+VM=$OBJ/tests/qtest/vmt-mapped-ram-test
 QEMU=$OBJ/qemu-system-x86_64
 UPQEMU=$UPOBJ/qemu-system-x86_64
 
@@ -87,15 +88,19 @@ fi
 
 if want vmt; then
     echo "== this series' qtests"
-    run_qtest "vmt qtests (tcg)" "$VT" QTEST_QEMU_BINARY="$QEMU" \
-        VMT_QTEST_ACCEL=tcg -- -p /x86_64/vmt
+    accels=tcg
     if kvm_usable; then
-        run_qtest "vmt qtests (kvm)" "$VT" QTEST_QEMU_BINARY="$QEMU" \
-            VMT_QTEST_ACCEL=kvm -- -p /x86_64/vmt
+        accels="tcg kvm"
     else
         echo "vmt qtests (kvm): KVM not usable here, skipped"
         SKIP=$((SKIP + 1))
     fi
+    for accel in $accels; do
+        for t in "$VT" "$VM"; do
+            run_qtest "$(basename "$t") ($accel)" "$t" \
+                QTEST_QEMU_BINARY="$QEMU" VMT_QTEST_ACCEL=$accel --
+        done
+    done
 fi
 
 if want e2e; then

@@ -148,7 +148,6 @@ bool bypass_shared_caps_check(bool *new_caps, Error **errp)
         MIGRATION_CAPABILITY_POSTCOPY_RAM,
         MIGRATION_CAPABILITY_BACKGROUND_SNAPSHOT,
         MIGRATION_CAPABILITY_X_COLO,
-        MIGRATION_CAPABILITY_MAPPED_RAM,
     };
     int i;
 
@@ -167,6 +166,36 @@ bool bypass_shared_caps_check(bool *new_caps, Error **errp)
         }
     }
     return true;
+}
+
+/*
+ * Upstream 10.0 wrote a mapped-ram header for ignored blocks and then
+ * failed to save their (absent) bitmap; the destination could not tell an
+ * ignored block from one with pages.  The marker byte exists only in
+ * streams that 10.0 could not produce.
+ */
+bool bypass_shared_mapped_ram_put(QEMUFile *f, RAMBlock *rb)
+{
+    bool bypassed;
+
+    if (!migrate_ignore_shared() && !migrate_bypass_shared_memory()) {
+        return false;
+    }
+    bypassed = migrate_ram_is_ignored(rb);
+    qemu_put_byte(f, bypassed);
+    return bypassed;
+}
+
+bool bypass_shared_mapped_ram_get(QEMUFile *f, RAMBlock *rb)
+{
+    if (!migrate_ignore_shared() && !bypass.incoming) {
+        return false;
+    }
+    /*
+     * Trust the stream: with x-ignore-shared a clone maps the template's
+     * file with share=off, so its block is not "ignored" here.
+     */
+    return qemu_get_byte(f) != 0;
 }
 
 static bool bypass_shared_is_active(void *opaque)

@@ -29,6 +29,16 @@ bool bypass_shared_block_is_bypassed(RAMBlock *rb);
 /* True while an incoming stream that bypasses shared memory is loaded. */
 bool bypass_shared_incoming_active(void);
 
+/*
+ * mapped-ram streams with x-ignore-shared or bypass-shared-memory: one byte
+ * before each block's mapped-ram header says whether the block is
+ * bypassed, in which case no header, bitmap or pages follow.
+ * _put() (source) returns true when @rb is bypassed; _get() (destination)
+ * returns what the stream says.
+ */
+bool bypass_shared_mapped_ram_put(QEMUFile *f, RAMBlock *rb);
+bool bypass_shared_mapped_ram_get(QEMUFile *f, RAMBlock *rb);
+
 /* Capability compatibility, called from migrate_caps_check(). */
 bool bypass_shared_caps_check(bool *new_caps, Error **errp);
 

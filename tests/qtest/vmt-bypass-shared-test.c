@@ -2,145 +2,42 @@
  * QTest cases for VM templating: bypass-shared-memory templates and clones
  *
  * A template VM (the boot-block guest of migration-test, its RAM in a
- * shared memory file) is stopped and saved with bypass-shared-memory; its
- * clones map the file privately and start with a plain -incoming.
- *
- * The accelerator is taken from VMT_QTEST_ACCEL (kvm or tcg); by default
- * KVM is used when available, else TCG, as in migration-test.
+ * shared memory file) is saved with bypass-shared-memory; its clones map
+ * the file privately and start with a plain -incoming.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
-#include <sys/wait.h>
 #include "libqtest.h"
-#include "migration/bootfile.h"
-#include "migration/framework.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
 #include "qobject/qdict.h"
+#include "vmt-util.h"
 
-#define MEM_SIZE        "150M"
-#define MEM_BYTES       (150 * 1024 * 1024)
 #define NR_CLONES       3
-
-/* Defined by migration/framework.c, which tells the guest's memory range. */
-extern unsigned start_address;
-extern unsigned end_address;
-
-static MigrationTestEnv *env;
-static const char *bootpath;
 
 /* A saved template: its memory file and its device state. */
 typedef struct Template {
     char *mem;
     char *state;
     char *mem_sha256;
-    uint8_t first_byte;     /* pattern byte at start_address when saved */
 } Template;
 
 static Template tmpl_sampled;
 static Template tmpl_full;
 
-static const char *accel_opts(void)
+static char *file_backend(const char *path, const char *opts)
 {
-    const char *accel = getenv("VMT_QTEST_ACCEL");
-
-    if (accel && g_str_equal(accel, "kvm")) {
-        return "-accel kvm";
-    }
-    if (accel && g_str_equal(accel, "tcg")) {
-        return "-accel tcg";
-    }
-    return "-accel kvm -accel tcg";
-}
-
-static bool accel_available(void)
-{
-    const char *accel = getenv("VMT_QTEST_ACCEL");
-
-    if (accel && g_str_equal(accel, "kvm") && !env->has_kvm) {
-        g_test_skip("VMT_QTEST_ACCEL=kvm but KVM is not available");
-        return false;
-    }
-    return true;
-}
-
-/*
- * Guest and devices; must be the same for the template and its clones.
- * -M pc: SeaBIOS boots the boot block in 0.5 s under TCG, q35 in 30 s.
- * Clones run at once on the same boot disk: no image locking.
- */
-static char *vm_args(const char *mem_opts, const char *serial)
-{
-    return g_strdup_printf("%s -machine pc,memory-backend=mem0 -m " MEM_SIZE
-                           " -object memory-backend-file,id=mem0,size="
-                           MEM_SIZE ",%s -nodefaults -display none"
-                           " -serial file:%s/%s"
-                           " -drive if=none,id=d0,file=%s,format=raw,file.locking=off"
-                           " -device ide-hd,drive=d0,secs=1,cyls=1,heads=1",
-                           accel_opts(), mem_opts, env->tmpfs, serial,
-                           bootpath);
-}
-
-static char *file_sha256(const char *path)
-{
-    g_autofree char *data = NULL;
-    gsize len;
-
-    g_assert(g_file_get_contents(path, &data, &len, NULL));
-    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data, len);
-}
-
-static void wait_for_status(QTestState *who, const char *status)
-{
-    for (;;) {
-        QDict *rsp = qtest_qmp_assert_success_ref(who,
-                                                  "{ 'execute': 'query-status' }");
-        bool done = g_str_equal(qdict_get_str(rsp, "status"), status);
-
-        qobject_unref(rsp);
-        if (done) {
-            return;
-        }
-        g_usleep(10 * 1000);
-    }
-}
-
-/*
- * The boot-block guest increments one byte per page from start_address
- * to end_address, over and over.  With the guest stopped, all bytes are
- * equal but for one step down where the incrementer is.
- */
-static void check_pattern(QTestState *who, uint8_t *first)
-{
-    unsigned addr;
-    uint8_t last, b;
-    bool edge = false;
-    int bad = 0;
-
-    qtest_memread(who, start_address, first, 1);
-    last = *first;
-    for (addr = start_address + TEST_MEM_PAGE_SIZE; addr < end_address;
-         addr += TEST_MEM_PAGE_SIZE) {
-        qtest_memread(who, addr, &b, 1);
-        if (b == last) {
-            continue;
-        }
-        if ((uint8_t)(b + 1) == last && !edge) {
-            edge = true;
-            last = b;
-        } else {
-            bad++;
-        }
-    }
-    g_assert_cmpint(bad, ==, 0);
+    return g_strdup_printf("memory-backend-file,mem-path=%s,%s", path, opts);
 }
 
 static void make_template(Template *t, const char *name, bool full)
 {
     g_autofree char *serial = g_strdup_printf("%s_serial", name);
-    g_autofree char *mem_opts = NULL;
+    g_autofree char *mem_name = g_strdup_printf("%s.ram", name);
+    g_autofree char *state_name = g_strdup_printf("%s.state", name);
+    g_autofree char *backend = NULL;
     g_autofree char *args = NULL;
     g_autofree char *uri = NULL;
     QTestState *from;
@@ -148,10 +45,10 @@ static void make_template(Template *t, const char *name, bool full)
     if (t->state) {
         return;
     }
-    t->mem = g_strdup_printf("%s/%s.ram", env->tmpfs, name);
-    t->state = g_strdup_printf("%s/%s.state", env->tmpfs, name);
-    mem_opts = g_strdup_printf("mem-path=%s,share=on", t->mem);
-    args = vm_args(mem_opts, serial);
+    t->mem = vmt_path(mem_name);
+    t->state = vmt_path(state_name);
+    backend = file_backend(t->mem, "share=on");
+    args = vmt_vm_args(backend, serial);
     from = qtest_init(args);
 
     wait_for_serial(serial);
@@ -170,14 +67,14 @@ static void make_template(Template *t, const char *name, bool full)
     qtest_qmp_assert_success(from, "{ 'execute': 'migrate', 'arguments':"
                              " { 'uri': %s } }", uri);
     wait_for_migration_complete(from);
-    check_pattern(from, &t->first_byte);
+    vmt_check_pattern(from);
 
     /* Device state only: the 150 MiB of guest RAM were not sent. */
     g_assert_cmpint(read_ram_property_int(from, "transferred"), <,
                     4 * 1024 * 1024);
     qtest_quit(from);
 
-    t->mem_sha256 = file_sha256(t->mem);
+    t->mem_sha256 = vmt_file_sha256(t->mem);
 }
 
 static void template_free(Template *t)
@@ -192,30 +89,34 @@ static void template_free(Template *t)
     memset(t, 0, sizeof(*t));
 }
 
-/* A clone started with nothing but -incoming "exec:cat STATE". */
+/* The arguments of a clone started with only -incoming "exec:cat STATE". */
+static char *clone_args(const Template *t, const char *mem_path,
+                        const char *mem_opts, const char *state,
+                        const char *serial)
+{
+    g_autofree char *backend = file_backend(mem_path, mem_opts);
+    g_autofree char *vm = vmt_vm_args(backend, serial);
+
+    return g_strdup_printf("%s -incoming 'exec:cat %s'", vm,
+                           state ? state : t->state);
+}
+
 static QTestState *clone_start(const Template *t, const char *mem_path,
                                const char *mem_opts, const char *serial)
 {
-    g_autofree char *mem = g_strdup_printf("mem-path=%s,%s", mem_path,
-                                           mem_opts);
-    g_autofree char *vm = vm_args(mem, serial);
-    g_autofree char *args = g_strdup_printf("%s -incoming 'exec:cat %s'",
-                                            vm, t->state);
+    g_autofree char *args = clone_args(t, mem_path, mem_opts, NULL, serial);
 
     return qtest_init(args);
 }
 
 /* The clone runs on from the template's memory: the pattern continues. */
-static void clone_check(QTestState *to, const Template *t, const char *serial)
+static void clone_check(QTestState *to, const char *serial)
 {
-    uint8_t first;
-
-    wait_for_status(to, "running");
+    vmt_wait_for_status(to, "running");
     wait_for_serial(serial);
     qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
-    check_pattern(to, &first);
     /* It went on from where the template stopped, not from zeroed RAM. */
-    g_assert_cmpint(first, !=, 0);
+    g_assert_cmpint(vmt_check_pattern(to), !=, 0);
 }
 
 static void test_clones(void)
@@ -224,7 +125,7 @@ static void test_clones(void)
     g_autofree char *sha = NULL;
     int i;
 
-    if (!accel_available()) {
+    if (!vmt_accel_available()) {
         return;
     }
     make_template(&tmpl_sampled, "tmpl", false);
@@ -239,9 +140,9 @@ static void test_clones(void)
     for (i = 0; i < NR_CLONES; i++) {
         g_autofree char *serial = g_strdup_printf("clone%d_serial", i);
 
-        clone_check(clones[i], &tmpl_sampled, serial);
+        clone_check(clones[i], serial);
     }
-    /* Clones wrote (the guest ran); each wrote its own private copy. */
+    /* Each clone writes its own private copy. */
     for (i = 0; i < NR_CLONES; i++) {
         qtest_writeb(clones[i], start_address + 8, 0xa0 + i);
     }
@@ -252,13 +153,13 @@ static void test_clones(void)
     }
 
     /* The template file did not change. */
-    sha = file_sha256(tmpl_sampled.mem);
+    sha = vmt_file_sha256(tmpl_sampled.mem);
     g_assert_cmpstr(sha, ==, tmpl_sampled.mem_sha256);
 
     /* And one more, started after the others ended. */
     clones[0] = clone_start(&tmpl_sampled, tmpl_sampled.mem, "share=off",
                             "clone_late_serial");
-    clone_check(clones[0], &tmpl_sampled, "clone_late_serial");
+    clone_check(clones[0], "clone_late_serial");
     qtest_quit(clones[0]);
 }
 
@@ -267,56 +168,32 @@ static void test_readonly_clone(void)
     g_autofree char *sha = NULL;
     QTestState *to;
 
-    if (!accel_available()) {
+    if (!vmt_accel_available()) {
         return;
     }
     make_template(&tmpl_sampled, "tmpl", false);
     to = clone_start(&tmpl_sampled, tmpl_sampled.mem, "readonly=on,rom=off",
                      "ro_serial");
-    clone_check(to, &tmpl_sampled, "ro_serial");
+    clone_check(to, "ro_serial");
     qtest_quit(to);
-    sha = file_sha256(tmpl_sampled.mem);
+    sha = vmt_file_sha256(tmpl_sampled.mem);
     g_assert_cmpstr(sha, ==, tmpl_sampled.mem_sha256);
 }
 
-/*
- * Run a clone that must fail: the process exits non-zero, its error
- * names the problem, and the guest never ran.
- */
+/* A clone that must fail: non-zero exit, the error, the guest never ran. */
 static void clone_must_fail(const Template *t, const char *mem_path,
                             const char *state, const char *expect)
 {
-    g_autofree char *mem = g_strdup_printf("mem-path=%s,share=off",
-                                           mem_path);
-    g_autofree char *vm = vm_args(mem, "fail_serial");
-    g_autofree char *cmd = g_strdup_printf(
-        "exec timeout -s KILL 120 %s %s -incoming 'exec:cat %s'",
-        getenv("QTEST_QEMU_BINARY"), vm, state ? state : t->state);
-    g_autofree char *err = NULL;
-    g_autofree char *out = NULL;
-    g_autofree char *serial = g_strdup_printf("%s/fail_serial", env->tmpfs);
-    g_autofree char *printed = NULL;
-    const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    int status;
+    g_autofree char *args = clone_args(t, mem_path, "share=off", state,
+                                       "fail_serial");
 
-    unlink(serial);
-    g_assert(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL, &out,
-                          &err, &status, NULL));
-    g_test_message("clone stderr: %s", err);
-    g_assert_true(WIFEXITED(status));
-    g_assert_cmpint(WEXITSTATUS(status), !=, 0);
-    g_assert_nonnull(strstr(err, expect));
-    /* The boot block prints 'B' after each pass: the guest never ran. */
-    if (g_file_get_contents(serial, &printed, NULL, NULL)) {
-        g_assert_null(strchr(printed, 'B'));
-    }
-    unlink(serial);
+    vmt_qemu_must_fail(args, "fail_serial", expect);
 }
 
 static char *copy_file(const char *src, const char *name, bool keep_mtime)
 {
     g_autofree char *data = NULL;
-    char *dst = g_strdup_printf("%s/%s", env->tmpfs, name);
+    char *dst = vmt_path(name);
     struct stat st;
     gsize len;
 
@@ -359,7 +236,7 @@ static void test_bad_size(void)
 
     make_template(&tmpl_sampled, "tmpl", false);
     copy = copy_file(tmpl_sampled.mem, "bigger.ram", true);
-    g_assert_cmpint(truncate(copy, MEM_BYTES + 2 * 1024 * 1024), ==, 0);
+    g_assert_cmpint(truncate(copy, VMT_MEM_BYTES + 2 * 1024 * 1024), ==, 0);
     clone_must_fail(&tmpl_sampled, copy, NULL,
                     "the template's was 157286400 bytes: wrong or modified "
                     "template file");
@@ -375,7 +252,8 @@ static void test_bad_modified(void)
     copy = copy_file(tmpl_sampled.mem, "flipped.ram", true);
     flip_byte(copy, 3 * 1024 * 1024 + 17, false);
     clone_must_fail(&tmpl_sampled, copy, NULL,
-                    "was modified or re-created after the template was saved");
+                    "was modified or re-created after the template was "
+                    "saved");
     unlink(copy);
 }
 
@@ -396,12 +274,12 @@ static void test_bad_other_template(void)
     unlink(copy);
 }
 
-static void test_bad_full_check(void)
+static void test_full_check(void)
 {
     g_autofree char *copy = NULL;
     QTestState *to;
 
-    if (!accel_available()) {
+    if (!vmt_accel_available()) {
         return;
     }
     /*
@@ -417,26 +295,26 @@ static void test_bad_full_check(void)
 
     /* The unmodified file passes the full check. */
     to = clone_start(&tmpl_full, tmpl_full.mem, "share=off", "full_serial");
-    clone_check(to, &tmpl_full, "full_serial");
+    clone_check(to, "full_serial");
     qtest_quit(to);
 }
 
 static void test_bad_missing(void)
 {
-    g_autofree char *missing = g_strdup_printf("%s/missing.ram", env->tmpfs);
+    g_autofree char *missing = vmt_path("missing.ram");
 
     /* memory-backend-file creates a missing file: it is empty, not ours. */
     make_template(&tmpl_sampled, "tmpl", false);
     unlink(missing);
     clone_must_fail(&tmpl_sampled, missing, NULL,
-                    "was modified or re-created after the template was saved");
+                    "was modified or re-created after the template was "
+                    "saved");
     unlink(missing);
 }
 
 static void test_bad_truncated_state(void)
 {
-    g_autofree char *state = g_strdup_printf("%s/truncated.state",
-                                             env->tmpfs);
+    g_autofree char *state = vmt_path("truncated.state");
     g_autofree char *data = NULL;
     gsize len;
 
@@ -482,19 +360,18 @@ static void test_caps(void)
 /* Upstream's template flow keeps working: x-ignore-shared on both sides. */
 static void test_ignore_shared_legacy(void)
 {
-    g_autofree char *mem = g_strdup_printf("%s/legacy.ram", env->tmpfs);
-    g_autofree char *state = g_strdup_printf("%s/legacy.state", env->tmpfs);
-    g_autofree char *src_mem = g_strdup_printf("mem-path=%s,share=on", mem);
-    g_autofree char *dst_mem = g_strdup_printf("mem-path=%s,share=off", mem);
-    g_autofree char *src_args = vm_args(src_mem, "legacy_src_serial");
-    g_autofree char *dst_vm = vm_args(dst_mem, "legacy_dst_serial");
+    g_autofree char *mem = vmt_path("legacy.ram");
+    g_autofree char *state = vmt_path("legacy.state");
+    g_autofree char *src_mem = file_backend(mem, "share=on");
+    g_autofree char *dst_mem = file_backend(mem, "share=off");
+    g_autofree char *src_args = vmt_vm_args(src_mem, "legacy_src_serial");
+    g_autofree char *dst_vm = vmt_vm_args(dst_mem, "legacy_dst_serial");
     g_autofree char *dst_args = g_strdup_printf("%s -incoming defer", dst_vm);
     g_autofree char *uri = g_strdup_printf("exec:cat > %s", state);
     g_autofree char *in_uri = g_strdup_printf("exec:cat %s", state);
     QTestState *from, *to;
-    uint8_t first;
 
-    if (!accel_available()) {
+    if (!vmt_accel_available()) {
         return;
     }
     from = qtest_init(src_args);
@@ -515,44 +392,19 @@ static void test_ignore_shared_legacy(void)
     qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
     wait_for_serial("legacy_dst_serial");
     qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
-    check_pattern(to, &first);
-    g_assert_cmpint(first, !=, 0);
+    g_assert_cmpint(vmt_check_pattern(to), !=, 0);
     qtest_quit(to);
     unlink(mem);
     unlink(state);
-}
-
-/* Serial logs and anything a failed test left behind. */
-static void remove_tmp_files(void)
-{
-    GDir *dir = g_dir_open(env->tmpfs, 0, NULL);
-    const char *name;
-
-    while (dir && (name = g_dir_read_name(dir))) {
-        g_autofree char *path = g_build_filename(env->tmpfs, name, NULL);
-
-        if (!g_str_equal(path, bootpath)) {
-            unlink(path);
-        }
-    }
-    if (dir) {
-        g_dir_close(dir);
-    }
 }
 
 int main(int argc, char **argv)
 {
     int ret;
 
-    g_test_init(&argc, &argv, NULL);
-    env = migration_get_env();
-    if (!env->is_x86) {
+    if (!vmt_init(&argc, &argv)) {
         return g_test_run();
     }
-    bootpath = bootfile_create(env->arch, env->tmpfs, false);
-    start_address = X86_TEST_MEM_START;
-    end_address = X86_TEST_MEM_END;
-
     qtest_add_func("/vmt/bypass/caps", test_caps);
     qtest_add_func("/vmt/bypass/clones", test_clones);
     qtest_add_func("/vmt/bypass/readonly", test_readonly_clone);
@@ -562,14 +414,13 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/bypass/bad/missing", test_bad_missing);
     qtest_add_func("/vmt/bypass/bad/truncated-state",
                    test_bad_truncated_state);
-    qtest_add_func("/vmt/bypass/full-check", test_bad_full_check);
+    qtest_add_func("/vmt/bypass/full-check", test_full_check);
     qtest_add_func("/vmt/ignore-shared/legacy", test_ignore_shared_legacy);
 
     ret = g_test_run();
 
     template_free(&tmpl_sampled);
     template_free(&tmpl_full);
-    remove_tmp_files();
-    migration_env_clean(env);
+    vmt_cleanup();
     return ret;
 }

@@ -1,0 +1,249 @@
+/*
+ * Load a mapped-ram file by mapping it
+ *
+ * A mapped-ram ("fixed-ram") file keeps every page of a RAM block at a
+ * fixed offset, zero pages being holes.  Instead of reading the pages
+ * (mapped-ram-load=copy), mapped-ram-load=map maps each block's page region
+ * of the file with MAP_PRIVATE | MAP_FIXED over the block's memory, at the
+ * same host address, before any vCPU runs.  The restore then costs a few
+ * system calls whatever the RAM size; the guest faults pages in from the
+ * page cache as it touches them, and every VM mapping the same file shares
+ * the clean pages.  Writes are private (copy-on-write).
+ *
+ * Invariants:
+ * - only anonymous, private RAM of host page size is replaced: shared RAM
+ *   (vhost-user, ivshmem, memory-backend-file,share=on) has other users,
+ *   file-backed or hugetlbfs RAM has its own backing;
+ * - a page whose bitmap bit is clear reads as zero: where the file still
+ *   holds data for it (a live save wrote the page, then found it zero),
+ *   that range gets an anonymous mapping instead;
+ * - discarding RAM on a private file mapping brings the file content
+ *   back, not zeros: RAM discard is disabled (balloon inflation, free page
+ *   reporting and virtio-mem then refuse to work), like for vfio;
+ * - the file must not change while mapped: this VM refuses to migrate into
+ *   it; other writers are the user's to prevent (see the docs).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bitops.h"
+#include "qemu/madvise.h"
+#include "qapi/error.h"
+#include "exec/ramblock.h"
+#include "exec/target_page.h"
+#include "exec/memory.h"
+#include "hw/boards.h"
+#include "hw/core/qdev-prop-internal.h"
+#include "qapi/qapi-types-migration.h"
+#include "io/channel-file.h"
+#include "qemu-file.h"
+#include "mapped-ram-map.h"
+#include "trace.h"
+
+const PropertyInfo qdev_prop_mapped_ram_load = {
+    .type = "MappedRamLoad",
+    .description = "How to load a mapped-ram file (copy/map)",
+    .enum_table = &MappedRamLoad_lookup,
+    .get = qdev_propinfo_get_enum,
+    .set = qdev_propinfo_set_enum,
+    .set_default_value = qdev_propinfo_set_default_value_enum,
+};
+
+/* Beyond this many zero ranges, zero them by writing instead of mapping. */
+#define MAPPED_RAM_MAP_MAX_ZERO_MAPS 4096
+
+static struct {
+    bool discard_disabled;
+    /* The files RAM maps, to refuse writing them. */
+    GArray *files;          /* of struct stat */
+} map_state;
+
+static bool block_can_be_mapped(RAMBlock *rb, Error **errp)
+{
+    const char *why = NULL;
+
+    if (qemu_real_host_page_size() != TARGET_PAGE_SIZE) {
+        why = "the host page size differs from the target page size";
+    } else if (qemu_ram_is_shared(rb)) {
+        why = "it is shared memory (share=on, vhost-user, ivshmem): other "
+              "users would not see the mapping";
+    } else if (rb->fd >= 0) {
+        why = "it is backed by a file (memory-backend-file, hugetlbfs)";
+    } else if (rb->page_size != qemu_real_host_page_size()) {
+        why = "its page size is not the host page size";
+    } else if (rb->guest_memfd >= 0) {
+        why = "it uses guest_memfd";
+    }
+    if (why) {
+        error_setg(errp, "mapped-ram-load=map: cannot map RAM block '%s': "
+                   "%s; load it with mapped-ram-load=copy", rb->idstr, why);
+        return false;
+    }
+    return true;
+}
+
+static int channel_fd(QEMUFile *f, Error **errp)
+{
+    QIOChannel *ioc = qemu_file_get_ioc(f);
+
+    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE)) {
+        error_setg(errp, "mapped-ram-load=map needs a file: or fd: migration "
+                   "from a regular file");
+        return -1;
+    }
+    return QIO_CHANNEL_FILE(ioc)->fd;
+}
+
+static void remember_file(const struct stat *st)
+{
+    if (!map_state.files) {
+        map_state.files = g_array_new(false, false, sizeof(struct stat));
+    }
+    g_array_append_vals(map_state.files, st, 1);
+}
+
+bool mapped_ram_map_check_outgoing(int fd, Error **errp)
+{
+    struct stat st;
+    guint i;
+
+    if (!map_state.files || fstat(fd, &st) < 0) {
+        return true;
+    }
+    for (i = 0; i < map_state.files->len; i++) {
+        struct stat *m = &g_array_index(map_state.files, struct stat, i);
+
+        if (m->st_dev == st.st_dev && m->st_ino == st.st_ino) {
+            error_setg(errp, "this VM's RAM maps the migration file it would "
+                       "write (loaded with mapped-ram-load=map); write "
+                       "another file");
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Pages [first, end) have clear bits: they must read as zero.  If the file
+ * holds data anywhere in that range, replace the range with zeros.
+ */
+static bool zero_clear_range(RAMBlock *rb, int fd, long first, long end,
+                             unsigned *nr_maps, Error **errp)
+{
+    off_t start = rb->pages_offset + ((off_t)first << TARGET_PAGE_BITS);
+    off_t stop = rb->pages_offset + ((off_t)end << TARGET_PAGE_BITS);
+    off_t data = lseek(fd, start, SEEK_DATA);
+    uint8_t *host = rb->host + ((ram_addr_t)first << TARGET_PAGE_BITS);
+    size_t len = stop - start;
+
+    if (data < 0 || data >= stop) {
+        return true;        /* a hole, or the end of the data: zeros */
+    }
+    if (*nr_maps >= MAPPED_RAM_MAP_MAX_ZERO_MAPS) {
+        memset(host, 0, len);
+        return true;
+    }
+    if (mmap(host, len, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+        error_setg_errno(errp, errno, "mapped-ram-load=map: RAM block '%s': "
+                         "cannot map zero pages at offset 0x%" PRIx64,
+                         rb->idstr, (uint64_t)(start - rb->pages_offset));
+        return false;
+    }
+    (*nr_maps)++;
+    return true;
+}
+
+bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
+                          const unsigned long *bitmap, long num_pages,
+                          Error **errp)
+{
+    int64_t t0 = g_get_monotonic_time();
+    size_t len = (size_t)num_pages << TARGET_PAGE_BITS;
+    g_autofree char *proc = NULL;
+    unsigned nr_zero_maps = 0;
+    struct stat st;
+    long clear, set;
+    bool ok = false;
+    int fd;
+
+    if (!block_can_be_mapped(rb, errp)) {
+        return false;
+    }
+    if (len > rb->used_length) {
+        error_setg(errp, "mapped-ram-load=map: RAM block '%s': the file has "
+                   "%ld pages, the block 0x" RAM_ADDR_FMT " bytes", rb->idstr,
+                   num_pages, rb->used_length);
+        return false;
+    }
+    if (!QEMU_IS_ALIGNED(rb->pages_offset, qemu_real_host_page_size())) {
+        error_setg(errp, "mapped-ram-load=map: RAM block '%s': its pages "
+                   "start at file offset 0x%" PRIx64 ", not a multiple of the "
+                   "host page size; load it with mapped-ram-load=copy",
+                   rb->idstr, rb->pages_offset);
+        return false;
+    }
+    fd = channel_fd(f, errp);
+    if (fd < 0) {
+        return false;
+    }
+    /* Our own descriptor: SEEK_DATA must not move the stream's offset. */
+    proc = g_strdup_printf("/proc/self/fd/%d", fd);
+    fd = open(proc, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "mapped-ram-load=map: cannot reopen "
+                         "the migration file");
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_setg(errp, "mapped-ram-load=map needs a regular file");
+        goto out;
+    }
+    if (st.st_size < rb->pages_offset + len) {
+        error_setg(errp, "mapped-ram-load=map: RAM block '%s': the file is "
+                   "truncated (%" PRIu64 " bytes, its pages end at %" PRIu64
+                   ")", rb->idstr, (uint64_t)st.st_size,
+                   (uint64_t)(rb->pages_offset + len));
+        goto out;
+    }
+    if (!map_state.discard_disabled) {
+        if (ram_block_discard_disable(true)) {
+            error_setg(errp, "mapped-ram-load=map: a device needs to discard "
+                       "RAM (virtio-mem?), which a private file mapping "
+                       "cannot do; load with mapped-ram-load=copy");
+            goto out;
+        }
+        map_state.discard_disabled = true;
+    }
+
+    if (mmap(rb->host, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+             fd, rb->pages_offset) == MAP_FAILED) {
+        error_setg_errno(errp, errno, "mapped-ram-load=map: cannot map RAM "
+                         "block '%s' from the file", rb->idstr);
+        goto out;
+    }
+    if (machine_mem_merge(current_machine)) {
+        qemu_madvise(rb->host, len, QEMU_MADV_MERGEABLE);
+    }
+    if (!machine_dump_guest_core(current_machine)) {
+        qemu_madvise(rb->host, len, QEMU_MADV_DONTDUMP);
+    }
+
+    for (clear = find_first_zero_bit(bitmap, num_pages); clear < num_pages;
+         clear = find_next_zero_bit(bitmap, num_pages, set + 1)) {
+        set = find_next_bit(bitmap, num_pages, clear + 1);
+        if (!zero_clear_range(rb, fd, clear, set, &nr_zero_maps, errp)) {
+            goto out;
+        }
+    }
+    remember_file(&st);
+    trace_mapped_ram_map_block(rb->idstr, len, rb->pages_offset, nr_zero_maps,
+                               g_get_monotonic_time() - t0);
+    ok = true;
+out:
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}

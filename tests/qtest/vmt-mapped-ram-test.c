@@ -1,0 +1,447 @@
+/*
+ * QTest cases for VM templating from any VM: mapped-ram ("fixed-ram")
+ * files loaded by mapping them (mapped-ram-load=map), and mapped-ram with
+ * x-ignore-shared and bypass-shared-memory
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bswap.h"
+#include "libqtest.h"
+#include "migration/bootfile.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+#include "qobject/qdict.h"
+#include "vmt-util.h"
+
+/* A page above the boot block's range: zero, its bit clear in the file. */
+#define ZERO_PAGE_ADDR  (120 * 1024 * 1024)
+
+typedef struct SaveOpts {
+    const char *backend;        /* NULL: anonymous RAM */
+    bool multifd;
+    bool ignore_shared;
+    bool bypass;
+    bool live;                  /* guest runs while dirty pages are saved */
+} SaveOpts;
+
+typedef struct LoadOpts {
+    const char *backend;        /* NULL: anonymous RAM */
+    const char *mode;           /* mapped-ram-load */
+    bool multifd;
+    bool ignore_shared;
+} LoadOpts;
+
+static void set_caps(QTestState *who, bool multifd, bool ignore_shared)
+{
+    migrate_set_capability(who, "mapped-ram", true);
+    if (multifd) {
+        migrate_set_capability(who, "multifd", true);
+        migrate_set_parameter_int(who, "multifd-channels", 4);
+    }
+    if (ignore_shared) {
+        migrate_set_capability(who, "x-ignore-shared", true);
+    }
+}
+
+/* Save the running boot-block guest to a mapped-ram file. */
+static void save_fixed(const char *file, const SaveOpts *o)
+{
+    g_autofree char *args = vmt_vm_args(o->backend ? o->backend :
+                                        "memory-backend-ram", "src_serial");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    QTestState *from = qtest_init(args);
+
+    wait_for_serial("src_serial");
+    set_caps(from, o->multifd, o->ignore_shared);
+    if (o->bypass) {
+        migrate_set_capability(from, "bypass-shared-memory", true);
+    }
+    if (o->live) {
+        /* A slow start: several passes while the guest dirties pages. */
+        migrate_set_parameter_int(from, "max-bandwidth", 30 * 1000 * 1000);
+        migrate_set_parameter_int(from, "downtime-limit", 1);
+    } else {
+        migrate_ensure_converge(from);
+    }
+    qtest_qmp_assert_success(from, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri);
+    if (o->live) {
+        g_usleep(3 * G_USEC_PER_SEC);
+        migrate_ensure_converge(from);
+    }
+    wait_for_migration_complete(from);
+    vmt_check_pattern(from);
+    qtest_quit(from);
+}
+
+/* A VM that loads @file; returns once it runs. */
+static QTestState *load_fixed(const char *file, const LoadOpts *o,
+                              const char *serial)
+{
+    g_autofree char *vm = vmt_vm_args(o->backend ? o->backend :
+                                      "memory-backend-ram", serial);
+    g_autofree char *args = g_strdup_printf("%s -incoming defer", vm);
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    QTestState *to = qtest_init(args);
+
+    set_caps(to, o->multifd, o->ignore_shared);
+    if (o->mode) {
+        migrate_set_parameter_str(to, "mapped-ram-load", o->mode);
+    }
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    wait_for_migration_complete(to);
+    vmt_wait_for_status(to, "running");
+    return to;
+}
+
+/* The guest went on from the saved memory; leaves it stopped. */
+static void check_continues(QTestState *to, const char *serial)
+{
+    wait_for_serial(serial);
+    qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
+    g_assert_cmpint(vmt_check_pattern(to), !=, 0);
+    g_assert_cmpint(qtest_readq(to, ZERO_PAGE_ADDR), ==, 0);
+}
+
+static void test_map_clones(void)
+{
+    g_autofree char *file = vmt_path("fixed.img");
+    g_autofree char *sha = NULL;
+    g_autofree char *sha2 = NULL;
+    SaveOpts s = { 0 };
+    LoadOpts l = { .mode = "map" };
+    QTestState *a, *b;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    save_fixed(file, &s);
+    sha = vmt_file_sha256(file);
+
+    a = load_fixed(file, &l, "a_serial");
+    b = load_fixed(file, &l, "b_serial");
+    /* Loaded by mapping, not by copying: RAM maps the file. */
+    g_assert_true(vmt_process_maps(qtest_pid(a), file));
+    g_assert_true(vmt_process_maps(qtest_pid(b), file));
+    check_continues(a, "a_serial");
+    check_continues(b, "b_serial");
+
+    /* They diverge independently; the file does not change. */
+    qtest_writeq(a, ZERO_PAGE_ADDR, 0x1111);
+    qtest_writeq(b, start_address + 64, 0x2222);
+    g_assert_cmpint(qtest_readq(b, ZERO_PAGE_ADDR), ==, 0);
+    g_assert_cmpint(qtest_readq(a, start_address + 64), !=, 0x2222);
+    g_assert_cmpint(qtest_readq(a, ZERO_PAGE_ADDR), ==, 0x1111);
+    qtest_quit(a);
+    qtest_quit(b);
+    sha2 = vmt_file_sha256(file);
+    g_assert_cmpstr(sha, ==, sha2);
+    unlink(file);
+}
+
+static void test_copy_still_works(void)
+{
+    g_autofree char *file = vmt_path("fixed-copy.img");
+    SaveOpts s = { 0 };
+    LoadOpts l = { .mode = "copy" };
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    save_fixed(file, &s);
+    to = load_fixed(file, &l, "copy_serial");
+    g_assert_false(vmt_process_maps(qtest_pid(to), file));
+    check_continues(to, "copy_serial");
+    qtest_quit(to);
+    unlink(file);
+}
+
+static void test_map_live(void)
+{
+    g_autofree char *file = vmt_path("fixed-live.img");
+    SaveOpts s = { .live = true };
+    LoadOpts l = { .mode = "map" };
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    save_fixed(file, &s);
+    to = load_fixed(file, &l, "live_serial");
+    check_continues(to, "live_serial");
+    qtest_quit(to);
+    unlink(file);
+}
+
+/*
+ * Find the mapped-ram header of RAM block "mem0": in the ram section's
+ * block list, the block's id and length, then (version, page size,
+ * bitmap offset, pages offset), big endian.
+ */
+static off_t find_header(const char *file, uint64_t *bitmap_offset,
+                         uint64_t *pages_offset)
+{
+    static const uint8_t id[] = { 4, 'm', 'e', 'm', '0' };
+    g_autofree uint8_t *buf = g_malloc(1 << 20);
+    uint64_t len_be = cpu_to_be64(VMT_MEM_BYTES);
+    int fd = open(file, O_RDONLY);
+    ssize_t n = pread(fd, buf, 1 << 20, 0);
+    ssize_t i;
+
+    close(fd);
+    for (i = 0; i + sizeof(id) + 8 + 28 <= n; i++) {
+        uint8_t *p = buf + i;
+        uint64_t v;
+
+        if (memcmp(p, id, sizeof(id)) ||
+            memcmp(p + sizeof(id), &len_be, 8)) {
+            continue;
+        }
+        p += sizeof(id) + 8;
+        memcpy(&v, p + 12, 8);
+        *bitmap_offset = be64_to_cpu(v);
+        memcpy(&v, p + 20, 8);
+        *pages_offset = be64_to_cpu(v);
+        return p - buf;
+    }
+    g_assert_not_reached();
+}
+
+/*
+ * A page whose bit is clear reads as zero even where the file holds data
+ * for it, as after a live save that wrote the page and then found it zero.
+ */
+static void test_map_stale_zero_page(void)
+{
+    g_autofree char *file = vmt_path("fixed-stale.img");
+    uint64_t bitmap_offset, pages_offset, junk = 0x5a5a5a5a5a5a5a5aULL;
+    unsigned long word;
+    SaveOpts s = { 0 };
+    LoadOpts l = { .mode = "map" };
+    QTestState *to;
+    int fd;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    save_fixed(file, &s);
+    find_header(file, &bitmap_offset, &pages_offset);
+    fd = open(file, O_RDWR);
+    g_assert_cmpint(pread(fd, &word, sizeof(word), bitmap_offset +
+                          ZERO_PAGE_ADDR / TEST_MEM_PAGE_SIZE / 8), ==,
+                    sizeof(word));
+    g_assert_cmpint(word, ==, 0);       /* the page is not in the file */
+    g_assert_cmpint(pwrite(fd, &junk, sizeof(junk),
+                           pages_offset + ZERO_PAGE_ADDR), ==, sizeof(junk));
+    close(fd);
+
+    to = load_fixed(file, &l, "stale_serial");
+    check_continues(to, "stale_serial");        /* reads ZERO_PAGE_ADDR */
+    qtest_quit(to);
+    unlink(file);
+}
+
+/* A clone loaded with map saves and migrates again; its memory reads on. */
+static void test_map_migrate_again(void)
+{
+    g_autofree char *file = vmt_path("fixed-1.img");
+    g_autofree char *file2 = vmt_path("fixed-2.img");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    g_autofree char *uri2 = g_strdup_printf("file:%s", file2);
+    SaveOpts s = { 0 };
+    LoadOpts l = { .mode = "map" };
+    QDict *rsp;
+    QTestState *mid, *last;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    save_fixed(file, &s);
+    mid = load_fixed(file, &l, "mid_serial");
+    wait_for_serial("mid_serial");
+
+    /* Writing the file it maps would change its own memory: refused. */
+    rsp = qtest_qmp(mid, "{ 'execute': 'migrate', 'arguments':"
+                    " { 'uri': %s } }", uri);
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"),
+                            "this VM's RAM maps the migration file it would "
+                            "write"));
+    qobject_unref(rsp);
+
+    migrate_ensure_converge(mid);
+    qtest_qmp_assert_success(mid, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri2);
+    wait_for_migration_complete(mid);
+    qtest_quit(mid);
+
+    last = load_fixed(file2, &l, "last_serial");
+    check_continues(last, "last_serial");
+    qtest_quit(last);
+    unlink(file);
+    unlink(file2);
+}
+
+static void test_map_refuses_shared_ram(void)
+{
+    g_autofree char *file = vmt_path("fixed-shared.img");
+    g_autofree char *mem = vmt_path("shared-dst.ram");
+    g_autofree char *backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    g_autofree char *vm = vmt_vm_args(backend, "shared_serial");
+    g_autofree char *args = g_strdup_printf(
+        "%s -global migration.mapped-ram=on"
+        " -global migration.mapped-ram-load=map -incoming file:%s", vm, file);
+    SaveOpts s = { 0 };
+
+    save_fixed(file, &s);
+    vmt_qemu_must_fail(args, "shared_serial",
+                       "cannot map RAM block 'mem0': it is shared memory");
+    unlink(file);
+    unlink(mem);
+}
+
+/* Bad files: a clear error, exit status non-zero, the guest never ran. */
+static void bad_file_must_fail(const char *file, const char *expect)
+{
+    g_autofree char *vm = vmt_vm_args("memory-backend-ram", "bad_serial");
+    g_autofree char *args = g_strdup_printf(
+        "%s -global migration.mapped-ram=on"
+        " -global migration.mapped-ram-load=map -incoming file:%s", vm, file);
+
+    vmt_qemu_must_fail(args, "bad_serial", expect);
+}
+
+static void test_map_bad_files(void)
+{
+    g_autofree char *file = vmt_path("fixed-bad.img");
+    uint64_t bitmap_offset, pages_offset, v;
+    SaveOpts s = { 0 };
+    off_t hdr;
+    int fd;
+
+    save_fixed(file, &s);
+    hdr = find_header(file, &bitmap_offset, &pages_offset);
+
+    /* Pages at an offset that cannot be mapped. */
+    fd = open(file, O_RDWR);
+    v = cpu_to_be64(pages_offset + 512);
+    g_assert_cmpint(pwrite(fd, &v, 8, hdr + 20), ==, 8);
+    close(fd);
+    bad_file_must_fail(file, "region has bad alignment");
+
+    /* A corrupted header (unknown version). */
+    fd = open(file, O_RDWR);
+    v = cpu_to_be64(pages_offset);
+    g_assert_cmpint(pwrite(fd, &v, 8, hdr + 20), ==, 8);
+    g_assert_cmpint(pwrite(fd, "\xff\xff\xff\xff", 4, hdr), ==, 4);
+    close(fd);
+    bad_file_must_fail(file, "mapped-ram capability version not supported");
+
+    /* Truncated inside the pages of the block. */
+    unlink(file);
+    save_fixed(file, &s);
+    g_assert_cmpint(truncate(file, pages_offset + 64 * 1024 * 1024), ==, 0);
+    bad_file_must_fail(file, "the file is truncated");
+    unlink(file);
+}
+
+/*
+ * mapped-ram with shared memory that is not saved: x-ignore-shared and
+ * bypass-shared-memory, with and without multifd.
+ */
+static void shared_common(bool bypass, bool multifd, const char *mode)
+{
+    g_autofree char *file = vmt_path("fixed-tmpl.img");
+    g_autofree char *mem = vmt_path("fixed-tmpl.ram");
+    g_autofree char *src_backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    g_autofree char *dst_backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=off", mem);
+    g_autofree char *sha = NULL;
+    g_autofree char *sha2 = NULL;
+    SaveOpts s = {
+        .backend = src_backend, .multifd = multifd,
+        .ignore_shared = !bypass, .bypass = bypass,
+    };
+    LoadOpts l = {
+        .backend = dst_backend, .multifd = multifd,
+        .ignore_shared = !bypass, .mode = mode,
+    };
+    struct stat st;
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    save_fixed(file, &s);
+    /* The shared block has no pages in the file: it stays small. */
+    g_assert_cmpint(stat(file, &st), ==, 0);
+    g_assert_cmpint(st.st_blocks * 512, <, 8 * 1024 * 1024);
+    sha = vmt_file_sha256(mem);
+
+    to = load_fixed(file, &l, "shared_dst_serial");
+    check_continues(to, "shared_dst_serial");
+    qtest_quit(to);
+    sha2 = vmt_file_sha256(mem);
+    g_assert_cmpstr(sha, ==, sha2);
+    unlink(file);
+    unlink(mem);
+}
+
+static void test_ignore_shared(void)
+{
+    shared_common(false, false, NULL);
+}
+
+static void test_ignore_shared_multifd(void)
+{
+    shared_common(false, true, NULL);
+}
+
+static void test_bypass(void)
+{
+    shared_common(true, false, NULL);
+}
+
+static void test_bypass_multifd(void)
+{
+    shared_common(true, true, NULL);
+}
+
+static void test_bypass_map(void)
+{
+    shared_common(true, false, "map");
+}
+
+int main(int argc, char **argv)
+{
+    int ret;
+
+    if (!vmt_init(&argc, &argv)) {
+        return g_test_run();
+    }
+    qtest_add_func("/vmt/mapped-ram/map/clones", test_map_clones);
+    qtest_add_func("/vmt/mapped-ram/map/live", test_map_live);
+    qtest_add_func("/vmt/mapped-ram/map/stale-zero-page",
+                   test_map_stale_zero_page);
+    qtest_add_func("/vmt/mapped-ram/map/migrate-again",
+                   test_map_migrate_again);
+    qtest_add_func("/vmt/mapped-ram/map/refuse-shared-ram",
+                   test_map_refuses_shared_ram);
+    qtest_add_func("/vmt/mapped-ram/map/bad-files", test_map_bad_files);
+    qtest_add_func("/vmt/mapped-ram/copy", test_copy_still_works);
+    qtest_add_func("/vmt/mapped-ram/ignore-shared", test_ignore_shared);
+    qtest_add_func("/vmt/mapped-ram/ignore-shared/multifd",
+                   test_ignore_shared_multifd);
+    qtest_add_func("/vmt/mapped-ram/bypass", test_bypass);
+    qtest_add_func("/vmt/mapped-ram/bypass/multifd", test_bypass_multifd);
+    qtest_add_func("/vmt/mapped-ram/bypass/map", test_bypass_map);
+
+    ret = g_test_run();
+    vmt_cleanup();
+    return ret;
+}

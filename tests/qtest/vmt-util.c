@@ -1,0 +1,188 @@
+/*
+ * Helpers shared by the VM templating qtests (vmt-*-test.c)
+ *
+ * The accelerator is taken from VMT_QTEST_ACCEL (kvm or tcg); by default
+ * KVM is used when available, else TCG, as in migration-test.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <sys/wait.h>
+#include "libqtest.h"
+#include "migration/bootfile.h"
+#include "migration/framework.h"
+#include "qobject/qdict.h"
+#include "vmt-util.h"
+
+MigrationTestEnv *vmt_env;
+static const char *bootpath;
+
+bool vmt_init(int *argc, char ***argv)
+{
+    g_test_init(argc, argv, NULL);
+    vmt_env = migration_get_env();
+    if (!vmt_env->is_x86) {
+        return false;
+    }
+    bootpath = bootfile_create(vmt_env->arch, vmt_env->tmpfs, false);
+    start_address = X86_TEST_MEM_START;
+    end_address = X86_TEST_MEM_END;
+    return true;
+}
+
+/* Serial logs and anything a failed test left behind. */
+void vmt_cleanup(void)
+{
+    GDir *dir = g_dir_open(vmt_env->tmpfs, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_build_filename(vmt_env->tmpfs, name, NULL);
+
+        if (!bootpath || !g_str_equal(path, bootpath)) {
+            unlink(path);
+        }
+    }
+    if (dir) {
+        g_dir_close(dir);
+    }
+    migration_env_clean(vmt_env);
+}
+
+char *vmt_path(const char *name)
+{
+    return g_build_filename(vmt_env->tmpfs, name, NULL);
+}
+
+static const char *accel_opts(void)
+{
+    const char *accel = getenv("VMT_QTEST_ACCEL");
+
+    if (accel && g_str_equal(accel, "kvm")) {
+        return "-accel kvm";
+    }
+    if (accel && g_str_equal(accel, "tcg")) {
+        return "-accel tcg";
+    }
+    return "-accel kvm -accel tcg";
+}
+
+bool vmt_accel_available(void)
+{
+    const char *accel = getenv("VMT_QTEST_ACCEL");
+
+    if (accel && g_str_equal(accel, "kvm") && !vmt_env->has_kvm) {
+        g_test_skip("VMT_QTEST_ACCEL=kvm but KVM is not available");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * -M pc: SeaBIOS boots the boot block in 0.5 s under TCG, q35 in 30 s.
+ * Clones run at once on the same boot disk: no image locking.
+ */
+char *vmt_vm_args(const char *backend, const char *serial)
+{
+    return g_strdup_printf("%s -machine pc,memory-backend=mem0 -m "
+                           VMT_MEM_SIZE " -object %s,id=mem0,size="
+                           VMT_MEM_SIZE " -nodefaults -display none"
+                           " -serial file:%s/%s"
+                           " -drive if=none,id=d0,file=%s,format=raw,"
+                           "file.locking=off"
+                           " -device ide-hd,drive=d0,secs=1,cyls=1,heads=1",
+                           accel_opts(), backend, vmt_env->tmpfs, serial,
+                           bootpath);
+}
+
+void vmt_wait_for_status(QTestState *who, const char *status)
+{
+    for (;;) {
+        QDict *rsp = qtest_qmp_assert_success_ref(who,
+                                        "{ 'execute': 'query-status' }");
+        bool done = g_str_equal(qdict_get_str(rsp, "status"), status);
+
+        qobject_unref(rsp);
+        if (done) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+}
+
+uint8_t vmt_check_pattern(QTestState *who)
+{
+    unsigned addr;
+    uint8_t first, last, b;
+    bool edge = false;
+    int bad = 0;
+
+    qtest_memread(who, start_address, &first, 1);
+    last = first;
+    for (addr = start_address + TEST_MEM_PAGE_SIZE; addr < end_address;
+         addr += TEST_MEM_PAGE_SIZE) {
+        qtest_memread(who, addr, &b, 1);
+        if (b == last) {
+            continue;
+        }
+        if ((uint8_t)(b + 1) == last && !edge) {
+            edge = true;
+            last = b;
+        } else {
+            bad++;
+        }
+    }
+    g_assert_cmpint(bad, ==, 0);
+    return first;
+}
+
+char *vmt_file_sha256(const char *path)
+{
+    g_autoptr(GChecksum) ck = g_checksum_new(G_CHECKSUM_SHA256);
+    g_autofree uint8_t *buf = g_malloc(1 << 20);
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+
+    g_assert_cmpint(fd, >=, 0);
+    while ((n = read(fd, buf, 1 << 20)) > 0) {
+        g_checksum_update(ck, buf, n);
+    }
+    g_assert_cmpint(n, ==, 0);
+    close(fd);
+    return g_strdup(g_checksum_get_string(ck));
+}
+
+void vmt_qemu_must_fail(const char *args, const char *serial,
+                        const char *expect)
+{
+    g_autofree char *serial_path = vmt_path(serial);
+    g_autofree char *printed = NULL;
+    g_autofree char *cmd = g_strdup_printf("exec timeout -s KILL 120 %s %s",
+                                           getenv("QTEST_QEMU_BINARY"), args);
+    g_autofree char *err = NULL;
+    g_autofree char *out = NULL;
+    const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    int status;
+
+    unlink(serial_path);
+    g_assert(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL, &out,
+                          &err, &status, NULL));
+    g_test_message("QEMU stderr: %s", err);
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), !=, 0);
+    g_assert_nonnull(strstr(err, expect));
+    if (g_file_get_contents(serial_path, &printed, NULL, NULL)) {
+        g_assert_null(strchr(printed, 'B'));
+    }
+    unlink(serial_path);
+}
+
+bool vmt_process_maps(pid_t pid, const char *path)
+{
+    g_autofree char *maps = g_strdup_printf("/proc/%d/maps", (int)pid);
+    g_autofree char *text = NULL;
+
+    g_assert(g_file_get_contents(maps, &text, NULL, NULL));
+    return strstr(text, path) != NULL;
+}
