@@ -45,6 +45,7 @@ and to the agent's answer, and the memory of the clone's guest-RAM mapping
 
 import argparse
 import os
+import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -143,7 +144,7 @@ class PathRun:
                 self.tmem = t.smaps(anon_size=vmt.parse_size(t.mem))
             self.troll = t.smaps_rollup()
             s0 = vmt.now_ns()
-            vmt.save_template(t, self.state, self.mode)
+            self.save_info = vmt.save_template(t, self.state, self.mode)
             self.save_ns = vmt.now_ns() - s0
             t.shutdown()
         self.template = t
@@ -185,6 +186,12 @@ class PathRun:
         how = ('stop .. completed' if self.mode in vmt.SHARED_MODES
                else 'migrate .. completed')
         line(f'save ({how})', self.save_ns)
+        si = self.save_info
+        ram = si.get('ram', {})
+        print(f'    QEMU: total {si.get("total-time", "?")} ms, downtime '
+              f'{si.get("downtime", "?")} ms, '
+              f'{ram.get("dirty-sync-count", "?")} dirty syncs, '
+              f'{mib_b(ram.get("transferred", 0))} MiB of RAM written')
         print(f'  {"files for clones (MiB)":<24} {"apparent":>11} '
               f'{"allocated":>11}')
         for name, (app, alloc) in self.sizes:
@@ -242,33 +249,32 @@ class PathRun:
 
     def summary(self):
         """Rows of the side by side summary: (label, value)."""
-        n = len(self.clones) or 1
+        # medians: robust against one clone delayed by a busy host
+        def median_ms(key):
+            return statistics.median(vmt.ms(c.since_exec_ns(key))
+                                     for c in self.clones)
 
-        def mean_ms(key):
-            return sum(vmt.ms(c.since_exec_ns(key))
-                       for c in self.clones) / n
-
-        def mean_kib(f):
-            return sum(f(c) for c in self.clones) / n
+        def median_kib(f):
+            return statistics.median(f(c) for c in self.clones)
         return [
             ('save (ms)', f'{vmt.ms(self.save_ns):.1f}'),
             ('files apparent (MiB)',
              mib_b(sum(a for _, (a, _) in self.sizes))),
             ('files allocated (MiB)',
              mib_b(sum(b for _, (_, b) in self.sizes))),
-            ('clone exec -> QMP reply (ms)', f'{mean_ms("qmp"):.1f}'),
-            ('clone exec -> restored (ms)', f'{mean_ms("restored"):.1f}'),
-            ('clone exec -> pong (ms)', f'{mean_ms("pong"):.1f}'),
+            ('clone exec -> QMP reply (ms)', f'{median_ms("qmp"):.1f}'),
+            ('clone exec -> restored (ms)', f'{median_ms("restored"):.1f}'),
+            ('clone exec -> pong (ms)', f'{median_ms("pong"):.1f}'),
             ('clone guest RAM private (MiB)',
-             mib(mean_kib(lambda c: c.mem['Private_Clean'] +
+             mib(median_kib(lambda c: c.mem['Private_Clean'] +
                           c.mem['Private_Dirty']))),
             ('  of which anonymous (MiB)',
-             mib(mean_kib(lambda c: c.mem['Anonymous']))),
+             mib(median_kib(lambda c: c.mem['Anonymous']))),
             ('clone guest RAM shared (MiB)',
-             mib(mean_kib(lambda c: c.mem['Shared_Clean'] +
+             mib(median_kib(lambda c: c.mem['Shared_Clean'] +
                           c.mem['Shared_Dirty']))),
             ('clone process Pss (MiB)',
-             mib(mean_kib(lambda c: c.roll['Pss']))),
+             mib(median_kib(lambda c: c.roll['Pss']))),
             ('clones ok', f'{sum(c.sum_ok and c.ping_ok for c in self.clones)}'
                           f'/{len(self.clones)}'),
         ]
@@ -276,7 +282,7 @@ class PathRun:
 
 def print_summary(runs):
     rows = [r.summary() for r in runs]
-    print('summary: means over the clones of each path')
+    print('summary: medians over the clones of each path')
     print(f'  {"":<30}' + ''.join(f' {r.mode:>13}' for r in runs))
     for i, (label, _) in enumerate(rows[0]):
         print(f'  {label:<30}' + ''.join(f' {row[i][1]:>13}' for row in rows))
@@ -298,6 +304,8 @@ def main():
     ap.add_argument('--seed', type=int, default=7)
     ap.add_argument('--no-build-guest', action='store_true')
     opts = ap.parse_args()
+    if opts.clones < 1:
+        ap.error('--clones must be at least 1')
 
     if opts.qemu:
         os.environ['VMT_QEMU'] = os.path.abspath(opts.qemu)
