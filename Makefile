@@ -55,7 +55,7 @@ check: build upstream guest
 	@sh build-aux/check.sh
 
 demo: build guest
-	@$(PY) tests/vmt/demo.py
+	@$(PY) tests/vmt/demo.py $(DEMO_ARGS)
 
 # A git tree for editing the series: upstream is one commit, the new files
 # another, each patch one commit on top.  Edit, commit (or rebase), then
