@@ -10,6 +10,7 @@
 #   make guest       the bundled test guest in build/guest
 #   make check       everything above, then qtests and the end-to-end suite
 #   make demo        everything above, then a template and clones, with timings
+#   make bench       this series against upstream: latency, density, restore
 #   make patches-git / patches-export   edit the series in a git tree
 #
 # Each step is cheap to re-run when its inputs did not change.
@@ -26,8 +27,8 @@ PY     := /usr/bin/python3
 
 export SHARED DL
 
-.PHONY: all deps fetch tree build upstream guest check check-qtest check-e2e \
-        demo patches-git patches-export clean distclean
+.PHONY: all deps fetch tree build upstream guest check demo bench bench-quick \
+        patches-git patches-export clean distclean
 
 all: build
 
@@ -56,6 +57,14 @@ check: build upstream guest
 
 demo: build guest
 	@$(PY) tests/vmt/demo.py $(DEMO_ARGS)
+
+# Benchmarks: this series against pristine upstream, in one run; report in
+# build/bench/.  Measures, never asserts timings.
+bench: build upstream guest
+	@$(PY) tests/vmt/bench.py $(BENCH_ARGS)
+
+bench-quick: build upstream guest
+	@$(PY) tests/vmt/bench.py --quick $(BENCH_ARGS)
 
 # A git tree for editing the series: upstream is one commit, the new files
 # another, each patch one commit on top.  Edit, commit (or rebase), then
