@@ -150,13 +150,19 @@ _tmpdirs = []
 _cleanup_lock = threading.RLock()
 
 
-def cleanup_all():
+def kill_all_vms():
+    """Kill every VM started so far (their directories stay)."""
     with _cleanup_lock:
         for vm in list(_vms):
             try:
                 vm.kill()
             except Exception:
                 pass
+
+
+def cleanup_all():
+    with _cleanup_lock:
+        kill_all_vms()
         for d in list(_tmpdirs):
             remove_tmpdir(d)
 
@@ -449,8 +455,9 @@ class VM:
 
     def __init__(self, binary=None, extra_args=(), accel=None, name='vm',
                  tmpdir=None, guest=None, mem=GUEST_MEM, kernel_args='',
-                 with_guest=True, pydir=None):
+                 with_guest=True, pydir=None, machine='pc'):
         self.binary = qemu_binary(binary)
+        self.machine = machine
         self.extra_args = list(extra_args)
         self.accel = accel
         self.name = name
@@ -476,7 +483,7 @@ class VM:
     # -- command line
     def args(self):
         accel = self.accel or select_accel(self.binary)
-        a = [self.binary, '-M', 'pc', '-m', self.mem, '-nodefaults',
+        a = [self.binary, '-M', self.machine, '-m', self.mem, '-nodefaults',
              '-no-user-config', '-display', 'none', '-no-reboot',
              '-accel', accel,
              '-chardev', f'socket,id=qmp,path={self.qmp_path},'
