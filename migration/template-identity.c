@@ -68,42 +68,76 @@ static uint64_t sample_index(uint64_t seed, uint32_t i, uint64_t nchunks)
     return z % nchunks;
 }
 
-static void fingerprint_sampled(RAMBlock *rb, uint64_t used_length,
-                                uint64_t seed, uint32_t samples,
-                                uint8_t *digest)
+/*
+ * Read the block's bytes from its file, not through its mapping: faulting
+ * sparse pages in would allocate page tables across the whole block.
+ * Before the guest runs, a clone's private mapping shows the file.
+ */
+static bool read_block(RAMBlock *rb, uint64_t off, uint8_t *buf, size_t len,
+                       Error **errp)
 {
-    uint8_t *host = qemu_ram_get_host_addr(rb);
+    int fd = qemu_ram_get_fd(rb);
+
+    while (len) {
+        ssize_t n = pread(fd, buf, len, rb->fd_offset + off);
+
+        if (n <= 0) {
+            error_setg_errno(errp, n < 0 ? errno : EIO, "RAM block '%s': "
+                             "cannot read its memory file at offset %" PRIu64,
+                             rb->idstr, rb->fd_offset + off);
+            return false;
+        }
+        buf += n;
+        off += n;
+        len -= n;
+    }
+    return true;
+}
+
+static bool fingerprint_sampled(RAMBlock *rb, uint64_t used_length,
+                                uint64_t seed, uint32_t samples,
+                                uint8_t *digest, Error **errp)
+{
     uint64_t nchunks = DIV_ROUND_UP(used_length, TEMPLATE_ID_CHUNK);
-    GChecksum *ck = g_checksum_new(G_CHECKSUM_SHA256);
+    g_autoptr(GChecksum) ck = g_checksum_new(G_CHECKSUM_SHA256);
+    uint8_t buf[TEMPLATE_ID_CHUNK];
     gsize len = TEMPLATE_ID_DIGEST_LEN;
     uint32_t i;
 
     for (i = 0; i < samples && nchunks; i++) {
         uint64_t idx = sample_index(seed, i, nchunks);
         uint64_t off = idx * TEMPLATE_ID_CHUNK;
+        size_t n = MIN(TEMPLATE_ID_CHUNK, used_length - off);
         uint64_t le = cpu_to_le64(idx);
 
+        if (!read_block(rb, off, buf, n, errp)) {
+            return false;
+        }
         g_checksum_update(ck, (const guchar *)&le, sizeof(le));
-        g_checksum_update(ck, host + off,
-                          MIN(TEMPLATE_ID_CHUNK, used_length - off));
+        g_checksum_update(ck, buf, n);
     }
     g_checksum_get_digest(ck, digest, &len);
-    g_checksum_free(ck);
+    return true;
 }
 
-static void fingerprint_full(RAMBlock *rb, uint64_t used_length,
-                             uint8_t *digest)
+static bool fingerprint_full(RAMBlock *rb, uint64_t used_length,
+                             uint8_t *digest, Error **errp)
 {
-    uint8_t *host = qemu_ram_get_host_addr(rb);
-    GChecksum *ck = g_checksum_new(G_CHECKSUM_SHA256);
+    g_autoptr(GChecksum) ck = g_checksum_new(G_CHECKSUM_SHA256);
+    g_autofree uint8_t *buf = g_malloc(1 * MiB);
     gsize len = TEMPLATE_ID_DIGEST_LEN;
     uint64_t off;
 
     for (off = 0; off < used_length; off += 1 * MiB) {
-        g_checksum_update(ck, host + off, MIN(1 * MiB, used_length - off));
+        size_t n = MIN(1 * MiB, used_length - off);
+
+        if (!read_block(rb, off, buf, n, errp)) {
+            return false;
+        }
+        g_checksum_update(ck, buf, n);
     }
     g_checksum_get_digest(ck, digest, &len);
-    g_checksum_free(ck);
+    return true;
 }
 
 static char *block_file_name(RAMBlock *rb)
@@ -160,10 +194,12 @@ bool template_identity_compute(TemplateIdentity *id, RAMBlock *rb,
     id->check = check;
     id->seed = g_random_int() | ((uint64_t)g_random_int() << 32);
     id->samples = TEMPLATE_ID_SAMPLES;
-    fingerprint_sampled(rb, id->used_length, id->seed, id->samples,
-                        id->sampled);
-    if (check == BYPASS_SHARED_MEMORY_CHECK_FULL) {
-        fingerprint_full(rb, id->used_length, id->full);
+    if (!fingerprint_sampled(rb, id->used_length, id->seed, id->samples,
+                             id->sampled, errp) ||
+        (check == BYPASS_SHARED_MEMORY_CHECK_FULL &&
+         !fingerprint_full(rb, id->used_length, id->full, errp))) {
+        template_identity_clear(id);
+        return false;
     }
     trace_template_identity_compute(rb->idstr, id->used_length, id->file_size,
                                     BypassSharedMemoryCheck_str(check),
@@ -222,7 +258,10 @@ bool template_identity_verify(const TemplateIdentity *id, RAMBlock *rb,
                    "template files with their timestamps", rb->idstr, file);
         return false;
     }
-    fingerprint_sampled(rb, id->used_length, id->seed, id->samples, digest);
+    if (!fingerprint_sampled(rb, id->used_length, id->seed, id->samples,
+                             digest, errp)) {
+        return false;
+    }
     if (memcmp(digest, id->sampled, sizeof(digest))) {
         error_setg(errp, "RAM block '%s': the content of memory file %s "
                    "differs from the template (sampled fingerprint of %u "
@@ -231,7 +270,9 @@ bool template_identity_verify(const TemplateIdentity *id, RAMBlock *rb,
         return false;
     }
     if (id->check == BYPASS_SHARED_MEMORY_CHECK_FULL) {
-        fingerprint_full(rb, id->used_length, digest);
+        if (!fingerprint_full(rb, id->used_length, digest, errp)) {
+            return false;
+        }
         if (memcmp(digest, id->full, sizeof(digest))) {
             error_setg(errp, "RAM block '%s': the content of memory file %s "
                        "differs from the template (full check): modified "

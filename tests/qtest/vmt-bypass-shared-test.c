@@ -9,6 +9,7 @@
  */
 
 #include "qemu/osdep.h"
+#include <sys/wait.h>
 #include "libqtest.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
@@ -326,6 +327,35 @@ static void test_bad_truncated_state(void)
     unlink(state);
 }
 
+/* scripts/analyze-migration.py shows what a template's stream bypasses. */
+static void test_analyze_script(void)
+{
+    const char *python = getenv("PYTHON");
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    int status;
+
+    if (!python || !g_file_test("scripts/analyze-migration.py",
+                                G_FILE_TEST_EXISTS)) {
+        g_test_skip("needs PYTHON and the source tree as working directory");
+        return;
+    }
+    make_template(&tmpl_sampled, "tmpl", false);
+    {
+        const char *argv[] = { python, "scripts/analyze-migration.py", "-f",
+                               tmpl_sampled.state, NULL };
+
+        g_assert(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL,
+                              &out, &err, &status, NULL));
+    }
+    g_test_message("%s", err);
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    g_assert_nonnull(strstr(out, "\"bypass-shared-memory ("));
+    g_assert_nonnull(strstr(out, "\"mem0\": {"));
+    g_assert_nonnull(strstr(out, "\"used_length\": \"0x9600000\""));
+    g_assert_nonnull(strstr(out, "\"sampled_sha256\": \""));
+}
+
 static void test_caps(void)
 {
     QTestState *vm = qtest_init("-machine none");
@@ -415,6 +445,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/bypass/bad/truncated-state",
                    test_bad_truncated_state);
     qtest_add_func("/vmt/bypass/full-check", test_full_check);
+    qtest_add_func("/vmt/bypass/analyze-script", test_analyze_script);
     qtest_add_func("/vmt/ignore-shared/legacy", test_ignore_shared_legacy);
 
     ret = g_test_run();
