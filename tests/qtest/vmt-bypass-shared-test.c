@@ -181,6 +181,35 @@ static void test_readonly_clone(void)
     g_assert_cmpstr(sha, ==, tmpl_sampled.mem_sha256);
 }
 
+static char *copy_file(const char *src, const char *name, bool keep_mtime);
+
+/*
+ * share=on on the same file: a local migration or live update (seed use
+ * case "qemu-local-migration"), on a copy of the template since the
+ * destination writes to it.
+ */
+static void test_shared_destination(void)
+{
+    g_autofree char *copy = NULL;
+    g_autofree char *sha = NULL;
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    make_template(&tmpl_sampled, "tmpl", false);
+    copy = copy_file(tmpl_sampled.mem, "local-migration.ram", true);
+    to = clone_start(&tmpl_sampled, copy, "share=on", "shared_dst_serial");
+    clone_check(to, "shared_dst_serial");
+    qtest_writeb(to, start_address + 16, 0x5c);
+    qtest_quit(to);
+
+    /* Its writes went to the file, as with any share=on memory. */
+    sha = vmt_file_sha256(copy);
+    g_assert_cmpstr(sha, !=, tmpl_sampled.mem_sha256);
+    unlink(copy);
+}
+
 /* A clone that must fail: non-zero exit, the error, the guest never ran. */
 static void clone_must_fail(const Template *t, const char *mem_path,
                             const char *state, const char *expect)
@@ -438,6 +467,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/bypass/caps", test_caps);
     qtest_add_func("/vmt/bypass/clones", test_clones);
     qtest_add_func("/vmt/bypass/readonly", test_readonly_clone);
+    qtest_add_func("/vmt/bypass/shared-destination", test_shared_destination);
     qtest_add_func("/vmt/bypass/bad/size", test_bad_size);
     qtest_add_func("/vmt/bypass/bad/modified", test_bad_modified);
     qtest_add_func("/vmt/bypass/bad/other-template", test_bad_other_template);

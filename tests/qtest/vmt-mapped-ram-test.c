@@ -285,23 +285,35 @@ static void test_map_migrate_again(void)
     unlink(file2);
 }
 
-static void test_map_refuses_shared_ram(void)
+/* A destination whose RAM cannot be replaced by a file mapping. */
+static void map_must_refuse(const char *file, const char *mem,
+                            const char *share, const char *expect)
 {
-    g_autofree char *file = vmt_path("fixed-shared.img");
-    g_autofree char *mem = vmt_path("shared-dst.ram");
     g_autofree char *backend = g_strdup_printf(
-        "memory-backend-file,mem-path=%s,share=on", mem);
-    g_autofree char *vm = vmt_vm_args(backend, "shared_serial");
+        "memory-backend-file,mem-path=%s,%s", mem, share);
+    g_autofree char *vm = vmt_vm_args(backend, "refuse_serial");
     g_autofree char *args = g_strdup_printf(
         "%s -global migration.mapped-ram=on"
         " -global migration.mapped-ram-load=map -incoming file:%s", vm, file);
+
+    vmt_qemu_must_fail(args, "refuse_serial", expect);
+    unlink(mem);
+}
+
+static void test_map_refuses_shared_ram(void)
+{
+    g_autofree char *file = vmt_path("fixed-shared.img");
+    g_autofree char *mem = vmt_path("refused-dst.ram");
     SaveOpts s = { 0 };
 
     save_fixed(file, &s);
-    vmt_qemu_must_fail(args, "shared_serial",
-                       "cannot map RAM block 'mem0': it is shared memory");
+    /* Other processes (vhost-user) would not see the new mapping. */
+    map_must_refuse(file, mem, "share=on",
+                    "cannot map RAM block 'mem0': it is shared memory");
+    /* File-backed (and hugetlbfs) RAM has its own backing. */
+    map_must_refuse(file, mem, "share=off",
+                    "cannot map RAM block 'mem0': it is backed by a file");
     unlink(file);
-    unlink(mem);
 }
 
 /* Bad files: a clear error, exit status non-zero, the guest never ran. */
@@ -430,7 +442,7 @@ int main(int argc, char **argv)
                    test_map_stale_zero_page);
     qtest_add_func("/vmt/mapped-ram/map/migrate-again",
                    test_map_migrate_again);
-    qtest_add_func("/vmt/mapped-ram/map/refuse-shared-ram",
+    qtest_add_func("/vmt/mapped-ram/map/refuse-shared-or-file-ram",
                    test_map_refuses_shared_ram);
     qtest_add_func("/vmt/mapped-ram/map/bad-files", test_map_bad_files);
     qtest_add_func("/vmt/mapped-ram/copy", test_copy_still_works);
