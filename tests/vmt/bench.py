@@ -25,7 +25,7 @@ report incomplete: REASON".  Timings are measured, never asserted.
 
 import argparse
 import asyncio
-import json
+import mmap
 import os
 import platform
 import statistics
@@ -47,6 +47,7 @@ DEVICES = ['-device', 'vmgenid']
 TEMPLATE_SEED = 7
 TEMPLATE_MIB = 4        # written by every template before its save
 DENSITY_MIB = 4         # written by every VM of the density scenario
+WARM_BYTES = 256 << 20  # touched and freed before each timed VM start
 SCENARIOS = ('floor', 'boot', 'clone', 'save', 'restore', 'density')
 
 # clone flows: (id, mode, binary, template id).  Templates: shared RAM
@@ -104,6 +105,25 @@ def event_perf_ns(ev):
     ts = ev['timestamp']
     wall = ts['seconds'] * 10**9 + ts['microseconds'] * 1000
     return wall - wall_offset_ns()
+
+
+def warm_memory(nbytes):
+    """Touch nbytes of fresh anonymous memory and free it again.
+
+    On a VM host that takes freed memory back within seconds (free page
+    reporting), the first touch of memory is slow.  Called right before a
+    timed VM start, so that the memory that VM fills is warm whatever ran
+    (or paused) before it, and flows are not favoured by their order.
+    Transparent huge pages like QEMU's guest RAM (MADV_HUGEPAGE): warming
+    with small pages made the following copy loads slower, not faster."""
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        if hasattr(mmap, 'MADV_HUGEPAGE'):
+            m.madvise(mmap.MADV_HUGEPAGE)
+        for off in range(0, nbytes, mmap.PAGESIZE):
+            m[off] = 1
+    finally:
+        m.close()
 
 
 def meminfo():
@@ -319,10 +339,22 @@ class Bench:
                 time.sleep(2)
 
     def vm(self, binary, name, extra=(), **kw):
+        self.wait_binaries()
         self.nvm += 1
         return vmt.VM(self.bins[binary], name=f'{name}-{self.nvm}',
                       tmpdir=self.tmp.path, extra_args=list(extra),
                       accel=self.accel, **kw)
+
+    def binary_ids(self):
+        """(inode, mtime) of each binary; None while one is missing."""
+        ids = {}
+        for b, path in self.bins.items():
+            try:
+                st = os.stat(path)
+                ids[b] = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                ids[b] = None
+        return ids
 
     def probe(self):
         """Capabilities of both binaries, versions, machine support."""
@@ -446,6 +478,7 @@ class Bench:
             order = BINS if rep % 2 == 0 else BINS[::-1]
             for b in order:
                 i += 1
+                warm_memory(WARM_BYTES)
                 with self.vm(b, 'boot', DEVICES) as v:
                     v.launch()
                     v.wait_banner()
@@ -456,7 +489,8 @@ class Bench:
                 else:
                     for k in keys:
                         r[b]['samples'][k].append(t[k])
-                self.step('boot', i, n, f'{b}{" (first run)" if rep == 0 else ""}'
+                first = ' (first run)' if rep == 0 else ''
+                self.step('boot', i, n, f'{b}{first}'
                           f': QMP {t["qmp"]:.0f} ms, banner '
                           f'{t["banner"]:.0f} ms, pong {t["pong"]:.0f} ms')
         for b in BINS:
@@ -553,6 +587,7 @@ class Bench:
         """Launch a clone and wait for its first pong; t: exec, qmp,
         running, pong."""
         v = self.vm(b, name, self.clone_args(mode, tpl) + DEVICES)
+        warm_memory(WARM_BYTES)
         v.launch()
         if mode == 'ignore-shared':
             v.set_caps(x_ignore_shared=True)
@@ -668,6 +703,7 @@ class Bench:
                         if not ok:
                             fr['skipped'] = why
                             continue
+                    warm_memory(r['file_allocated'] + WARM_BYTES)
                     dt, t_pong, rss = self.restore_once(b, mode, size, path)
                     if rep == 0:
                         fr['first'] = dt
@@ -859,6 +895,7 @@ class Bench:
             'scenarios': list(o.only),
         })
         self.wait_binaries()
+        self.ids0 = self.binary_ids()
         self.accel = vmt.select_accel(self.bins['ours'])
         meta['accel'] = self.accel
         self.say(f'accelerator: {self.accel}; ours {self.bins["ours"]}, '
@@ -883,23 +920,39 @@ class Bench:
             for name, fn in stages:
                 if name not in want and fn != self.make_templates:
                     continue
-                self.wait_binaries()
                 t0 = time.monotonic()
-                try:
-                    fn()
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as e:
-                    msg = f'{type(e).__name__}: {e}'[:2000]
-                    self.res['errors'][name] = msg
-                    self.say(f'{name}: error: {msg}')
-                    traceback.print_exc()
-                    vmt.kill_all_vms()
+                for attempt in (1, 2):
+                    self.wait_binaries()
+                    ids = self.binary_ids()
+                    try:
+                        fn()
+                        break
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as e:
+                        vmt.kill_all_vms()
+                        msg = f'{type(e).__name__}: {e}'[:2000]
+                        if attempt == 1 and self.binary_ids() != ids:
+                            # build/qemu was replaced (rebuilt) meanwhile
+                            self.say(f'{name}: failed while a QEMU binary '
+                                     f'was replaced ({msg.splitlines()[0]}'
+                                     '); running it again')
+                            continue
+                        self.res['errors'][name] = msg
+                        self.say(f'{name}: error: {msg}')
+                        traceback.print_exc()
+                        break
                 meta.setdefault('stage_s', {})[name] = \
                     round(time.monotonic() - t0, 1)
         finally:
             self.tmp.cleanup()
         meta['runtime_s'] = round(time.monotonic() - self.t_start, 1)
+        if self.binary_ids() != self.ids0:
+            changed = [b for b in BINS
+                       if self.binary_ids()[b] != self.ids0[b]]
+            meta['binaries_changed'] = changed
+            self.say(f'note: {", ".join(changed)} binary replaced during '
+                     'the run: its figures may mix two builds')
         return self.res
 
 
@@ -963,7 +1016,7 @@ def parse_args(argv=None):
     o.floor_reps = 3 if q else 10
     o.boot_reps = 2 if q else 5
     o.save_reps = 1 if q else 3
-    o.restore_reps = 2 if q else 5
+    o.restore_reps = 2 if q else 7
     if o.reps is None:
         o.reps = 3 if q else 20
     if o.clones is None:

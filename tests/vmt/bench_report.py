@@ -60,10 +60,15 @@ def fmib_b(nbytes, nd=1):
     return DASH if nbytes is None else f'{nbytes / (1 << 20):.{nd}f}'
 
 
-def ratio(a, b, nd=2):
+def ratio(a, b):
+    """a/b with 2 decimals, more when small (never 0.00 for a > 0)."""
     if a is None or b is None or b == 0:
         return DASH
-    return f'{a / b:.{nd}f}'
+    r = a / b
+    for nd in (2, 3, 4, 5, 6):
+        if r == 0 or abs(r) >= 10 ** (1 - nd):
+            break
+    return f'{r:.{nd}f}'
 
 
 def sget(d, *keys):
@@ -820,6 +825,10 @@ def notes(res):
     n.append('- First runs (a warm-up per series) are reported apart: '
              'memory freed on this host goes back to it within seconds, so '
              'first touches after a pause are slower.')
+    if m.get('binaries_changed'):
+        n.append('- **The ' + ' and '.join(m['binaries_changed']) +
+                 ' binary was replaced (rebuilt) during the run**: its '
+                 'figures may mix two builds.')
     n.append('- The host is shared (2 CPUs); other jobs add noise.  p90s '
              'and the plots show the spread; timings are measured, never '
              'asserted.')
