@@ -93,7 +93,6 @@ const PropertyInfo qdev_prop_bypass_shared_memory_check = {
 static struct {
     /* Destination: the blocks the incoming stream bypasses. */
     bool incoming;
-    bool verified;
     BypassSharedList in;
 } bypass;
 
@@ -134,11 +133,6 @@ bool bypass_shared_block_is_bypassed(RAMBlock *rb)
         return list_has(&bypass.in, rb->idstr);
     }
     return migrate_bypass_shared_memory() && block_is_bypassed_here(rb);
-}
-
-bool bypass_shared_incoming_active(void)
-{
-    return bypass.incoming;
 }
 
 bool bypass_shared_caps_check(bool *new_caps, Error **errp)
@@ -353,7 +347,6 @@ static int load_identities(QEMUFile *f, Error **errp)
             goto out;
         }
     }
-    bypass.verified = true;
     ret = 0;
 out:
     list_clear(&got);
@@ -388,7 +381,6 @@ static int bypass_shared_load_state(QEMUFile *f, void *opaque, int version_id)
 static int bypass_shared_load_cleanup(void *opaque)
 {
     bypass.incoming = false;
-    bypass.verified = false;
     list_clear(&bypass.in);
     return 0;
 }

@@ -26,9 +26,6 @@ void bypass_shared_mig_init(void);
  */
 bool bypass_shared_block_is_bypassed(RAMBlock *rb);
 
-/* True while an incoming stream that bypasses shared memory is loaded. */
-bool bypass_shared_incoming_active(void);
-
 /*
  * mapped-ram streams with x-ignore-shared or bypass-shared-memory: one byte
  * before each block's mapped-ram header says whether the block is

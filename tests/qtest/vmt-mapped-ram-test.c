@@ -429,6 +429,11 @@ static void test_bypass_map(void)
     shared_common(true, false, "map");
 }
 
+static void test_bypass_multifd_map(void)
+{
+    shared_common(true, true, "map");
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -452,6 +457,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/bypass", test_bypass);
     qtest_add_func("/vmt/mapped-ram/bypass/multifd", test_bypass_multifd);
     qtest_add_func("/vmt/mapped-ram/bypass/map", test_bypass_map);
+    qtest_add_func("/vmt/mapped-ram/bypass/multifd/map",
+                   test_bypass_multifd_map);
 
     ret = g_test_run();
     vmt_cleanup();
