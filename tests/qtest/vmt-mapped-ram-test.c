@@ -457,7 +457,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/bypass", test_bypass);
     qtest_add_func("/vmt/mapped-ram/bypass/multifd", test_bypass_multifd);
     qtest_add_func("/vmt/mapped-ram/bypass/map", test_bypass_map);
-    qtest_add_func("/vmt/mapped-ram/bypass/multifd/map",
+    qtest_add_func("/vmt/mapped-ram/bypass/map-multifd",
                    test_bypass_multifd_map);
 
     ret = g_test_run();
