@@ -183,7 +183,7 @@ class PathRun:
         line('exec -> QMP reply', t.since_exec_ns('qmp'))
         line('exec -> agent banner', t.since_exec_ns('banner'))
         line(f'guest write {o.mib} MiB (seed {o.seed})', self.write_ns)
-        how = ('stop .. completed' if self.mode in vmt.SHARED_MODES
+        how = ('stop .. completed' if self.mode == 'ignore-shared'
                else 'migrate .. completed')
         line(f'save ({how})', self.save_ns)
         si = self.save_info

@@ -830,12 +830,16 @@ def template_args(ram_path, mode):
 
 
 def migrate_to_file(vm, state_path, mode='ignore-shared', timeout=300.0):
-    """Stop vm and save its state (without shared RAM) to state_path.
+    """Save vm's state (without shared RAM) to state_path.
 
-    mode ignore-shared: upstream capability x-ignore-shared;
-    mode bypass: our bypass-shared-memory capability."""
+    mode ignore-shared: upstream capability x-ignore-shared, the Kata flow
+    (stop, then migrate; clones are continued with 'cont');
+    mode bypass: our bypass-shared-memory capability; the VM is not
+    stopped first (migration stops it and records it as running), so
+    clones started with a plain -incoming run by themselves."""
     cap = CAPABILITY[mode]
-    vm.cmd('stop')
+    if mode == 'ignore-shared':
+        vm.cmd('stop')
     vm.cmd('migrate-set-capabilities',
            capabilities=[{'capability': cap, 'state': True}])
     vm.cmd('migrate', uri=f'exec:cat > {state_path}')
@@ -899,8 +903,16 @@ def restore_clone(vm, state_path, mode='ignore-shared', defer=False,
         vm.cmd('migrate-incoming', uri=f'file:{state_path}')
     vm.wait_migration(timeout)
     vm.t['restored'] = now_ns()
-    if vm.status() != 'running':
+    if mode == 'ignore-shared':
         vm.cmd('cont')
+    else:
+        # A plain -incoming clone runs by itself once the state is loaded.
+        deadline = time.monotonic() + 10.0
+        while vm.status() != 'running':
+            if time.monotonic() > deadline:
+                raise VMTError(f'{vm.name}: not running after the restore '
+                              f'(status {vm.status()})')
+            time.sleep(0.001)
     vm.t['running'] = now_ns()
 
 
