@@ -5,8 +5,9 @@
 #   1. upstream's migration qtests that matter here, on our build;
 #   2. stream compatibility with pristine upstream, both directions;
 #   3. this series' qtests, under TCG and, when usable, under KVM;
-#   4. the end-to-end suite with the bundled Linux guest.
-# VMT_CHECK_ONLY=qtest|compat|vmt|e2e runs one group.
+#   4. the end-to-end suite with the bundled Linux guest;
+#   5. a quick benchmark run whose report must be complete (no timings).
+# VMT_CHECK_ONLY=qtest|compat|vmt|e2e|bench runs one group.
 set -u
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -136,6 +137,21 @@ if want e2e; then
         FAIL=$((FAIL + 1))
         FAILED="$FAILED
   e2e: no summary line (log: $log)"
+    fi
+fi
+
+if want bench; then
+    echo "== benchmark smoke run (quick; checks the report, never timings)"
+    log=$LOGDIR/bench-quick.log
+    /usr/bin/python3 "$TOP/tests/vmt/bench.py" --quick --check \
+        --out "$TOP/build/bench-quick" > "$log" 2>&1
+    tail -1 "$log"
+    if tail -1 "$log" | grep -q '^bench: report complete'; then
+        PASS=$((PASS + 1))
+    else
+        FAIL=$((FAIL + 1))
+        FAILED="$FAILED
+  bench --quick --check (log: $log)"
     fi
 fi
 
