@@ -302,6 +302,8 @@ class Template:
                                   else 'template.state')
         self.sum = None
         self.ok = False
+        self.vm = None          # the template VM while it runs
+        self.r = None           # its results
 
 
 class Bench:
@@ -323,6 +325,17 @@ class Bench:
 
     def step(self, scen, i, n, msg):
         self.say(f'{scen} {i}/{n}: {msg}')
+
+    def fail(self, key, e):
+        """Record that one unit (a template, flow, size) failed; the
+        scenario goes on without it.  Returns the message."""
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise e
+        msg = ' '.join(f'{type(e).__name__}: {e}'.split())[:1000]
+        self.res['errors'][key] = msg
+        self.say(f'{key}: error: {msg}')
+        traceback.print_exc()
+        return msg
 
     # -- helpers
     def wait_binaries(self, timeout=600.0):
@@ -500,6 +513,10 @@ class Bench:
     # templates (and scenario d: save)
 
     def make_templates(self):
+        """Boot every template, then save them round-robin (so that
+        ours and upstream's saves see the same conditions), o.save_reps
+        times, resuming them in between; the last save is the one clones
+        use."""
         o = self.o
         res = {'reps': o.save_reps, 'templates': {}}
         self.res['save'] = res
@@ -510,49 +527,86 @@ class Bench:
                     'mode': mode, 'binary': b,
                     'unsupported': f'{b} QEMU has no '
                     f'{vmt.CAPABILITY.get(mode, "mapped-ram")}'}
-        n = len(todo)
-        for i, (tid, mode, b) in enumerate(todo, 1):
-            self.step('save', i, n, f'template {tid}: boot, write '
-                      f'{TEMPLATE_MIB} MiB, {o.save_reps} save(s)')
-            tpl = Template(tid, mode, b, os.path.join(
-                self.tmp.path, 'tpl-' + tid.replace('/', '-')))
-            r = {'mode': mode, 'binary': b, 'save_ms': [], 'qemu_total_ms': [],
-                 'downtime_ms': [], 'apparent': [], 'allocated': []}
-            res['templates'][tid] = r
-            extra = (vmt.ram_backend_args(tpl.ram, share=True)
-                     if mode != 'fixed' else []) + DEVICES
-            with self.vm(b, 'template', extra) as v:
-                v.launch()
-                v.wait_banner()
-                agent_expect(v.agent, f'write {TEMPLATE_SEED} {TEMPLATE_MIB}',
-                             'ok write')
-                tpl.sum = v.agent.sum()
-                for k in range(o.save_reps):
-                    last = k == o.save_reps - 1
-                    path = tpl.state if last else f'{tpl.state}.{k}'
-                    t0 = vmt.now_ns()
-                    info = self.save(v, mode, path)
-                    dt = ms(vmt.now_ns() - t0)
-                    app, alloc = vmt.file_sizes(path)
-                    r['save_ms'].append(dt)
-                    r['qemu_total_ms'].append(info.get('total-time'))
-                    r['downtime_ms'].append(info.get('downtime'))
-                    r['apparent'].append(app)
-                    r['allocated'].append(alloc)
-                    self.step('save', i, n, f'{tid} save {k + 1}/'
-                              f'{o.save_reps}: {dt:.1f} ms, '
-                              f'{mib_b(app):.2f} MiB '
-                              f'({mib_b(alloc):.2f} MiB allocated)')
-                    if not last:
-                        os.unlink(path)
-                        v.cmd('cont')
-                        wait_status(v, 'running')
-                v.shutdown()
-            if tpl.ram:
-                r['ram_file'] = vmt.file_sizes(tpl.ram)
-            r['stats'] = stats(r['save_ms'])
-            tpl.ok = True
-            self.templates[tid] = tpl
+        n = len(todo) * (1 + o.save_reps)
+        i = 0
+        live = []
+        try:
+            for tid, mode, b in todo:
+                i += 1
+                self.step('save', i, n, f'template {tid}: boot, write '
+                          f'{TEMPLATE_MIB} MiB')
+                tpl = Template(tid, mode, b, os.path.join(
+                    self.tmp.path, 'tpl-' + tid.replace('/', '-')))
+                tpl.r = {'mode': mode, 'binary': b, 'save_ms': [],
+                         'qemu_total_ms': [], 'downtime_ms': [],
+                         'apparent': [], 'allocated': []}
+                res['templates'][tid] = tpl.r
+                try:
+                    tpl.vm = self.boot_template(tpl)
+                    live.append(tpl)
+                except Exception as e:
+                    tpl.r['error'] = self.fail(f'save/{tid}', e)
+            for k in range(o.save_reps):
+                last = k == o.save_reps - 1
+                j = k % max(1, len(live))
+                for tpl in live[j:] + live[:j]:
+                    i += 1
+                    if tpl.r.get('error'):
+                        continue
+                    try:
+                        self.save_template(tpl, k, last, i, n)
+                    except Exception as e:
+                        tpl.r['error'] = self.fail(f'save/{tpl.id}', e)
+                        tpl.vm.kill()
+            for tpl in live:
+                if tpl.r.get('error'):
+                    continue
+                tpl.vm.shutdown()
+                if tpl.ram:
+                    tpl.r['ram_file'] = vmt.file_sizes(tpl.ram)
+                tpl.r['stats'] = stats(tpl.r['save_ms'])
+                tpl.ok = True
+                self.templates[tpl.id] = tpl
+        finally:
+            for tpl in live:
+                tpl.vm.kill()
+
+    def boot_template(self, tpl):
+        extra = (vmt.ram_backend_args(tpl.ram, share=True)
+                 if tpl.mode != 'fixed' else []) + DEVICES
+        v = self.vm(tpl.binary, 'template', extra)
+        try:
+            v.launch()
+            v.wait_banner()
+            agent_expect(v.agent, f'write {TEMPLATE_SEED} {TEMPLATE_MIB}',
+                         'ok write')
+            tpl.sum = v.agent.sum()
+        except BaseException:
+            v.kill()
+            raise
+        return v
+
+    def save_template(self, tpl, k, last, i, n):
+        v, r = tpl.vm, tpl.r
+        path = tpl.state if last else f'{tpl.state}.{k}'
+        if k:
+            v.cmd('cont')
+            wait_status(v, 'running')
+        warm_memory(WARM_BYTES)
+        t0 = vmt.now_ns()
+        info = self.save(v, tpl.mode, path)
+        dt = ms(vmt.now_ns() - t0)
+        app, alloc = vmt.file_sizes(path)
+        r['save_ms'].append(dt)
+        r['qemu_total_ms'].append(info.get('total-time'))
+        r['downtime_ms'].append(info.get('downtime'))
+        r['apparent'].append(app)
+        r['allocated'].append(alloc)
+        self.step('save', i, n, f'{tpl.id} save {k + 1}/{self.o.save_reps}'
+                  f': {dt:.1f} ms, {mib_b(app):.2f} MiB '
+                  f'({mib_b(alloc):.2f} MiB allocated)')
+        if not last:
+            os.unlink(path)
 
     def save(self, v, mode, path):
         """Save a running VM (not stopped first: the stream records it as
@@ -624,7 +678,14 @@ class Bench:
             for fid, mode, b, tpl in flows[k:] + flows[:k]:
                 i += 1
                 r = res['flows'][fid]
-                v = self.start_clone(mode, b, tpl, 'clone')
+                if r.get('error'):
+                    continue
+                try:
+                    v = self.start_clone(mode, b, tpl, 'clone')
+                except Exception as e:
+                    r['error'] = self.fail(f'clone/{fid}', e)
+                    vmt.kill_all_vms()
+                    continue
                 try:
                     t = {key: ms(v.since_exec_ns(key))
                          for key in ('qmp', 'running', 'pong')}
@@ -667,57 +728,67 @@ class Bench:
             r = {'bytes': nbytes, 'fill_mib': fill, 'flows': {}}
             res['sizes'][size] = r
             i += 1
-            self.step('restore', i, n, f'{size}: template (upstream QEMU) '
-                      f'boots, writes {fill} MiB, mapped-ram save')
-            d = os.path.join(self.tmp.path, f'restore-{size}')
-            os.makedirs(d, exist_ok=True)
-            path = os.path.join(d, 'vm.fixed')
-            with self.vm('upstream', f'restore-tpl-{size}', DEVICES,
-                         mem=size) as v:
-                v.launch()
-                v.wait_banner(timeout=300)
-                w0 = vmt.now_ns()
-                agent_expect(v.agent, f'write 3 {fill}', 'ok write',
-                             timeout=900)
-                r['write_ms'] = ms(vmt.now_ns() - w0)
-                r['template_ram_rss_kib'] = v.smaps(anon_size=nbytes)['Rss']
-                t0 = vmt.now_ns()
-                self.save(v, 'fixed', path)
-                r['save_ms'] = ms(vmt.now_ns() - t0)
-                v.shutdown()
-            r['file_apparent'], r['file_allocated'] = vmt.file_sizes(path)
-            self.say(f'restore: {size}: guest RAM populated '
-                     f'{mib_k(r["template_ram_rss_kib"]):.0f} MiB, file '
-                     f'{mib_b(r["file_allocated"]):.0f} MiB allocated of '
-                     f'{mib_b(r["file_apparent"]):.0f} MiB')
-            for fid, mode, b in flows:
-                r['flows'][fid] = {'first': None, 'samples': [],
-                                   'pong_ms': [], 'rss_kib': []}
-            for rep in range(o.restore_reps + 1):
-                k = rep % len(flows)
-                for fid, mode, b in flows[k:] + flows[:k]:
-                    i += 1
-                    fr = r['flows'][fid]
-                    if mode == 'copy':
-                        ok, why = self.memory_ok(r['file_allocated'] >> 10)
-                        if not ok:
-                            fr['skipped'] = why
-                            continue
-                    warm_memory(r['file_allocated'] + WARM_BYTES)
-                    dt, t_pong, rss = self.restore_once(b, mode, size, path)
-                    if rep == 0:
-                        fr['first'] = dt
-                    else:
-                        fr['samples'].append(dt)
-                        fr['pong_ms'].append(t_pong)
-                        fr['rss_kib'].append(rss)
-                    self.step('restore', i, n, f'{size} {fid}'
-                              f'{" (first run)" if rep == 0 else ""}: '
-                              f'migrate-incoming -> running {dt:.1f} ms')
-            for fr in r['flows'].values():
-                fr['stats'] = stats(fr['samples'])
-            os.unlink(path)
+            try:
+                i = self.restore_size(size, r, flows, i, n)
+            except Exception as e:
+                r['error'] = self.fail(f'restore/{size}', e)
+                vmt.kill_all_vms()
             settle_memory()
+
+    def restore_size(self, size, r, flows, i, n):
+        o = self.o
+        nbytes, fill = r['bytes'], r['fill_mib']
+        self.step('restore', i, n, f'{size}: template (upstream QEMU) '
+                  f'boots, writes {fill} MiB, mapped-ram save')
+        d = os.path.join(self.tmp.path, f'restore-{size}')
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, 'vm.fixed')
+        with self.vm('upstream', f'restore-tpl-{size}', DEVICES,
+                     mem=size) as v:
+            v.launch()
+            v.wait_banner(timeout=300)
+            w0 = vmt.now_ns()
+            agent_expect(v.agent, f'write 3 {fill}', 'ok write',
+                         timeout=900)
+            r['write_ms'] = ms(vmt.now_ns() - w0)
+            r['template_ram_rss_kib'] = v.smaps(anon_size=nbytes)['Rss']
+            t0 = vmt.now_ns()
+            self.save(v, 'fixed', path)
+            r['save_ms'] = ms(vmt.now_ns() - t0)
+            v.shutdown()
+        r['file_apparent'], r['file_allocated'] = vmt.file_sizes(path)
+        self.say(f'restore: {size}: guest RAM populated '
+                 f'{mib_k(r["template_ram_rss_kib"]):.0f} MiB, file '
+                 f'{mib_b(r["file_allocated"]):.0f} MiB allocated of '
+                 f'{mib_b(r["file_apparent"]):.0f} MiB')
+        for fid, mode, b in flows:
+            r['flows'][fid] = {'first': None, 'samples': [],
+                               'pong_ms': [], 'rss_kib': []}
+        for rep in range(o.restore_reps + 1):
+            k = rep % len(flows)
+            for fid, mode, b in flows[k:] + flows[:k]:
+                i += 1
+                fr = r['flows'][fid]
+                if mode == 'copy':
+                    ok, why = self.memory_ok(r['file_allocated'] >> 10)
+                    if not ok:
+                        fr['skipped'] = why
+                        continue
+                warm_memory(r['file_allocated'] + WARM_BYTES)
+                dt, t_pong, rss = self.restore_once(b, mode, size, path)
+                if rep == 0:
+                    fr['first'] = dt
+                else:
+                    fr['samples'].append(dt)
+                    fr['pong_ms'].append(t_pong)
+                    fr['rss_kib'].append(rss)
+                self.step('restore', i, n, f'{size} {fid}'
+                          f'{" (first run)" if rep == 0 else ""}: '
+                          f'migrate-incoming -> running {dt:.1f} ms')
+        for fr in r['flows'].values():
+            fr['stats'] = stats(fr['samples'])
+        os.unlink(path)
+        return i
 
     def restore_once(self, b, mode, size, path):
         """One VM loads path with -incoming defer; returns (ms from
@@ -795,8 +866,12 @@ class Bench:
                                        for p in files}
             flows.append((fid, mode, b, tpl))
         for j, (fid, mode, b, tpl) in enumerate(flows, 1):
-            self.density_flow(res['flows'][fid], fid, mode, b, tpl,
-                              f'{j}/{len(flows)}')
+            r = res['flows'][fid]
+            try:
+                self.density_flow(r, fid, mode, b, tpl, f'{j}/{len(flows)}')
+            except Exception as e:
+                r['error'] = self.fail(f'density/{fid}', e)
+                vmt.kill_all_vms()
 
     def density_flow(self, r, fid, mode, b, tpl, flow_no):
         o = self.o
@@ -1015,7 +1090,7 @@ def parse_args(argv=None):
     o.upstream = os.path.abspath(o.upstream)
     o.floor_reps = 3 if q else 10
     o.boot_reps = 2 if q else 5
-    o.save_reps = 1 if q else 3
+    o.save_reps = 2 if q else 5
     o.restore_reps = 2 if q else 7
     if o.reps is None:
         o.reps = 3 if q else 20

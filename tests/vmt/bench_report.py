@@ -184,8 +184,10 @@ def table_clone(res):
         r, u = fl.get(ours, {}), fl.get(up, {})
         um, up90 = _binrow(u.get('stats'), 'pong')
         upl = f'{up.split("/")[0]} ({FLOW_LABEL[up.split("/")[0]]})'
-        if r.get('unsupported') or u.get('unsupported'):
-            why = r.get('unsupported') or u.get('unsupported')
+        why = (r.get('unsupported') or u.get('unsupported') or
+               (r.get('error') and 'failed') or
+               (u.get('error') and 'upstream failed'))
+        if why:
             na = why if why.startswith(NA) else f'{NA} ({why})'
             t.add(label, na, na, upl, fnum(um) if um else na,
                   fnum(up90) if up90 else na, na, na, na,
@@ -283,6 +285,10 @@ def table_restore(res):
         'first run map (ms)', 'first run copy upstream (ms)'])
     for size, r in res['sizes'].items():
         f = r['flows']
+        if r.get('error') or 'file_allocated' not in r:
+            na = f'{NA} (failed)'
+            t.add(size, r['fill_mib'], *([na] * (len(t.headers) - 2)))
+            continue
 
         def med(fid):
             return sget(f, fid, 'stats', 'median')
@@ -346,7 +352,8 @@ def table_density(res):
     for fid, r in res['flows'].items():
         label = FLOW_LABEL[r['mode']]
         if r.get('unsupported') or not r.get('median'):
-            why = r.get('unsupported') or r.get('stopped') or 'no VM started'
+            why = (r.get('unsupported') or r.get('stopped') or
+                   (r.get('error') and 'failed') or 'no VM started')
             na = f'{NA} ({why})'
             t.add(label, r['binary'], r.get('started', 0),
                   *([na] * (len(DENSITY_KEYS) + 3)))
@@ -432,6 +439,13 @@ def summary_table(res):
             t.add('clone exec -> pong, median (ms)', ours,
                   fnum(a) if a else NA, up, fnum(b) if b else NA,
                   ratio(a, b))
+        if bt:
+            b = sget(bt, 'binaries', 'upstream', 'stats', 'pong', 'median')
+            for ours in ('bypass/ours', 'map/ours'):
+                a = sget(f, ours, 'stats', 'pong', 'median')
+                t.add('clone vs cold boot, exec -> pong (ms)', ours,
+                      fnum(a) if a else NA, 'cold boot/upstream',
+                      fnum(b) if b else NA, ratio(a, b))
     sv = res.get('save')
     if sv:
         tp = sv['templates']
@@ -824,7 +838,10 @@ def notes(res):
              'in "Pss without TCG cache".')
     n.append('- First runs (a warm-up per series) are reported apart: '
              'memory freed on this host goes back to it within seconds, so '
-             'first touches after a pause are slower.')
+             'first touches after a pause are slower.  Before each timed VM '
+             'start the harness also touches and frees the memory that VM '
+             'will fill (huge pages, like guest RAM), so that no flow pays '
+             'for the one before it; remaining outliers show in p90.')
     if m.get('binaries_changed'):
         n.append('- **The ' + ' and '.join(m['binaries_changed']) +
                  ' binary was replaced (rebuilt) during the run**: its '
@@ -852,6 +869,8 @@ def notes(res):
     rs = res.get('restore')
     if rs:
         for size, r in rs['sizes'].items():
+            if 'file_allocated' not in r:
+                continue
             n.append(f'- restore {size}: the guest wrote {r["fill_mib"]} '
                      f'MiB; its RAM held {fmib(r["template_ram_rss_kib"])} '
                      f'MiB (boot included) before the save, the file '
@@ -873,15 +892,25 @@ def write_all(res, out):
             os.unlink(os.path.join(out, name))
         except FileNotFoundError:
             pass
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump(res, f, indent=1)
+    def dump():
+        with open(os.path.join(out, 'results.json'), 'w') as f:
+            json.dump(res, f, indent=1)
+    dump()                      # the raw data first, whatever follows
     try:
         made = plots(res, out)
-    except Exception as e:     # a report without plots beats none
+    except Exception as e:      # a report without plots beats none
         res['errors']['plots'] = f'{type(e).__name__}: {e}'
         made = []
-    write_report(res, out, made)
-    return summary_table(res).markdown()
+    try:
+        write_report(res, out, made)
+        summary = summary_table(res).markdown()
+    except Exception as e:
+        res['errors']['report'] = f'{type(e).__name__}: {e}'
+        summary = f'report failed: {res["errors"]["report"]}'
+        with open(os.path.join(out, 'report.md'), 'w') as f:
+            f.write(f'# VM templating benchmarks\n\n{summary}\n')
+    dump()
+    return summary
 
 
 # ---------------------------------------------------------------------------
