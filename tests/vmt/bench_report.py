@@ -1010,7 +1010,7 @@ def check(out):
 def check_and_print(out):
     ok, why, nt, npl = check(out)
     if ok:
-        print(f'bench: report complete ({nt} tables, {npl} plots)')
+        print(f'bench: report complete ({nt} tables, {npl} plots)', flush=True)
         return 0
-    print(f'bench: report incomplete: {why}')
+    print(f'bench: report incomplete: {why}', flush=True)
     return 1
