@@ -1010,7 +1010,8 @@ def check(out):
 def check_and_print(out):
     ok, why, nt, npl = check(out)
     if ok:
-        print(f'bench: report complete ({nt} tables, {npl} plots)', flush=True)
+        print(f'bench: report complete ({nt} tables, {npl} plots)',
+              flush=True)
         return 0
     print(f'bench: report incomplete: {why}', flush=True)
     return 1
