@@ -946,6 +946,22 @@ class Bench:
                          f'{mib_k(r["median"]["uss"]):.1f} MiB, Pss '
                          f'{mib_k(r["median"]["pss"]):.1f} MiB, TCG '
                          f'{mib_k(r["median"]["tcg_rss"]):.1f} MiB')
+                # MemAvailable is host-wide: measure the same thing a
+                # second time, as what killing the VMs gives back; drift
+                # from other activity goes the other way and averages out
+                running = base - drop
+                for v in vms:
+                    v.kill()
+                after = settle_memory()
+                r['avail_after_kib'] = after
+                r['released_kib'] = after - running
+                r['released_per_vm_kib'] = r['released_kib'] / len(vms)
+                r['host_per_vm_kib'] = (drop + r['released_kib']) / 2 / \
+                    len(vms)
+                self.say(f'density {fid}: killing the VMs gave back '
+                         f'{mib_k(r["released_kib"]):.0f} MiB; host memory '
+                         f'per VM {mib_k(r["host_per_vm_kib"]):.1f} MiB '
+                         '(mean of drop and release)')
         finally:
             for v in vms:
                 v.kill()

@@ -347,8 +347,8 @@ DENSITY_KEYS = (
 def table_density(res):
     t = Table('density: memory per VM (medians over the VMs)', [
         'mode', 'binary', 'VMs (n)'] + [h for _, h in DENSITY_KEYS] + [
-        'MemAvailable drop (MiB/VM)', 'MemAvailable drop total (MiB)',
-        'start + write all (s)'])
+        'MemAvailable drop (MiB/VM)', 'MemAvailable released (MiB/VM)',
+        'host memory (MiB/VM)', 'start + write all (s)'])
     for fid, r in res['flows'].items():
         label = FLOW_LABEL[r['mode']]
         if r.get('unsupported') or not r.get('median'):
@@ -361,8 +361,9 @@ def table_density(res):
         m = r['median']
         t.add(label, r['binary'], r['started'],
               *[fmib(m[k]) for k, _ in DENSITY_KEYS],
-              fmib(r['avail_drop_per_vm_kib']), fmib(r['avail_drop_kib'], 0),
-              fnum(r.get('start_s')))
+              fmib(r['avail_drop_per_vm_kib']),
+              fmib(r.get('released_per_vm_kib')),
+              fmib(r.get('host_per_vm_kib')), fnum(r.get('start_s')))
     return t
 
 
@@ -379,7 +380,7 @@ def density_value(r, key):
     if not r or not r.get('median'):
         return None
     if key == 'drop':
-        return r['avail_drop_per_vm_kib']
+        return r.get('host_per_vm_kib', r['avail_drop_per_vm_kib'])
     return r['median'][key]
 
 
@@ -389,7 +390,7 @@ def table_density_cmp(res):
         'upstream (MiB/VM)', 'ratio (ours/upstream)'])
     fl = res['flows']
     for ours, up in DENSITY_CMP:
-        for key, label in (('drop', 'MemAvailable drop'),
+        for key, label in (('drop', 'host memory (MemAvailable)'),
                            ('anon', 'process anonymous'),
                            ('pss', 'process Pss'),
                            ('pss_without_tcg', 'Pss without TCG cache'),
@@ -482,8 +483,8 @@ def summary_table(res):
     dn = res.get('density')
     if dn:
         f = dn['flows']
-        for key, label in (('drop', 'MemAvailable drop'),
-                           ('pss', 'process Pss')):
+        for key, label in (('pss', 'process Pss'),
+                           ('drop', 'host memory (MemAvailable)')):
             for ours, up in DENSITY_CMP[:3]:
                 a = density_value(f.get(ours), key)
                 b = density_value(f.get(up), key)
@@ -494,7 +495,7 @@ def summary_table(res):
         a = density_value(f.get('bypass/ours'), 'drop')
         b = density_value(f.get('cold/upstream'), 'drop')
         n = sget(f, 'cold/upstream', 'started')
-        t.add(f'density: MemAvailable drop per VM vs {n} cold-booted (MiB)',
+        t.add(f'density: host memory per VM vs {n} cold-booted (MiB)',
               'bypass/ours', fmib(a) if a is not None else NA,
               'cold/upstream', fmib(b) if b is not None else NA, ratio(a, b))
     return t
@@ -638,7 +639,8 @@ def plots(res, out):
         fids = [f for f, r in dn['flows'].items() if r.get('median')]
         keys = (('ram_private', 'guest RAM private'),
                 ('anon', 'process anonymous'), ('pss', 'process Pss'),
-                ('tcg_rss', 'TCG cache'), ('drop', 'MemAvailable drop'))
+                ('tcg_rss', 'TCG cache'),
+                ('drop', 'host memory (MemAvailable)'))
         w = 0.8 / len(keys)
         for j, (k, label) in enumerate(keys):
             vals = [(density_value(dn['flows'][f], k) or 0) / 1024
@@ -785,6 +787,9 @@ def write_report(res, out, made_plots):
                '(Private_Clean + Private_Dirty) from `smaps_rollup`, the '
                'TCG translation cache (below).  MemAvailable drop: host '
                '`/proc/meminfo` before the first VM and with all running; '
+               'released: from all running to after killing them; host '
+               'memory: the mean of the two (drift from other activity on '
+               'the host moves them in opposite directions).  The '
                'template files were already there (listed below).  copy '
                'and cold run on the upstream binary (upstream behaviour); '
                'bypass and map on ours.', '',
@@ -881,6 +886,18 @@ def notes(res):
             if r.get('stopped'):
                 n.append(f'- density {fid}: {r["stopped"]} (memory does '
                          'not allow more).')
+            host = r.get('host_per_vm_kib')
+            anon = sget(r, 'median', 'anon')
+            if host and anon and abs(host - anon) > 0.25 * anon:
+                drop = fmib(r['avail_drop_per_vm_kib'])
+                rel = fmib(r['released_per_vm_kib'])
+                n.append(f'- density {fid}: host memory per VM '
+                         f'({fmib(host)} MiB; drop {drop}, '
+                         f'release {rel}) differs '
+                         f'from the process\'s anonymous memory '
+                         f'({fmib(anon)} MiB) by more than 25 %: other '
+                         'activity on the host moved MemAvailable; trust '
+                         'the per-process figures.')
     return n
 
 
