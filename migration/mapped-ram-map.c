@@ -17,9 +17,15 @@
  * - a page whose bitmap bit is clear reads as zero: where the file still
  *   holds data for it (a live save wrote the page, then found it zero),
  *   that range gets an anonymous mapping instead;
+ * - the block is mapped through physmem (qemu_ram_map_private()), which
+ *   re-applies the allocation-time madvise() flags and records the file
+ *   in the RAMBlock, so discard and poisoned-page recovery know the truth;
  * - discarding RAM on a private file mapping brings the file content
  *   back, not zeros: RAM discard is disabled (balloon inflation, free page
  *   reporting and virtio-mem then refuse to work), like for vfio;
+ * - a device that pinned guest RAM before the load (vfio, vhost-vdpa,
+ *   iommufd, confidential guests: they disable RAM discard) would keep
+ *   its DMA on the replaced pages: map is refused then;
  * - the file must not change while mapped: this VM refuses to migrate into
  *   it; other writers are the user's to prevent (see the docs).
  *
@@ -28,12 +34,10 @@
 
 #include "qemu/osdep.h"
 #include "qemu/bitops.h"
-#include "qemu/madvise.h"
 #include "qapi/error.h"
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
 #include "exec/memory.h"
-#include "hw/boards.h"
 #include "hw/core/qdev-prop-internal.h"
 #include "qapi/qapi-types-migration.h"
 #include "io/channel-file.h"
@@ -54,7 +58,7 @@ const PropertyInfo qdev_prop_mapped_ram_load = {
 #define MAPPED_RAM_MAP_MAX_ZERO_MAPS 4096
 
 static struct {
-    bool discard_disabled;
+    bool discard_disabled;  /* by us */
     /* The files RAM maps, to refuse writing them. */
     GArray *files;          /* of struct stat */
 } map_state;
@@ -80,6 +84,35 @@ static bool block_can_be_mapped(RAMBlock *rb, Error **errp)
                    "%s; load it with mapped-ram-load=copy", rb->idstr, why);
         return false;
     }
+    return true;
+}
+
+/*
+ * Mapping replaces the pages behind guest RAM, and discarding a private
+ * file mapping brings the file back: RAM discard must be off for good.
+ * Those who disable it themselves (vfio, vhost-vdpa, iommufd, confidential
+ * guests) pin guest RAM by host address: their DMA would stay on the old
+ * pages.
+ */
+static bool disable_discard(Error **errp)
+{
+    if (map_state.discard_disabled) {
+        return true;
+    }
+    if (ram_block_discard_is_disabled()) {
+        error_setg(errp, "mapped-ram-load=map: a device pinned guest RAM "
+                   "(vfio, vhost-vdpa, iommufd, a confidential guest) and "
+                   "would not see the new mapping; load with "
+                   "mapped-ram-load=copy");
+        return false;
+    }
+    if (ram_block_discard_disable(true)) {
+        error_setg(errp, "mapped-ram-load=map: a device needs to discard "
+                   "RAM (virtio-mem?), which a private file mapping "
+                   "cannot do; load with mapped-ram-load=copy");
+        return false;
+    }
+    map_state.discard_disabled = true;
     return true;
 }
 
@@ -124,34 +157,64 @@ bool mapped_ram_map_check_outgoing(int fd, Error **errp)
     return true;
 }
 
-/*
- * Pages [first, end) have clear bits: they must read as zero.  If the file
- * holds data anywhere in that range, replace the range with zeros.
- */
-static bool zero_clear_range(RAMBlock *rb, int fd, long first, long end,
-                             unsigned *nr_maps, Error **errp)
+/* Pages [first, end) have clear bits: make them read as zero. */
+static bool zero_range(RAMBlock *rb, long first, long end, unsigned *nr_maps,
+                       Error **errp)
 {
-    off_t start = rb->pages_offset + ((off_t)first << TARGET_PAGE_BITS);
-    off_t stop = rb->pages_offset + ((off_t)end << TARGET_PAGE_BITS);
-    off_t data = lseek(fd, start, SEEK_DATA);
-    uint8_t *host = rb->host + ((ram_addr_t)first << TARGET_PAGE_BITS);
-    size_t len = stop - start;
+    ram_addr_t start = (ram_addr_t)first << TARGET_PAGE_BITS;
+    size_t len = (size_t)(end - first) << TARGET_PAGE_BITS;
 
-    if (data < 0 || data >= stop) {
-        return true;        /* a hole, or the end of the data: zeros */
-    }
     if (*nr_maps >= MAPPED_RAM_MAP_MAX_ZERO_MAPS) {
-        memset(host, 0, len);
+        memset(rb->host + start, 0, len);
         return true;
     }
-    if (mmap(host, len, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
-        error_setg_errno(errp, errno, "mapped-ram-load=map: RAM block '%s': "
-                         "cannot map zero pages at offset 0x%" PRIx64,
-                         rb->idstr, (uint64_t)(start - rb->pages_offset));
-        return false;
-    }
     (*nr_maps)++;
+    return !qemu_ram_map_private(rb, start, len, -1, 0, errp);
+}
+
+/*
+ * A clear bit normally sits over a hole of the file, which reads as zero.
+ * But a live save may have written a page and found it zero later,
+ * leaving old data at its offset: walk the file's data extents and zero
+ * the clear pages they cover.
+ */
+static bool zero_stale_pages(RAMBlock *rb, int fd, const unsigned long *bitmap,
+                             long num_pages, unsigned *nr_maps, Error **errp)
+{
+    off_t base = rb->pages_offset;
+    off_t end = base + ((off_t)num_pages << TARGET_PAGE_BITS);
+    off_t data = base;
+
+    while (data < end) {
+        off_t hole;
+        long first, last, clear, set;
+
+        data = lseek(fd, data, SEEK_DATA);
+        if (data < 0 && errno == ENXIO) {
+            return true;            /* no data beyond: holes read as zero */
+        }
+        hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
+        if (hole < 0) {
+            error_setg_errno(errp, errno, "mapped-ram-load=map: RAM block "
+                             "'%s': cannot find the data of the file",
+                             rb->idstr);
+            return false;
+        }
+        if (data >= end) {
+            return true;
+        }
+        hole = MIN(hole, end);
+        first = (data - base) >> TARGET_PAGE_BITS;
+        last = DIV_ROUND_UP(hole - base, TARGET_PAGE_SIZE);
+        for (clear = find_next_zero_bit(bitmap, last, first); clear < last;
+             clear = find_next_zero_bit(bitmap, last, set + 1)) {
+            set = find_next_bit(bitmap, last, clear + 1);
+            if (!zero_range(rb, clear, set, nr_maps, errp)) {
+                return false;
+            }
+        }
+        data = hole;
+    }
     return true;
 }
 
@@ -164,7 +227,6 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
     g_autofree char *proc = NULL;
     unsigned nr_zero_maps = 0;
     struct stat st;
-    long clear, set;
     bool ok = false;
     int fd;
 
@@ -200,44 +262,25 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
         error_setg(errp, "mapped-ram-load=map needs a regular file");
         goto out;
     }
-    if (st.st_size < rb->pages_offset + len) {
+    if (rb->pages_offset > st.st_size || len > st.st_size - rb->pages_offset) {
         error_setg(errp, "mapped-ram-load=map: RAM block '%s': the file is "
                    "truncated (%" PRIu64 " bytes, its pages end at %" PRIu64
                    ")", rb->idstr, (uint64_t)st.st_size,
-                   (uint64_t)(rb->pages_offset + len));
+                   rb->pages_offset + len);
         goto out;
     }
-    if (!map_state.discard_disabled) {
-        if (ram_block_discard_disable(true)) {
-            error_setg(errp, "mapped-ram-load=map: a device needs to discard "
-                       "RAM (virtio-mem?), which a private file mapping "
-                       "cannot do; load with mapped-ram-load=copy");
-            goto out;
-        }
-        map_state.discard_disabled = true;
-    }
-
-    if (mmap(rb->host, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-             fd, rb->pages_offset) == MAP_FAILED) {
-        error_setg_errno(errp, errno, "mapped-ram-load=map: cannot map RAM "
-                         "block '%s' from the file", rb->idstr);
+    if (!disable_discard(errp)) {
         goto out;
     }
-    if (machine_mem_merge(current_machine)) {
-        qemu_madvise(rb->host, len, QEMU_MADV_MERGEABLE);
-    }
-    if (!machine_dump_guest_core(current_machine)) {
-        qemu_madvise(rb->host, len, QEMU_MADV_DONTDUMP);
-    }
-
-    for (clear = find_first_zero_bit(bitmap, num_pages); clear < num_pages;
-         clear = find_next_zero_bit(bitmap, num_pages, set + 1)) {
-        set = find_next_bit(bitmap, num_pages, clear + 1);
-        if (!zero_clear_range(rb, fd, clear, set, &nr_zero_maps, errp)) {
-            goto out;
-        }
-    }
+    /* RAM may map the file from here on, whatever happens next. */
     remember_file(&st);
+    if (qemu_ram_map_private(rb, 0, len, fd, rb->pages_offset, errp)) {
+        error_prepend(errp, "mapped-ram-load=map: ");
+        goto out;
+    }
+    if (!zero_stale_pages(rb, fd, bitmap, num_pages, &nr_zero_maps, errp)) {
+        goto out;
+    }
     trace_mapped_ram_map_block(rb->idstr, len, rb->pages_offset, nr_zero_maps,
                                g_get_monotonic_time() - t0);
     ok = true;

@@ -6,7 +6,7 @@
  * wrong memory, the stream records, for every bypassed block, the block's
  * geometry, the size and modification time of its backing file and a
  * fingerprint of its content; the destination recomputes them from its own
- * mapping and refuses to load on any difference.
+ * file and refuses to load on any difference.
  *
  * The default ("sampled") fingerprint hashes TEMPLATE_ID_SAMPLES chunks of
  * TEMPLATE_ID_CHUNK bytes, the first and last chunk plus chunks chosen by a
@@ -15,10 +15,16 @@
  * write(2) by its modification time, but not a few bytes changed through a
  * shared mapping.  The "full" check also hashes every byte of the block.
  *
+ * Records come from streams, which may be corrupted or crafted: every
+ * field has a fixed size and is range-checked before use.  Hashing runs on
+ * a TemplateFile (a duplicate descriptor and a copy of the geometry), so
+ * callers collect under their locks and hash outside them.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
+#include "qemu/cutils.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "qapi/qapi-types-migration.h"
@@ -33,13 +39,13 @@ const VMStateDescription vmstate_template_identity = {
     .version_id = 1,
     .minimum_version_id = 1,
     .fields = (const VMStateField[]) {
-        VMSTATE_UINT32(idlen, TemplateIdentity),
-        VMSTATE_VBUFFER_ALLOC_UINT32(idstr, TemplateIdentity, 1, NULL, idlen),
+        VMSTATE_BUFFER_UNSAFE(idstr, TemplateIdentity, 0,
+                              TEMPLATE_ID_NAME_LEN),
         VMSTATE_UINT64(used_length, TemplateIdentity),
         VMSTATE_UINT64(page_size, TemplateIdentity),
         VMSTATE_UINT64(file_size, TemplateIdentity),
         VMSTATE_UINT64(fd_offset, TemplateIdentity),
-        VMSTATE_UINT64(gpa, TemplateIdentity),
+        VMSTATE_UINT64(mr_addr, TemplateIdentity),
         VMSTATE_INT64(mtime_ns, TemplateIdentity),
         VMSTATE_UINT8(check, TemplateIdentity),
         VMSTATE_UINT64(seed, TemplateIdentity),
@@ -49,6 +55,73 @@ const VMStateDescription vmstate_template_identity = {
         VMSTATE_END_OF_LIST()
     },
 };
+
+struct TemplateFile {
+    char idstr[TEMPLATE_ID_NAME_LEN];
+    char *path;                     /* for messages */
+    int fd;                         /* a duplicate, ours */
+    uint64_t fd_offset;
+    uint64_t used_length;
+    uint64_t page_size;
+    uint64_t mr_addr;
+};
+
+bool template_file_backed(RAMBlock *rb, Error **errp)
+{
+    if (!qemu_ram_is_named_file(rb) || qemu_ram_get_fd(rb) < 0) {
+        error_setg(errp, "RAM block '%s' is not backed by a memory file "
+                   "here, so its content would be missing; map the "
+                   "template's memory file with memory-backend-file,"
+                   "mem-path=FILE,share=off (or readonly=on,rom=off)",
+                   rb->idstr);
+        return false;
+    }
+    return true;
+}
+
+TemplateFile *template_file_new(RAMBlock *rb, Error **errp)
+{
+    g_autofree char *link = NULL;
+    TemplateFile *tf;
+    int fd;
+
+    if (!template_file_backed(rb, errp)) {
+        return NULL;
+    }
+    fd = qemu_dup(qemu_ram_get_fd(rb));
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "RAM block '%s': cannot duplicate the "
+                         "descriptor of its memory file", rb->idstr);
+        return NULL;
+    }
+    tf = g_new0(TemplateFile, 1);
+    pstrcpy(tf->idstr, sizeof(tf->idstr), rb->idstr);
+    link = g_strdup_printf("/proc/self/fd/%d", fd);
+    tf->path = g_file_read_link(link, NULL);
+    if (!tf->path) {
+        tf->path = g_strdup("(unknown file)");
+    }
+    tf->fd = fd;
+    tf->fd_offset = rb->fd_offset;
+    tf->used_length = rb->used_length;
+    tf->page_size = rb->page_size;
+    tf->mr_addr = rb->mr->addr;
+    return tf;
+}
+
+void template_file_free(TemplateFile *tf)
+{
+    if (tf) {
+        close(tf->fd);
+        g_free(tf->path);
+        g_free(tf);
+    }
+}
+
+const char *template_file_block(const TemplateFile *tf)
+{
+    return tf->idstr;
+}
 
 /* splitmix64: a tiny, well-mixed sequence; the seed is in the stream. */
 static uint64_t sample_index(uint64_t seed, uint32_t i, uint64_t nchunks)
@@ -73,18 +146,19 @@ static uint64_t sample_index(uint64_t seed, uint32_t i, uint64_t nchunks)
  * sparse pages in would allocate page tables across the whole block.
  * Before the guest runs, a clone's private mapping shows the file.
  */
-static bool read_block(RAMBlock *rb, uint64_t off, uint8_t *buf, size_t len,
-                       Error **errp)
+static bool read_block(TemplateFile *tf, uint64_t off, uint8_t *buf,
+                       size_t len, Error **errp)
 {
-    int fd = qemu_ram_get_fd(rb);
-
     while (len) {
-        ssize_t n = pread(fd, buf, len, rb->fd_offset + off);
+        ssize_t n = pread(tf->fd, buf, len, tf->fd_offset + off);
 
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
         if (n <= 0) {
             error_setg_errno(errp, n < 0 ? errno : EIO, "RAM block '%s': "
-                             "cannot read its memory file at offset %" PRIu64,
-                             rb->idstr, rb->fd_offset + off);
+                             "cannot read memory file %s at offset %" PRIu64,
+                             tf->idstr, tf->path, tf->fd_offset + off);
             return false;
         }
         buf += n;
@@ -94,11 +168,11 @@ static bool read_block(RAMBlock *rb, uint64_t off, uint8_t *buf, size_t len,
     return true;
 }
 
-static bool fingerprint_sampled(RAMBlock *rb, uint64_t used_length,
-                                uint64_t seed, uint32_t samples,
-                                uint8_t *digest, Error **errp)
+static bool fingerprint_sampled(TemplateFile *tf, uint64_t seed,
+                                uint32_t samples, uint8_t *digest,
+                                Error **errp)
 {
-    uint64_t nchunks = DIV_ROUND_UP(used_length, TEMPLATE_ID_CHUNK);
+    uint64_t nchunks = DIV_ROUND_UP(tf->used_length, TEMPLATE_ID_CHUNK);
     g_autoptr(GChecksum) ck = g_checksum_new(G_CHECKSUM_SHA256);
     uint8_t buf[TEMPLATE_ID_CHUNK];
     gsize len = TEMPLATE_ID_DIGEST_LEN;
@@ -107,10 +181,10 @@ static bool fingerprint_sampled(RAMBlock *rb, uint64_t used_length,
     for (i = 0; i < samples && nchunks; i++) {
         uint64_t idx = sample_index(seed, i, nchunks);
         uint64_t off = idx * TEMPLATE_ID_CHUNK;
-        size_t n = MIN(TEMPLATE_ID_CHUNK, used_length - off);
+        size_t n = MIN(TEMPLATE_ID_CHUNK, tf->used_length - off);
         uint64_t le = cpu_to_le64(idx);
 
-        if (!read_block(rb, off, buf, n, errp)) {
+        if (!read_block(tf, off, buf, n, errp)) {
             return false;
         }
         g_checksum_update(ck, (const guchar *)&le, sizeof(le));
@@ -120,18 +194,17 @@ static bool fingerprint_sampled(RAMBlock *rb, uint64_t used_length,
     return true;
 }
 
-static bool fingerprint_full(RAMBlock *rb, uint64_t used_length,
-                             uint8_t *digest, Error **errp)
+static bool fingerprint_full(TemplateFile *tf, uint8_t *digest, Error **errp)
 {
     g_autoptr(GChecksum) ck = g_checksum_new(G_CHECKSUM_SHA256);
     g_autofree uint8_t *buf = g_malloc(1 * MiB);
     gsize len = TEMPLATE_ID_DIGEST_LEN;
     uint64_t off;
 
-    for (off = 0; off < used_length; off += 1 * MiB) {
-        size_t n = MIN(1 * MiB, used_length - off);
+    for (off = 0; off < tf->used_length; off += 1 * MiB) {
+        size_t n = MIN(1 * MiB, tf->used_length - off);
 
-        if (!read_block(rb, off, buf, n, errp)) {
+        if (!read_block(tf, off, buf, n, errp)) {
             return false;
         }
         g_checksum_update(ck, buf, n);
@@ -140,29 +213,11 @@ static bool fingerprint_full(RAMBlock *rb, uint64_t used_length,
     return true;
 }
 
-static char *block_file_name(RAMBlock *rb)
+static bool file_stat(TemplateFile *tf, struct stat *st, Error **errp)
 {
-    g_autofree char *link = g_strdup_printf("/proc/self/fd/%d",
-                                            qemu_ram_get_fd(rb));
-    char *name = g_file_read_link(link, NULL);
-
-    return name ? name : g_strdup("(unknown file)");
-}
-
-static bool block_file_stat(RAMBlock *rb, struct stat *st, Error **errp)
-{
-    int fd = qemu_ram_get_fd(rb);
-
-    if (fd < 0 || !qemu_ram_is_named_file(rb)) {
-        error_setg(errp, "RAM block '%s' is not backed by a memory file; "
-                   "map the template's file with memory-backend-file,"
-                   "mem-path=FILE,share=off (or readonly=on,rom=off)",
-                   rb->idstr);
-        return false;
-    }
-    if (fstat(fd, st) < 0) {
-        error_setg_errno(errp, errno, "RAM block '%s': cannot stat its "
-                         "memory file", rb->idstr);
+    if (fstat(tf->fd, st) < 0) {
+        error_setg_errno(errp, errno, "RAM block '%s': cannot stat memory "
+                         "file %s", tf->idstr, tf->path);
         return false;
     }
     return true;
@@ -173,81 +228,106 @@ static int64_t stat_mtime_ns(const struct stat *st)
     return (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
 }
 
-bool template_identity_compute(TemplateIdentity *id, RAMBlock *rb,
+bool template_identity_compute(TemplateIdentity *id, TemplateFile *tf,
                                BypassSharedMemoryCheck check, Error **errp)
 {
-    struct stat st;
     int64_t start = g_get_monotonic_time();
+    struct stat st;
 
-    if (!block_file_stat(rb, &st, errp)) {
+    if (!file_stat(tf, &st, errp)) {
         return false;
     }
     memset(id, 0, sizeof(*id));
-    id->idlen = strlen(rb->idstr);
-    id->idstr = g_memdup2(rb->idstr, id->idlen);
-    id->used_length = rb->used_length;
-    id->page_size = rb->page_size;
+    pstrcpy(id->idstr, sizeof(id->idstr), tf->idstr);
+    id->used_length = tf->used_length;
+    id->page_size = tf->page_size;
     id->file_size = st.st_size;
-    id->fd_offset = rb->fd_offset;
-    id->gpa = rb->mr->addr;
+    id->fd_offset = tf->fd_offset;
+    id->mr_addr = tf->mr_addr;
     id->mtime_ns = stat_mtime_ns(&st);
     id->check = check;
     id->seed = g_random_int() | ((uint64_t)g_random_int() << 32);
     id->samples = TEMPLATE_ID_SAMPLES;
-    if (!fingerprint_sampled(rb, id->used_length, id->seed, id->samples,
-                             id->sampled, errp) ||
-        (check == BYPASS_SHARED_MEMORY_CHECK_FULL &&
-         !fingerprint_full(rb, id->used_length, id->full, errp))) {
-        template_identity_clear(id);
+    if (!fingerprint_sampled(tf, id->seed, id->samples, id->sampled, errp)) {
         return false;
     }
-    trace_template_identity_compute(rb->idstr, id->used_length, id->file_size,
+    if (check == BYPASS_SHARED_MEMORY_CHECK_FULL &&
+        !fingerprint_full(tf, id->full, errp)) {
+        return false;
+    }
+    trace_template_identity_compute(tf->idstr, id->used_length, id->file_size,
                                     BypassSharedMemoryCheck_str(check),
                                     g_get_monotonic_time() - start);
     return true;
 }
 
-bool template_identity_verify(const TemplateIdentity *id, RAMBlock *rb,
+bool template_identity_valid(const TemplateIdentity *id, Error **errp)
+{
+    size_t len = strnlen(id->idstr, sizeof(id->idstr));
+
+    if (len == 0 || len == sizeof(id->idstr)) {
+        error_setg(errp, "invalid RAM block name in an identity record");
+        return false;
+    }
+    if (id->check >= BYPASS_SHARED_MEMORY_CHECK__MAX ||
+        id->samples < TEMPLATE_ID_SAMPLES ||
+        id->samples > TEMPLATE_ID_MAX_SAMPLES) {
+        error_setg(errp, "invalid identity record for RAM block '%s' "
+                   "(check %u, %u samples)", id->idstr, id->check,
+                   id->samples);
+        return false;
+    }
+    return true;
+}
+
+bool template_identity_verify(const TemplateIdentity *id, TemplateFile *tf,
                               Error **errp)
 {
-    g_autofree char *file = NULL;
     uint8_t digest[TEMPLATE_ID_DIGEST_LEN];
     int64_t start = g_get_monotonic_time();
     struct stat st;
 
-    if (!block_file_stat(rb, &st, errp)) {
+    if (!template_identity_valid(id, errp)) {
         return false;
     }
-    file = block_file_name(rb);
-    if (id->used_length != rb->used_length) {
+    if (strcmp(id->idstr, tf->idstr)) {
+        error_setg(errp, "identity record of RAM block '%s' checked against "
+                   "block '%s'", id->idstr, tf->idstr);
+        return false;
+    }
+    if (id->used_length != tf->used_length) {
         error_setg(errp, "RAM block '%s': the template's block is 0x%" PRIx64
-                   " bytes, this one 0x" RAM_ADDR_FMT "; start the clone "
-                   "with the template's memory size", rb->idstr,
-                   id->used_length, rb->used_length);
+                   " bytes, this one 0x%" PRIx64 "; start the clone with the "
+                   "template's memory size", tf->idstr, id->used_length,
+                   tf->used_length);
         return false;
     }
-    if (id->page_size != rb->page_size) {
+    if (id->page_size != tf->page_size) {
         error_setg(errp, "RAM block '%s': the template used %" PRIu64
-                   "-byte pages, this block %zu-byte pages (file %s)",
-                   rb->idstr, id->page_size, rb->page_size, file);
+                   "-byte pages, this block %" PRIu64 "-byte pages (file %s)",
+                   tf->idstr, id->page_size, tf->page_size, tf->path);
         return false;
     }
-    if (id->gpa != rb->mr->addr) {
-        error_setg(errp, "RAM block '%s': mapped at guest address 0x%"
-                   PRIx64 " in the template, 0x%" PRIx64 " here",
-                   rb->idstr, id->gpa, (uint64_t)rb->mr->addr);
+    if (id->mr_addr != tf->mr_addr) {
+        error_setg(errp, "RAM block '%s': its memory region is at 0x%" PRIx64
+                   " in its container in the template, at 0x%" PRIx64
+                   " here; start the clone with the template's machine and "
+                   "memory options", tf->idstr, id->mr_addr, tf->mr_addr);
         return false;
     }
-    if (id->fd_offset != rb->fd_offset) {
+    if (id->fd_offset != tf->fd_offset) {
         error_setg(errp, "RAM block '%s': the template mapped %s at offset "
-                   "%" PRIu64 ", this block at offset %" PRIu64, rb->idstr,
-                   file, id->fd_offset, rb->fd_offset);
+                   "%" PRIu64 ", this block at offset %" PRIu64, tf->idstr,
+                   tf->path, id->fd_offset, tf->fd_offset);
+        return false;
+    }
+    if (!file_stat(tf, &st, errp)) {
         return false;
     }
     if (id->file_size != st.st_size) {
         error_setg(errp, "RAM block '%s': memory file %s is %" PRIu64
                    " bytes, the template's was %" PRIu64 " bytes: "
-                   "wrong or modified template file", rb->idstr, file,
+                   "wrong or modified template file", tf->idstr, tf->path,
                    (uint64_t)st.st_size, id->file_size);
         return false;
     }
@@ -255,40 +335,33 @@ bool template_identity_verify(const TemplateIdentity *id, RAMBlock *rb,
         error_setg(errp, "RAM block '%s': memory file %s was modified or "
                    "re-created after the template was saved (modification "
                    "time differs); save the template again, and copy "
-                   "template files with their timestamps", rb->idstr, file);
+                   "template files with their timestamps", tf->idstr,
+                   tf->path);
         return false;
     }
-    if (!fingerprint_sampled(rb, id->used_length, id->seed, id->samples,
-                             digest, errp)) {
+    if (!fingerprint_sampled(tf, id->seed, id->samples, digest, errp)) {
         return false;
     }
     if (memcmp(digest, id->sampled, sizeof(digest))) {
         error_setg(errp, "RAM block '%s': the content of memory file %s "
                    "differs from the template (sampled fingerprint of %u "
-                   "chunks): wrong or modified template file", rb->idstr,
-                   file, id->samples);
+                   "chunks): wrong or modified template file", tf->idstr,
+                   tf->path, id->samples);
         return false;
     }
     if (id->check == BYPASS_SHARED_MEMORY_CHECK_FULL) {
-        if (!fingerprint_full(rb, id->used_length, digest, errp)) {
+        if (!fingerprint_full(tf, digest, errp)) {
             return false;
         }
         if (memcmp(digest, id->full, sizeof(digest))) {
             error_setg(errp, "RAM block '%s': the content of memory file %s "
                        "differs from the template (full check): modified "
-                       "template file", rb->idstr, file);
+                       "template file", tf->idstr, tf->path);
             return false;
         }
     }
-    trace_template_identity_verify(rb->idstr, file,
-                                   id->check < BYPASS_SHARED_MEMORY_CHECK__MAX ?
-                                   BypassSharedMemoryCheck_str(id->check) : "?",
+    trace_template_identity_verify(tf->idstr, tf->path,
+                                   BypassSharedMemoryCheck_str(id->check),
                                    g_get_monotonic_time() - start);
     return true;
-}
-
-void template_identity_clear(TemplateIdentity *id)
-{
-    g_free(id->idstr);
-    memset(id, 0, sizeof(*id));
 }

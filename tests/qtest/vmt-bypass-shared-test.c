@@ -409,7 +409,8 @@ static void test_caps(void)
                     "    { 'capability': 'postcopy-ram', 'state': true }"
                     "] } }");
     g_assert_cmpstr(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"), ==,
-                    "Postcopy is not compatible with bypass-shared-memory");
+                    "bypass-shared-memory is not compatible with "
+                    "postcopy-ram");
     qobject_unref(rsp);
 
     rsp = qtest_qmp_assert_success_ref(vm,
