@@ -7,6 +7,12 @@
 # built from source; SeaBIOS and the NIC ROMs come from Debian's packages and
 # are copied into the build's data folder.  ccache is used when present, with
 # a cache outside the clone ($CCACHE_DIR, default ~/.cache/qemu-vmt-ccache).
+#
+# FLAVOUR=asan builds the sanitizer flavour instead: clang, ASan + UBSan
+# (--enable-sanitizers) and libFuzzer (--enable-fuzzing), which builds
+# qemu-fuzz-x86_64 beside qemu-system-x86_64 (both instrumented; the
+# system emulator links with -fsanitize=fuzzer-no-link and runs as usual).
+# Its ccache is $ASAN_CCACHE_DIR (default ~/.cache/qemu-vmt-ccache-asan).
 set -eu
 
 SRC=$(cd "$1" && pwd)
@@ -14,18 +20,30 @@ mkdir -p "$2"
 OBJ=$(cd "$2" && pwd)
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 
-export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/qemu-vmt-ccache}
+FLAVOUR=${FLAVOUR:-gcc}
+
+if [ "$FLAVOUR" = asan ]; then
+    export CCACHE_DIR=${ASAN_CCACHE_DIR:-$HOME/.cache/qemu-vmt-ccache-asan}
+else
+    export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/qemu-vmt-ccache}
+fi
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-3G}
 # Hits across clones at other paths: paths below build/ are made relative.
 export CCACHE_BASEDIR=$(dirname "$OBJ")
 export CCACHE_NOHASHDIR=true
 CC="gcc"
-command -v ccache >/dev/null && CC="ccache gcc"
+[ "$FLAVOUR" = asan ] && CC="clang"
+command -v ccache >/dev/null && CC="ccache $CC"
 
 CONFIGURE_ARGS="--target-list=x86_64-softmmu --without-default-features
  --enable-kvm --enable-tcg --enable-fdt=system --disable-docs
  --disable-download --disable-install-blobs --disable-werror
  --python=/usr/bin/python3 "
+DEFAULT_TARGETS="qemu-system-x86_64 tests/qtest/migration-test"
+if [ "$FLAVOUR" = asan ]; then
+    CONFIGURE_ARGS="$CONFIGURE_ARGS --enable-sanitizers --enable-fuzzing "
+    DEFAULT_TARGETS="qemu-system-x86_64 qemu-fuzz-x86_64"
+fi
 
 if [ ! -f "$OBJ/build.ninja" ] ||
    [ "$(cat "$OBJ/.configure-args" 2>/dev/null)" != "$CC $CONFIGURE_ARGS" ]; then
@@ -43,8 +61,14 @@ fi
 # by configure's make fragment, not by ninja.
 make -s -C "$OBJ/pc-bios/optionrom" >/dev/null
 
-TARGETS="qemu-system-x86_64 tests/qtest/migration-test ${EXTRA_TARGETS:-}"
-ninja -C "$OBJ" $TARGETS
+if [ "$FLAVOUR" = asan ]; then
+    # Coverage is limited to the files named in the build's
+    # instrumentation-filter, a file ccache does not hash by itself.
+    export CCACHE_EXTRAFILES="$OBJ/instrumentation-filter"
+fi
+TARGETS="$DEFAULT_TARGETS ${EXTRA_TARGETS:-}"
+# shellcheck disable=SC2086
+ninja -C "$OBJ" ${NINJA_JOBS:+-j "$NINJA_JOBS"} $TARGETS
 
 # Firmware from Debian's packages into the data folder QEMU searches when
 # run from the build tree.

@@ -180,9 +180,8 @@ int bypass_shared_mapped_ram_ignored(RAMBlock *rb, uint64_t bitmap_offset,
         return 0;
     }
     if (!migrate_ignore_shared()) {
-        error_setg(errp, "RAM block '%s' has no pages in the file: it was "
-                   "saved with x-ignore-shared, which must be enabled here "
-                   "too", rb->idstr);
+        error_setg(errp, "RAM block '%s' has no pages in the file, but the "
+                   "stream bypasses no memory (corrupted file)", rb->idstr);
         return -1;
     }
     if (!template_file_backed(rb, errp)) {

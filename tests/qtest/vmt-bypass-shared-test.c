@@ -10,6 +10,7 @@
 
 #include "qemu/osdep.h"
 #include <sys/wait.h>
+#include "qemu/bswap.h"
 #include "libqtest.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
@@ -18,27 +19,44 @@
 
 #define NR_CLONES       3
 
-/* A saved template: its memory file and its device state. */
+/* A saved template: its memory file(s) and its device state. */
 typedef struct Template {
     char *mem;
+    char *dimm;                 /* a second bypassed block, or NULL */
     char *state;
     char *mem_sha256;
 } Template;
 
 static Template tmpl_sampled;
 static Template tmpl_full;
+static Template tmpl_two;
+
+/* A pc-dimm with its own memory file: a second bypassed RAM block. */
+static char *dimm_args(const char *path, const char *share)
+{
+    if (!path) {
+        return g_strdup("");
+    }
+    return g_strdup_printf(" -m slots=1,maxmem=1G -object memory-backend-file,"
+                           "id=mem1,size=16M,mem-path=%s,%s"
+                           " -device pc-dimm,memdev=mem1", path, share);
+}
 
 static char *file_backend(const char *path, const char *opts)
 {
     return g_strdup_printf("memory-backend-file,mem-path=%s,%s", path, opts);
 }
 
-static void make_template(Template *t, const char *name, bool full)
+static void make_template_dimm(Template *t, const char *name, bool full,
+                               bool dimm)
 {
     g_autofree char *serial = g_strdup_printf("%s_serial", name);
     g_autofree char *mem_name = g_strdup_printf("%s.ram", name);
+    g_autofree char *dimm_name = g_strdup_printf("%s-dimm.ram", name);
     g_autofree char *state_name = g_strdup_printf("%s.state", name);
     g_autofree char *backend = NULL;
+    g_autofree char *vm = NULL;
+    g_autofree char *extra = NULL;
     g_autofree char *args = NULL;
     g_autofree char *uri = NULL;
     QTestState *from;
@@ -47,9 +65,12 @@ static void make_template(Template *t, const char *name, bool full)
         return;
     }
     t->mem = vmt_path(mem_name);
+    t->dimm = dimm ? vmt_path(dimm_name) : NULL;
     t->state = vmt_path(state_name);
     backend = file_backend(t->mem, "share=on");
-    args = vmt_vm_args(backend, serial);
+    vm = vmt_vm_args(backend, serial);
+    extra = dimm_args(t->dimm, "share=on");
+    args = g_strconcat(vm, extra, NULL);
     from = qtest_init(args);
 
     wait_for_serial(serial);
@@ -78,13 +99,22 @@ static void make_template(Template *t, const char *name, bool full)
     t->mem_sha256 = vmt_file_sha256(t->mem);
 }
 
+static void make_template(Template *t, const char *name, bool full)
+{
+    make_template_dimm(t, name, full, false);
+}
+
 static void template_free(Template *t)
 {
     if (t->mem) {
         unlink(t->mem);
         unlink(t->state);
     }
+    if (t->dimm) {
+        unlink(t->dimm);
+    }
     g_free(t->mem);
+    g_free(t->dimm);
     g_free(t->state);
     g_free(t->mem_sha256);
     memset(t, 0, sizeof(*t));
@@ -97,8 +127,9 @@ static char *clone_args(const Template *t, const char *mem_path,
 {
     g_autofree char *backend = file_backend(mem_path, mem_opts);
     g_autofree char *vm = vmt_vm_args(backend, serial);
+    g_autofree char *extra = dimm_args(t->dimm, mem_opts);
 
-    return g_strdup_printf("%s -incoming 'exec:cat %s'", vm,
+    return g_strdup_printf("%s%s -incoming 'exec:cat %s'", vm, extra,
                            state ? state : t->state);
 }
 
@@ -117,7 +148,8 @@ static void clone_check(QTestState *to, const char *serial)
     wait_for_serial(serial);
     qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
     /* It went on from where the template stopped, not from zeroed RAM. */
-    g_assert_cmpint(vmt_check_pattern(to), !=, 0);
+    vmt_check_boot_code(to);
+    vmt_check_pattern(to);
 }
 
 static void test_clones(void)
@@ -360,6 +392,216 @@ static void test_bad_truncated_state(void)
     unlink(state);
 }
 
+/*
+ * Crafted streams.  Layout of the two sections (see
+ * docs/devel/migration/bypass-shared-memory.rst): the list is a be32
+ * count and 256-byte names; the identity section a be32 count and records
+ * of ID_REC_SIZE bytes.
+ */
+#define NAME_LEN            256
+#define ID_REC_SIZE         381
+#define ID_OFF_CHECK        304
+#define ID_OFF_SAMPLES      313
+#define LIST_SECTION        "bypass-shared-memory"
+#define ID_SECTION          "bypass-shared-memory/identity"
+#define SECTION_FOOTER_LEN  5
+
+typedef struct Stream {
+    uint8_t *buf;
+    size_t len;
+    VmtSection list;
+    VmtSection ids;
+} Stream;
+
+static void stream_read(Stream *st, const Template *t)
+{
+    st->buf = vmt_read_file(t->state, &st->len);
+    vmt_find_section(st->buf, st->len, LIST_SECTION, &st->list);
+    vmt_find_section(st->buf, st->len, ID_SECTION, &st->ids);
+}
+
+/* Replace @cut bytes at @off with @n bytes of @data. */
+static void stream_splice(Stream *st, size_t off, size_t cut,
+                          const uint8_t *data, size_t n)
+{
+    uint8_t *buf = g_malloc(st->len - cut + n);
+
+    memcpy(buf, st->buf, off);
+    memcpy(buf + off, data, n);
+    memcpy(buf + off + n, st->buf + off + cut, st->len - off - cut);
+    g_free(st->buf);
+    st->buf = buf;
+    st->len = st->len - cut + n;
+}
+
+/* Write the crafted stream; a clone on it must fail with @expect. */
+static void stream_must_fail(Stream *st, const Template *t, const char *name,
+                             const char *expect)
+{
+    g_autofree char *path = vmt_path(name);
+
+    vmt_write_file(path, st->buf, st->len);
+    clone_must_fail(t, t->mem, path, expect);
+    unlink(path);
+    g_free(st->buf);
+    st->buf = NULL;
+}
+
+static void test_crafted_list(void)
+{
+    uint8_t name[NAME_LEN] = "nosuch";
+    Stream st;
+
+    make_template(&tmpl_sampled, "tmpl", false);
+
+    /* Counts larger than the RAM blocks, or negative as an int32. */
+    stream_read(&st, &tmpl_sampled);
+    stl_be_p(st.buf + st.list.data, 0x7fffffff);
+    stream_must_fail(&st, &tmpl_sampled, "list-count.state",
+                     "the stream lists 2147483647 bypassed RAM blocks, this "
+                     "VM has");
+    stream_read(&st, &tmpl_sampled);
+    stl_be_p(st.buf + st.list.data, 0xffffffff);
+    stream_must_fail(&st, &tmpl_sampled, "list-negative.state",
+                     "the stream lists 4294967295 bypassed RAM blocks");
+
+    /* A name without its NUL, an empty one, one that is not a block. */
+    stream_read(&st, &tmpl_sampled);
+    memset(st.buf + st.list.data + 4, 'A', NAME_LEN);
+    stream_must_fail(&st, &tmpl_sampled, "list-unterminated.state",
+                     "invalid RAM block name in the list of bypassed "
+                     "blocks (corrupted stream)");
+    stream_read(&st, &tmpl_sampled);
+    st.buf[st.list.data + 4] = 0;
+    stream_must_fail(&st, &tmpl_sampled, "list-empty-name.state",
+                     "invalid RAM block name in the list");
+    stream_read(&st, &tmpl_sampled);
+    memcpy(st.buf + st.list.data + 4, name, NAME_LEN);
+    stream_must_fail(&st, &tmpl_sampled, "list-unknown.state",
+                     "the template has RAM block 'nosuch' but this VM has "
+                     "none");
+
+    /* The same block twice. */
+    stream_read(&st, &tmpl_sampled);
+    stl_be_p(st.buf + st.list.data, 2);
+    stream_splice(&st, st.list.data + 4, 0, st.buf + st.list.data + 4,
+                  NAME_LEN);
+    stream_must_fail(&st, &tmpl_sampled, "list-twice.state",
+                     "RAM block 'mem0' is listed twice (corrupted stream)");
+}
+
+/* Every bypassed block is verified once, or the load fails. */
+static void test_crafted_identity(void)
+{
+    uint8_t name[NAME_LEN] = "nosuch";
+    uint8_t *rec;
+    Stream st;
+
+    make_template(&tmpl_sampled, "tmpl", false);
+
+    /* No identity section at all: the stream ends unverified. */
+    stream_read(&st, &tmpl_sampled);
+    stream_splice(&st, st.ids.header, st.ids.data - st.ids.header + 4 +
+                  ID_REC_SIZE + SECTION_FOOTER_LEN, NULL, 0);
+    stream_must_fail(&st, &tmpl_sampled, "id-missing.state",
+                     "the stream bypasses RAM block 'mem0' but never proved "
+                     "its identity");
+
+    /* More records than bypassed blocks. */
+    stream_read(&st, &tmpl_sampled);
+    stl_be_p(st.buf + st.ids.data, 2);
+    stream_must_fail(&st, &tmpl_sampled, "id-count.state",
+                     "2 identity records for 1 bypassed RAM blocks");
+
+    /* A record for a block the stream does not bypass. */
+    stream_read(&st, &tmpl_sampled);
+    memcpy(st.buf + st.ids.data + 4, name, NAME_LEN);
+    stream_must_fail(&st, &tmpl_sampled, "id-unknown.state",
+                     "identity record for RAM block 'nosuch', which the "
+                     "stream does not bypass");
+
+    /* No samples: the fingerprint would cover nothing. */
+    stream_read(&st, &tmpl_sampled);
+    rec = st.buf + st.ids.data + 4;
+    stl_be_p(rec + ID_OFF_SAMPLES, 0);
+    stream_must_fail(&st, &tmpl_sampled, "id-samples.state",
+                     "invalid identity record for RAM block 'mem0' (check 0, "
+                     "0 samples)");
+
+    /* An unknown check. */
+    stream_read(&st, &tmpl_sampled);
+    rec = st.buf + st.ids.data + 4;
+    rec[ID_OFF_CHECK] = 7;
+    stream_must_fail(&st, &tmpl_sampled, "id-check.state",
+                     "invalid identity record for RAM block 'mem0' (check 7");
+}
+
+/*
+ * Two bypassed blocks; the record of the first one twice must not leave
+ * the second one unchecked.
+ */
+static void test_crafted_identity_duplicate(void)
+{
+    QTestState *to;
+    Stream st;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    make_template_dimm(&tmpl_two, "tmpl2", false, true);
+
+    /* The template itself loads: both blocks verified. */
+    to = clone_start(&tmpl_two, tmpl_two.mem, "share=off", "two_serial");
+    clone_check(to, "two_serial");
+    qtest_quit(to);
+
+    stream_read(&st, &tmpl_two);
+    g_assert_cmpint(ldl_be_p(st.buf + st.ids.data), ==, 2);
+    memcpy(st.buf + st.ids.data + 4 + ID_REC_SIZE, st.buf + st.ids.data + 4,
+           ID_REC_SIZE);
+    stream_must_fail(&st, &tmpl_two, "id-duplicate.state",
+                     "two identity records for RAM block 'mem0' (corrupted "
+                     "stream)");
+}
+
+/* A saved template cannot resume: clones map its memory file. */
+static void test_no_resume(void)
+{
+    g_autofree char *mem = vmt_path("resume.ram");
+    g_autofree char *state = vmt_path("resume.state");
+    g_autofree char *backend = file_backend(mem, "share=on");
+    g_autofree char *args = vmt_vm_args(backend, "resume_serial");
+    g_autofree char *uri = g_strdup_printf("exec:cat > %s", state);
+    QTestState *vm;
+    QDict *rsp;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vm = qtest_init(args);
+    wait_for_serial("resume_serial");
+    migrate_set_capability(vm, "bypass-shared-memory", true);
+    qtest_qmp_assert_success(vm, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri);
+    wait_for_migration_complete(vm);
+
+    rsp = qtest_qmp(vm, "{ 'execute': 'cont' }");
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"),
+                            "this VM was saved with bypass-shared-memory: "
+                            "clones may map its memory files"));
+    qobject_unref(rsp);
+    vmt_wait_for_status(vm, "postmigrate");
+
+    /* Said explicitly: the capability off, then it resumes. */
+    migrate_set_capability(vm, "bypass-shared-memory", false);
+    qtest_qmp_assert_success(vm, "{ 'execute': 'cont' }");
+    vmt_wait_for_status(vm, "running");
+    qtest_quit(vm);
+    unlink(mem);
+    unlink(state);
+}
+
 /* scripts/analyze-migration.py shows what a template's stream bypasses. */
 static void test_analyze_script(void)
 {
@@ -456,7 +698,8 @@ static void test_ignore_shared_legacy(void)
     qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
     wait_for_serial("legacy_dst_serial");
     qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
-    g_assert_cmpint(vmt_check_pattern(to), !=, 0);
+    vmt_check_boot_code(to);
+    vmt_check_pattern(to);
     qtest_quit(to);
     unlink(mem);
     unlink(state);
@@ -479,6 +722,11 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/bypass/bad/missing", test_bad_missing);
     qtest_add_func("/vmt/bypass/bad/truncated-state",
                    test_bad_truncated_state);
+    qtest_add_func("/vmt/bypass/crafted/list", test_crafted_list);
+    qtest_add_func("/vmt/bypass/crafted/identity", test_crafted_identity);
+    qtest_add_func("/vmt/bypass/crafted/identity-duplicate",
+                   test_crafted_identity_duplicate);
+    qtest_add_func("/vmt/bypass/no-resume", test_no_resume);
     qtest_add_func("/vmt/bypass/full-check", test_full_check);
     qtest_add_func("/vmt/bypass/analyze-script", test_analyze_script);
     qtest_add_func("/vmt/ignore-shared/legacy", test_ignore_shared_legacy);
@@ -487,6 +735,7 @@ int main(int argc, char **argv)
 
     template_free(&tmpl_sampled);
     template_free(&tmpl_full);
+    template_free(&tmpl_two);
     vmt_cleanup();
     return ret;
 }

@@ -29,6 +29,7 @@ typedef struct SaveOpts {
 typedef struct LoadOpts {
     const char *backend;        /* NULL: anonymous RAM */
     const char *mode;           /* mapped-ram-load */
+    const char *extra;          /* more QEMU arguments */
     bool multifd;
     bool ignore_shared;
 } LoadOpts;
@@ -82,7 +83,8 @@ static QTestState *load_fixed(const char *file, const LoadOpts *o,
 {
     g_autofree char *vm = vmt_vm_args(o->backend ? o->backend :
                                       "memory-backend-ram", serial);
-    g_autofree char *args = g_strdup_printf("%s -incoming defer", vm);
+    g_autofree char *args = g_strdup_printf("%s %s -incoming defer", vm,
+                                            o->extra ? o->extra : "");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
     QTestState *to = qtest_init(args);
 
@@ -101,7 +103,8 @@ static void check_continues(QTestState *to, const char *serial)
 {
     wait_for_serial(serial);
     qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
-    g_assert_cmpint(vmt_check_pattern(to), !=, 0);
+    vmt_check_boot_code(to);
+    vmt_check_pattern(to);
     g_assert_cmpint(qtest_readq(to, ZERO_PAGE_ADDR), ==, 0);
 }
 
@@ -177,52 +180,77 @@ static void test_map_live(void)
 }
 
 /*
- * Find the mapped-ram header of RAM block "mem0": in the ram section's
- * block list, the block's id and length, then (version, page size,
- * bitmap offset, pages offset), big endian.
+ * Find the mapped-ram header of RAM block @name in the ram section's block
+ * list: the block's id and length, @skip bytes (the GPA with
+ * x-ignore-shared), then (version, page size, bitmap offset, pages
+ * offset), big endian.  Returns the header's offset in the file.
  */
-static off_t find_header(const char *file, uint64_t *bitmap_offset,
-                         uint64_t *pages_offset)
+static off_t find_block_header(const char *file, const char *name,
+                               uint64_t size, size_t skip,
+                               uint64_t *bitmap_offset, uint64_t *pages_offset)
 {
-    static const uint8_t id[] = { 4, 'm', 'e', 'm', '0' };
-    g_autofree uint8_t *buf = g_malloc(1 << 20);
-    uint64_t len_be = cpu_to_be64(VMT_MEM_BYTES);
+    size_t n = strlen(name);
+    g_autofree uint8_t *buf = g_malloc(16 << 20);
     int fd = open(file, O_RDONLY);
-    ssize_t n = pread(fd, buf, 1 << 20, 0);
+    ssize_t len = pread(fd, buf, 16 << 20, 0);
     ssize_t i;
 
     close(fd);
-    for (i = 0; i + sizeof(id) + 8 + 28 <= n; i++) {
+    g_assert_cmpint(len, >, 0);
+    for (i = 0; i + 1 + n + 8 + skip + 28 <= len; i++) {
         uint8_t *p = buf + i;
-        uint64_t v;
 
-        if (memcmp(p, id, sizeof(id)) ||
-            memcmp(p + sizeof(id), &len_be, 8)) {
+        if (p[0] != n || memcmp(p + 1, name, n) ||
+            ldq_be_p(p + 1 + n) != size) {
             continue;
         }
-        p += sizeof(id) + 8;
-        memcpy(&v, p + 12, 8);
-        *bitmap_offset = be64_to_cpu(v);
-        memcpy(&v, p + 20, 8);
-        *pages_offset = be64_to_cpu(v);
+        p += 1 + n + 8 + skip;
+        *bitmap_offset = ldq_be_p(p + 12);
+        *pages_offset = ldq_be_p(p + 20);
         return p - buf;
     }
     g_assert_not_reached();
 }
 
+static off_t find_header(const char *file, uint64_t *bitmap_offset,
+                         uint64_t *pages_offset)
+{
+    return find_block_header(file, "mem0", VMT_MEM_BYTES, 0, bitmap_offset,
+                             pages_offset);
+}
+
+static void file_put_be64(const char *file, off_t off, uint64_t v)
+{
+    int fd = open(file, O_RDWR);
+
+    v = cpu_to_be64(v);
+    g_assert_cmpint(pwrite(fd, &v, 8, off), ==, 8);
+    close(fd);
+}
+
 /*
  * A page whose bit is clear reads as zero even where the file holds data
  * for it, as after a live save that wrote the page and then found it zero.
+ * Stale pages in several data extents of the file, one next to pages that
+ * are in the file.
  */
+static const uint64_t stale_pages[] = {
+    ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + 8 * TEST_MEM_PAGE_SIZE,
+    ZERO_PAGE_ADDR + 9 * TEST_MEM_PAGE_SIZE, 140 * 1024 * 1024,
+};
+
 static void test_map_stale_zero_page(void)
 {
     g_autofree char *file = vmt_path("fixed-stale.img");
+    g_autofree char *flags = NULL;
     uint64_t bitmap_offset, pages_offset, junk = 0x5a5a5a5a5a5a5a5aULL;
     unsigned long word;
     SaveOpts s = { 0 };
-    LoadOpts l = { .mode = "map" };
+    LoadOpts l = {
+        .mode = "map", .extra = "-machine dump-guest-core=off",
+    };
     QTestState *to;
-    int fd;
+    int fd, i;
 
     if (!vmt_accel_available()) {
         return;
@@ -230,16 +258,47 @@ static void test_map_stale_zero_page(void)
     save_fixed(file, &s);
     find_header(file, &bitmap_offset, &pages_offset);
     fd = open(file, O_RDWR);
-    g_assert_cmpint(pread(fd, &word, sizeof(word), bitmap_offset +
-                          ZERO_PAGE_ADDR / TEST_MEM_PAGE_SIZE / 8), ==,
-                    sizeof(word));
-    g_assert_cmpint(word, ==, 0);       /* the page is not in the file */
-    g_assert_cmpint(pwrite(fd, &junk, sizeof(junk),
-                           pages_offset + ZERO_PAGE_ADDR), ==, sizeof(junk));
+    for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
+        uint64_t page = stale_pages[i] / TEST_MEM_PAGE_SIZE;
+
+        g_assert_cmpint(pread(fd, &word, sizeof(word), bitmap_offset +
+                              page / 8), ==, sizeof(word));
+        /* The page is not in the file. */
+        g_assert_cmpint(word & (1UL << (page % 8)), ==, 0);
+        g_assert_cmpint(pwrite(fd, &junk, sizeof(junk),
+                               pages_offset + stale_pages[i]), ==,
+                        sizeof(junk));
+    }
     close(fd);
 
     to = load_fixed(file, &l, "stale_serial");
     check_continues(to, "stale_serial");        /* reads ZERO_PAGE_ADDR */
+    for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
+        g_assert_cmpint(qtest_readq(to, stale_pages[i]), ==, 0);
+    }
+
+    /*
+     * The file mapping and the zero ranges in it carry what guest memory
+     * gets at allocation: no core dump, THP, and KSM where the host has it.
+     */
+    flags = vmt_process_vmflags(qtest_pid(to), file, pages_offset,
+                                VMT_MEM_BYTES);
+    g_test_message("VmFlags of the mapped block:\n%s", flags);
+    {
+        g_auto(GStrv) lines = g_strsplit(flags, "\n", -1);
+        int nr = 0;
+
+        for (i = 0; lines[i] && lines[i][0]; i++, nr++) {
+            g_assert_nonnull(strstr(lines[i], " dd"));
+            g_assert_nonnull(strstr(lines[i], " hg"));
+            g_assert_nonnull(strstr(lines[i], " dc"));
+            if (g_file_test("/sys/kernel/mm/ksm", G_FILE_TEST_IS_DIR)) {
+                g_assert_nonnull(strstr(lines[i], " mg"));
+            }
+        }
+        /* The stale pages split the mapping: zero ranges in between. */
+        g_assert_cmpint(nr, >=, 5);
+    }
     qtest_quit(to);
     unlink(file);
 }
@@ -353,6 +412,16 @@ static void test_map_bad_files(void)
     close(fd);
     bad_file_must_fail(file, "mapped-ram capability version not supported");
 
+    /* Page sizes that would divide by zero or cover part of the block. */
+    fd = open(file, O_RDWR);
+    g_assert_cmpint(pwrite(fd, "\0\0\0\1", 4, hdr), ==, 4);
+    close(fd);
+    file_put_be64(file, hdr + 4, 0);
+    bad_file_must_fail(file, "mapped-ram header has page size 0, expected "
+                       "4096 (corrupted file?)");
+    file_put_be64(file, hdr + 4, 8192);
+    bad_file_must_fail(file, "mapped-ram header has page size 8192");
+
     /* Truncated inside the pages of the block. */
     unlink(file);
     save_fixed(file, &s);
@@ -409,6 +478,111 @@ static void test_ignore_shared(void)
     shared_common(false, false, NULL);
 }
 
+/* A load that must fail; with @ignore_shared, x-ignore-shared is set. */
+static void load_must_fail(const char *file, const char *backend,
+                           bool ignore_shared, const char *expect)
+{
+    g_autofree char *vm = vmt_vm_args(backend, "fail_serial");
+    g_autofree char *args = g_strdup_printf(
+        "%s -global migration.mapped-ram=on -incoming defer", vm);
+    g_autofree char *qmp = g_strdup_printf(
+        "{ \"execute\": \"qmp_capabilities\" }\n"
+        "{ \"execute\": \"migrate-set-capabilities\", \"arguments\":"
+        " { \"capabilities\": [ { \"capability\": \"x-ignore-shared\","
+        " \"state\": %s } ] } }\n"
+        "{ \"execute\": \"migrate-incoming\", \"arguments\":"
+        " { \"uri\": \"file:%s\" } }\n",
+        ignore_shared ? "true" : "false", file);
+
+    vmt_qemu_must_fail_qmp(args, qmp, "fail_serial", expect);
+}
+
+/*
+ * Blocks without pages in the file have a header with bitmap and pages
+ * offsets 0 (QEMU 11.0's format for x-ignore-shared); a destination that
+ * has no memory file for such a block refuses the file.
+ */
+static void test_ignore_shared_format(void)
+{
+    g_autofree char *file = vmt_path("fixed-ign.img");
+    g_autofree char *mem = vmt_path("fixed-ign.ram");
+    g_autofree char *backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    uint64_t bitmap_offset, pages_offset;
+    SaveOpts s = { .backend = backend, .ignore_shared = true };
+    SaveOpts plain = { 0 };
+    off_t hdr;
+
+    save_fixed(file, &s);
+    /* The GPA (mr->addr), then the header. */
+    find_block_header(file, "mem0", VMT_MEM_BYTES, 8, &bitmap_offset,
+                      &pages_offset);
+    g_assert_cmpint(bitmap_offset, ==, 0);
+    g_assert_cmpint(pages_offset, ==, 0);
+    find_block_header(file, "pc.bios", 256 * 1024, 8, &bitmap_offset,
+                      &pages_offset);
+    g_assert_cmpint(bitmap_offset, !=, 0);
+    g_assert_cmpint(pages_offset, !=, 0);
+
+    /* Anonymous RAM here: its content would be missing. */
+    load_must_fail(file, "memory-backend-ram", true,
+                   "the file has no pages for it: RAM block 'mem0' is not "
+                   "backed by a memory file here");
+    /* x-ignore-shared is validated through the configuration section. */
+    load_must_fail(file, "memory-backend-ram", false,
+                   "Capability x-ignore-shared is off, but received "
+                   "capability is on");
+    unlink(file);
+    unlink(mem);
+
+    /* A block without pages in a file that bypasses nothing. */
+    save_fixed(file, &plain);
+    hdr = find_header(file, &bitmap_offset, &pages_offset);
+    file_put_be64(file, hdr + 12, 0);
+    file_put_be64(file, hdr + 20, 0);
+    load_must_fail(file, "memory-backend-ram", false,
+                   "RAM block 'mem0' has no pages in the file, but the "
+                   "stream bypasses no memory (corrupted file)");
+    unlink(file);
+}
+
+/* With bypass-shared-memory, the block list and the headers must agree. */
+static void test_bypass_crafted(void)
+{
+    g_autofree char *file = vmt_path("fixed-byp.img");
+    g_autofree char *mem = vmt_path("fixed-byp.ram");
+    g_autofree char *src_backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    g_autofree char *dst_backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=off", mem);
+    uint64_t bitmap_offset, pages_offset;
+    SaveOpts s = { .backend = src_backend, .bypass = true };
+    off_t hdr;
+
+    save_fixed(file, &s);
+
+    /* A listed block whose header says it has pages. */
+    hdr = find_block_header(file, "mem0", VMT_MEM_BYTES, 0, &bitmap_offset,
+                            &pages_offset);
+    g_assert_cmpint(bitmap_offset | pages_offset, ==, 0);
+    file_put_be64(file, hdr + 12, 4096);
+    load_must_fail(file, dst_backend, false,
+                   "RAM block 'mem0': the stream lists it as bypassed, but "
+                   "the file has pages for it (corrupted stream)");
+    file_put_be64(file, hdr + 12, 0);
+
+    /* A block that is not listed, without pages. */
+    hdr = find_block_header(file, "pc.bios", 256 * 1024, 0, &bitmap_offset,
+                            &pages_offset);
+    file_put_be64(file, hdr + 12, 0);
+    file_put_be64(file, hdr + 20, 0);
+    load_must_fail(file, dst_backend, false,
+                   "RAM block 'pc.bios': the stream does not list it as "
+                   "bypassed, but the file has no pages for it");
+    unlink(file);
+    unlink(mem);
+}
+
 static void test_ignore_shared_multifd(void)
 {
     shared_common(false, true, NULL);
@@ -452,6 +626,9 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/map/bad-files", test_map_bad_files);
     qtest_add_func("/vmt/mapped-ram/copy", test_copy_still_works);
     qtest_add_func("/vmt/mapped-ram/ignore-shared", test_ignore_shared);
+    qtest_add_func("/vmt/mapped-ram/ignore-shared/format",
+                   test_ignore_shared_format);
+    qtest_add_func("/vmt/mapped-ram/bypass/crafted", test_bypass_crafted);
     qtest_add_func("/vmt/mapped-ram/ignore-shared/multifd",
                    test_ignore_shared_multifd);
     qtest_add_func("/vmt/mapped-ram/bypass", test_bypass);

@@ -153,22 +153,33 @@ char *vmt_file_sha256(const char *path)
     return g_strdup(g_checksum_get_string(ck));
 }
 
-void vmt_qemu_must_fail(const char *args, const char *serial,
-                        const char *expect)
+void vmt_qemu_must_fail_qmp(const char *args, const char *qmp,
+                            const char *serial, const char *expect)
 {
     g_autofree char *serial_path = vmt_path(serial);
+    g_autofree char *qmp_path = vmt_path("must_fail.qmp");
     g_autofree char *printed = NULL;
-    g_autofree char *cmd = g_strdup_printf("exec timeout -s KILL 120 %s %s",
-                                           getenv("QTEST_QEMU_BINARY"), args);
+    g_autofree char *cmd = NULL;
     g_autofree char *err = NULL;
     g_autofree char *out = NULL;
-    const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    const char *argv[] = { "/bin/sh", "-c", NULL, NULL };
     int status;
 
+    if (qmp) {
+        g_assert(g_file_set_contents(qmp_path, qmp, -1, NULL));
+        cmd = g_strdup_printf("exec timeout -s KILL 120 %s %s -qmp stdio "
+                              "< %s", getenv("QTEST_QEMU_BINARY"), args,
+                              qmp_path);
+    } else {
+        cmd = g_strdup_printf("exec timeout -s KILL 120 %s %s",
+                              getenv("QTEST_QEMU_BINARY"), args);
+    }
+    argv[2] = cmd;
     unlink(serial_path);
     g_assert(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL, &out,
                           &err, &status, NULL));
     g_test_message("QEMU stderr: %s", err);
+    unlink(qmp_path);
     g_assert_true(WIFEXITED(status));
     g_assert_cmpint(WEXITSTATUS(status), !=, 0);
     g_assert_nonnull(strstr(err, expect));
@@ -178,6 +189,18 @@ void vmt_qemu_must_fail(const char *args, const char *serial,
     unlink(serial_path);
 }
 
+void vmt_qemu_must_fail(const char *args, const char *serial,
+                        const char *expect)
+{
+    vmt_qemu_must_fail_qmp(args, NULL, serial, expect);
+}
+
+void vmt_check_boot_code(QTestState *who)
+{
+    /* The boot sector's signature: RAM came from the template. */
+    g_assert_cmphex(qtest_readw(who, 0x7dfe), ==, 0xaa55);
+}
+
 bool vmt_process_maps(pid_t pid, const char *path)
 {
     g_autofree char *maps = g_strdup_printf("/proc/%d/maps", (int)pid);
@@ -185,4 +208,70 @@ bool vmt_process_maps(pid_t pid, const char *path)
 
     g_assert(g_file_get_contents(maps, &text, NULL, NULL));
     return strstr(text, path) != NULL;
+}
+
+char *vmt_process_vmflags(pid_t pid, const char *path, uint64_t offset,
+                          uint64_t length)
+{
+    g_autofree char *smaps = g_strdup_printf("/proc/%d/smaps", (int)pid);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    GString *out = g_string_new("");
+    uint64_t lo = 0, start, end, off;
+    bool in = false;
+    int pass, i;
+
+    g_assert(g_file_get_contents(smaps, &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    /* Pass 0: where @offset of @path is mapped; pass 1: flags from there. */
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; lines[i]; i++) {
+            const char *l = lines[i];
+
+            if (sscanf(l, "%" SCNx64 "-%" SCNx64 " %*s %" SCNx64 " ",
+                       &start, &end, &off) == 3) {
+                if (pass == 0 && off == offset && strstr(l, path)) {
+                    lo = start;
+                }
+                in = pass == 1 && lo && start >= lo && end <= lo + length;
+            } else if (in && g_str_has_prefix(l, "VmFlags:")) {
+                g_string_append_printf(out, "%s\n", l + strlen("VmFlags:"));
+            }
+        }
+        g_assert_cmphex(lo, !=, 0);
+    }
+    return g_string_free(out, false);
+}
+
+uint8_t *vmt_read_file(const char *path, size_t *len)
+{
+    gchar *buf;
+    gsize n;
+
+    g_assert(g_file_get_contents(path, &buf, &n, NULL));
+    *len = n;
+    return (uint8_t *)buf;
+}
+
+void vmt_write_file(const char *path, const uint8_t *buf, size_t len)
+{
+    g_assert(g_file_set_contents(path, (const gchar *)buf, len, NULL));
+}
+
+void vmt_find_section(const uint8_t *buf, size_t len, const char *name,
+                      VmtSection *s)
+{
+    size_t n = strlen(name);
+    size_t i;
+
+    /* type (FULL), be32 section id, u8 name length, name, instance, ver */
+    for (i = 5; i + 1 + n + 8 <= len; i++) {
+        if (buf[i] == n && !memcmp(buf + i + 1, name, n) &&
+            buf[i - 5] == 0x04) {
+            s->header = i - 5;
+            s->data = i + 1 + n + 8;
+            return;
+        }
+    }
+    g_assert_not_reached();
 }

@@ -54,7 +54,41 @@ char *vmt_file_sha256(const char *path);
 void vmt_qemu_must_fail(const char *args, const char *serial,
                         const char *expect);
 
+/* The same, with the QMP commands @qmp sent to QEMU's standard input. */
+void vmt_qemu_must_fail_qmp(const char *args, const char *qmp,
+                            const char *serial, const char *expect);
+
+/*
+ * The guest's boot code is in its RAM (at 0x7c00, where the boot block
+ * runs): a VM whose RAM is not the template's has none.
+ */
+void vmt_check_boot_code(QTestState *who);
+
 /* True if @pid maps @path. */
 bool vmt_process_maps(pid_t pid, const char *path);
+
+/*
+ * The VmFlags of the mappings of @pid over the @length bytes of its
+ * address space that start where it maps @offset of file @path, one line
+ * per mapping.
+ */
+char *vmt_process_vmflags(pid_t pid, const char *path, uint64_t offset,
+                          uint64_t length);
+
+/* Editing saved streams, to test what a destination does with them. */
+uint8_t *vmt_read_file(const char *path, size_t *len);
+void vmt_write_file(const char *path, const uint8_t *buf, size_t len);
+
+/*
+ * A QEMU_VM_SECTION_FULL section of a saved stream, found by name:
+ * the offset of its header (section type byte) and of its data.
+ */
+typedef struct VmtSection {
+    size_t header;
+    size_t data;
+} VmtSection;
+
+void vmt_find_section(const uint8_t *buf, size_t len, const char *name,
+                      VmtSection *s);
 
 #endif
