@@ -9,7 +9,8 @@
 # a cache outside the clone ($CCACHE_DIR, default ~/.cache/qemu-vmt-ccache).
 #
 # FLAVOUR=asan builds the sanitizer flavour instead: clang, ASan + UBSan
-# (--enable-sanitizers) and libFuzzer (--enable-fuzzing), which builds
+# (--enable-asan --enable-ubsan; 10.0 has no --enable-sanitizers) and
+# libFuzzer (--enable-fuzzing), which builds
 # qemu-fuzz-x86_64 beside qemu-system-x86_64 (both instrumented; the
 # system emulator links with -fsanitize=fuzzer-no-link and runs as usual).
 # Its ccache is $ASAN_CCACHE_DIR (default ~/.cache/qemu-vmt-ccache-asan).
@@ -41,7 +42,9 @@ CONFIGURE_ARGS="--target-list=x86_64-softmmu --without-default-features
  --python=/usr/bin/python3 "
 DEFAULT_TARGETS="qemu-system-x86_64 tests/qtest/migration-test"
 if [ "$FLAVOUR" = asan ]; then
-    CONFIGURE_ARGS="$CONFIGURE_ARGS --enable-sanitizers --enable-fuzzing "
+    # clang -m32 fails the i386 probe of configure: option ROMs with gcc.
+    CONFIGURE_ARGS="$CONFIGURE_ARGS --enable-asan --enable-ubsan --enable-fuzzing
+ --cross-cc-i386=gcc "
     DEFAULT_TARGETS="qemu-system-x86_64 qemu-fuzz-x86_64"
 fi
 

@@ -992,6 +992,7 @@ class Result:
     def __init__(self, outcome, detail, argv, stderr, rc, secs):
         self.outcome, self.detail, self.argv = outcome, detail, argv
         self.stderr, self.rc, self.secs = stderr, rc, secs
+        self.known = None
 
 
 def classify_exit(rc, err, loaded):
@@ -1163,6 +1164,9 @@ def main():
                     help='comma-separated input kinds (default: all)')
     ap.add_argument('--index', type=int, action='append',
                     help='run only mutant INDEX (repeatable), to reproduce')
+    ap.add_argument('--ignore-known', action='store_true',
+                    help='known failures of upstream code (listed in '
+                    'KNOWN) do not make the exit status non-zero')
     ap.add_argument('--tmpdir', default=None,
                     help='where the private temp dir goes (default '
                     '/dev/shm if writable, else $TMPDIR)')
@@ -1265,6 +1269,7 @@ def run(args, qemu, kinds, tmp):
             write_mutant(inp, m, state)
             res = run_clone(qemu, inp, state, w, m.mode, args.timeout,
                             args.settle)
+            res.known = known(m, res, os.path.getsize(state))
             why = None
             if res.outcome in ('crashed', 'hung', 'odd'):
                 why = res.outcome
@@ -1300,7 +1305,8 @@ def run(args, qemu, kinds, tmp):
                     kept.append((m, res, path))
                 done[0] += 1
             if why:
-                print(f'mutate: {why.upper()}: {m.label()} #{m.index} '
+                print(f'mutate: {why.upper()}'
+                      f'{" (known)" if res.known else ""}: {m.label()} #{m.index} '
                       f'{m.mutation}: {m.describe()} -> {res.detail} '
                       f'[{path}]', flush=True)
             if done[0] % 100 == 0:
@@ -1317,8 +1323,69 @@ def run(args, qemu, kinds, tmp):
 
     report(stats, covered, kept, accepted, len(jobs),
            time.monotonic() - t_mut, time.monotonic() - t_start)
-    bad = sum(c['crashed'] + c['hung'] for c in stats.values())
+    bad = [r for _, r, _ in kept if r.outcome in ('crashed', 'hung')
+           and not (args.ignore_known and r.known)]
+    if args.ignore_known:
+        nk = sum(1 for _, r, _ in kept if r.known)
+        print(f'mutate: --ignore-known: {nk} known upstream failures do not '
+              'count')
     return 1 if bad else 0
+
+
+def _norm(line):
+    out, num = [], False
+    for c in line:
+        if c.isdigit() or (num and c in 'xabcdefABCDEF'):
+            if not num:
+                out.append('N')
+            num = True
+        else:
+            num = False
+            out.append(c)
+    return ''.join(out)
+
+
+def signature(res):
+    """What a failure looks like, numbers and paths left out."""
+    lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+    key = ''
+    for ln in lines:
+        if any(k in ln for k in ('Unexpected error', 'Assertion', 'assertion',
+                                 'ERROR', 'Sanitizer', 'runtime error',
+                                 'fatal')):
+            key = ln
+            break
+    if not key and lines:
+        key = lines[-1]
+    key = _norm(key.replace('qemu-system-x86_64: ', ''))[:150]
+    return f'{res.outcome}: {res.detail.split(" (")[0]}: {key or "(no stderr)"}'
+
+
+# Failures of upstream QEMU 10.0 code that this series does not touch,
+# with the reason; --ignore-known keeps them out of the exit status.
+KNOWN = (
+    ('upstream exec: an empty stream is never accepted',
+     lambda m, res, size: (res.outcome == 'hung' and m.kind == 'bypass'
+                           and size == 0),
+     'migration/exec.c watches the pipe for G_IO_IN only; cat of an empty '
+     'file gives G_IO_HUP alone, so the incoming migration never starts '
+     '(pristine upstream hangs the same way)'),
+    ('upstream fw_cfg: acpi_mr sizes from the stream resized with '
+     'error_abort',
+     lambda m, res, size: (res.outcome == 'crashed' and
+                           'Unexpected error in qemu_ram_resize()'
+                           in res.stderr),
+     'hw/nvram/fw_cfg.c fw_cfg_acpi_mr_restore_post_load() passes '
+     'table/linker/rsdp_mr_size read from the stream to '
+     'memory_region_ram_resize(..., &error_abort)'),
+)
+
+
+def known(m, res, size):
+    for name, pred, _ in KNOWN:
+        if pred(m, res, size):
+            return name
+    return None
 
 
 def report(stats, covered, kept, accepted, njobs, t_mut, t_all):
@@ -1345,11 +1412,29 @@ def report(stats, covered, kept, accepted, njobs, t_mut, t_all):
     print(f'mutate: {sum(total[o] for o in OUTCOMES)} of {njobs} mutants '
           f'in {t_mut:.0f} s ({t_all:.0f} s with the inputs); '
           + ', '.join(f'{total[o]} {o}' for o in cols))
+    groups = collections.OrderedDict()
     for m, res, path in kept:
-        print(f'mutate: kept {res.outcome}: {path}')
+        groups.setdefault(signature(res), []).append((m, res, path))
+    for sig, items in groups.items():
+        kn = items[0][1].known
+        print(f'mutate: {len(items)} x {sig}' +
+              (f'  [known: {kn}]' if kn else ''))
+        for m, res, path in items[:5]:
+            print(f'    {m.label()} #{m.index} {m.mutation}: '
+                  f'{m.describe()[:200]}')
+            print(f'      kept in {path}')
+        if len(items) > 5:
+            print(f'    ... and {len(items) - 5} more')
+    for name, _, why in KNOWN:
+        if any(res.known == name for _, res, _ in kept):
+            print(f'mutate: known: {name}: {why}')
     if accepted:
+        fields = collections.Counter(m.describe().split(' @')[0].split(' (')[0]
+                                     for m, _, _ in accepted)
         print(f'mutate: {len(accepted)} loads of mutants that should have '
-              'been refused, kept as *-accepted')
+              'been refused, kept as *-accepted:')
+        for f, n in fields.most_common():
+            print(f'    {n} x {f}')
 
 
 if __name__ == '__main__':
