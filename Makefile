@@ -11,6 +11,10 @@
 #   make check       everything above, then qtests and the end-to-end suite
 #   make demo        everything above, then a template and clones, with timings
 #   make bench       this series against upstream: latency, density, restore
+#   make asan        ASan + UBSan + libFuzzer build (clang) in build/qemu-asan
+#   make asan-check  this series' qtests under ASan + UBSan, fuzz regression
+#   make fuzz        libFuzzer on the incoming stream, FUZZ_TIME s per target
+#   make fuzz-regress  the fuzz seeds and stored crashers, once each
 #   make patches-git / patches-export   edit the series in a git tree
 #
 # Each step is cheap to re-run when its inputs did not change.
@@ -22,13 +26,17 @@ SRC    := $(B)/src
 OBJ    := $(B)/qemu
 UPSRC  := $(B)/upstream-src
 UPOBJ  := $(B)/qemu-upstream
+ASAN   := $(B)/qemu-asan
 GUEST  := $(B)/guest
 PY     := /usr/bin/python3
+FUZZ_TIME ?= 60
+FUZZ_JOBS ?= 1
 
 export SHARED DL
 
 .PHONY: all deps fetch tree build upstream guest check demo bench bench-quick \
-        patches-git patches-export clean distclean
+        asan asan-check fuzz fuzz-regress patches-git patches-export clean \
+        distclean
 
 all: build
 
@@ -48,6 +56,23 @@ build: tree
 upstream: fetch
 	@sh build-aux/tree.sh upstream $(UPSRC)
 	@sh build-aux/build.sh $(UPSRC) $(UPOBJ)
+
+# The sanitizer flavour: clang with ASan, UBSan and libFuzzer, its own
+# build folder and ccache.
+asan: tree
+	@FLAVOUR=asan EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test" \
+	    sh build-aux/build.sh $(SRC) $(ASAN)
+
+asan-check: build asan
+	@sh build-aux/asan-check.sh
+
+# Seeds are saved by build/qemu; crashers are kept in
+# tests/qtest/fuzz/vmt-crashers/.
+fuzz: build asan
+	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(FUZZ_JOBS) sh build-aux/fuzz.sh run
+
+fuzz-regress: build asan
+	@sh build-aux/fuzz.sh regress
 
 guest: deps
 	@sh tests/guest/build-guest.sh $(GUEST)
@@ -76,7 +101,7 @@ patches-export:
 	@sh build-aux/patches-git.sh export $(B)/patches-git
 
 clean:
-	rm -rf $(OBJ) $(UPOBJ) $(SRC) $(UPSRC) $(GUEST)
+	rm -rf $(OBJ) $(UPOBJ) $(ASAN) $(B)/fuzz $(SRC) $(UPSRC) $(GUEST)
 
 distclean:
 	rm -rf $(B)

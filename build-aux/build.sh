@@ -42,9 +42,10 @@ CONFIGURE_ARGS="--target-list=x86_64-softmmu --without-default-features
  --python=/usr/bin/python3 "
 DEFAULT_TARGETS="qemu-system-x86_64 tests/qtest/migration-test"
 if [ "$FLAVOUR" = asan ]; then
-    # clang -m32 fails the i386 probe of configure: option ROMs with gcc.
+    # configure does not build option ROMs with clang: gcc, as binutils
+    # for a cross target.
     CONFIGURE_ARGS="$CONFIGURE_ARGS --enable-asan --enable-ubsan --enable-fuzzing
- --cross-cc-i386=gcc "
+ --cross-prefix-i386=x86_64-linux-gnu- "
     DEFAULT_TARGETS="qemu-system-x86_64 qemu-fuzz-x86_64"
 fi
 

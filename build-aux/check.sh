@@ -51,6 +51,30 @@ run_qtest() {
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
+# run_script LABEL PREFIX COMMAND...
+# Runs a script that ends with "PREFIX: N passed, N failed[, N skipped]".
+run_script() {
+    label=$1 prefix=$2
+    shift 2
+    log=$LOGDIR/$(echo "$label" | tr ' /' '__').log
+    printf '%-44s ' "$label"
+    start=$(date +%s)
+    "$@" > "$log" 2>&1
+    rc=$?
+    line=$(grep -E "^$prefix: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1)
+    p=$(echo "$line" | sed -nE 's/.*: ([0-9]+) passed.*/\1/p')
+    f=$(echo "$line" | sed -nE 's/.* ([0-9]+) failed.*/\1/p')
+    s=$(echo "$line" | sed -nE 's/.* ([0-9]+) skipped.*/\1/p')
+    p=${p:-0} f=${f:-0} s=${s:-0}
+    if [ -z "$line" ] || { [ "$rc" != 0 ] && [ "$f" = 0 ]; }; then
+        f=$((f + 1))    # no summary, or failed without saying so
+    fi
+    PASS=$((PASS + p)) SKIP=$((SKIP + s)) FAIL=$((FAIL + f))
+    [ "$f" = 0 ] || FAILED="$FAILED
+  $label (log: $log)"
+    echo "$p passed, $f failed, $s skipped ($(( $(date +%s) - start )) s)"
+}
+
 MT=$OBJ/tests/qtest/migration-test
 VT=$OBJ/tests/qtest/vmt-bypass-shared-test
 VM=$OBJ/tests/qtest/vmt-mapped-ram-test
@@ -98,6 +122,10 @@ if want compat; then
     # shellcheck disable=SC2086
     run_qtest "compat upstream->ours file" "$MT" \
         QTEST_QEMU_BINARY="$QEMU" QTEST_QEMU_BINARY_SRC="$UPQEMU" -- $compat
+    # The same sections, with the same section ids, as upstream.
+    run_script "compat section list" stream-compat \
+        /usr/bin/python3 "$TOP/tests/vmt/stream_compat.py" --ours "$QEMU" \
+        --upstream "$UPQEMU" --scripts "$TOP/build/upstream-src/scripts"
 fi
 
 if want vmt; then

@@ -1,0 +1,104 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Compare the streams of two QEMU binaries with the series' capabilities off.
+
+  stream_compat.py --ours QEMU --upstream QEMU --scripts DIR
+
+Each binary saves the same stopped VM (-M pc, 64 MiB, no devices) to a file;
+scripts/analyze-migration.py (from DIR) lists the
+sections of each stream as "name (section id)" in stream order.  The lists
+must be equal: this series adds no section and moves no section id unless
+its capabilities are used.  Prints one line per comparison and
+"stream-compat: N passed, N failed"; exits 1 on any difference.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+VM_ARGS = ['-M', 'pc', '-m', '64M', '-nodefaults', '-display', 'none',
+           '-accel', 'tcg', '-S']
+
+
+def save(qemu, path, caps):
+    """Save a stopped VM to @path with the capabilities @caps on."""
+    cmds = [{'execute': 'qmp_capabilities'}]
+    if caps:
+        cmds.append({'execute': 'migrate-set-capabilities', 'arguments': {
+            'capabilities': [{'capability': c, 'state': True}
+                             for c in caps]}})
+    cmds.append({'execute': 'migrate',
+                 'arguments': {'uri': 'file:' + path}})
+    qmp = ''.join(json.dumps(c) + '\n' for c in cmds)
+    proc = subprocess.Popen([qemu] + VM_ARGS + ['-qmp', 'stdio'],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write(qmp)
+        proc.stdin.flush()
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if 'error' in msg:
+                raise RuntimeError(f'{qemu}: {msg["error"]["desc"]}')
+            if msg.get('event') == 'MIGRATION' and \
+               msg['data']['status'] in ('completed', 'failed'):
+                if msg['data']['status'] == 'failed':
+                    raise RuntimeError(f'{qemu}: migration failed')
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def sections(scripts, path):
+    out = subprocess.run([sys.executable,
+                          os.path.join(scripts, 'analyze-migration.py'),
+                          '-f', path], check=True, capture_output=True,
+                         text=True).stdout
+    return list(json.loads(out).keys())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument('--ours', required=True)
+    ap.add_argument('--upstream', required=True)
+    ap.add_argument('--scripts', required=True,
+                    help="directory with upstream's analyze-migration.py")
+    opts = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix='vmt-compat-')
+    passed = failed = 0
+    try:
+        # MIGRATION events need the events capability.
+        for label, caps in (('plain', ['events']),):
+            lists = {}
+            for who, qemu in (('ours', opts.ours),
+                              ('upstream', opts.upstream)):
+                path = os.path.join(tmp, f'{who}-{label}.state')
+                save(qemu, path, caps)
+                lists[who] = sections(opts.scripts, path)
+            if lists['ours'] == lists['upstream']:
+                passed += 1
+                print(f'stream-compat: {label}: same {len(lists["ours"])} '
+                      'sections and section ids')
+            else:
+                failed += 1
+                print(f'stream-compat: {label}: sections differ')
+                print(f'  ours:     {lists["ours"]}')
+                print(f'  upstream: {lists["upstream"]}')
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        failed += 1
+        print(f'stream-compat: error: {e}')
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f'stream-compat: {passed} passed, {failed} failed')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
