@@ -308,7 +308,8 @@ static bool incoming_add(const char *name, Error **errp)
     BypassedBlock *in;
     RAMBlock *rb;
 
-    if (!name[0] || strnlen(name, TEMPLATE_ID_NAME_LEN) == TEMPLATE_ID_NAME_LEN) {
+    if (!name[0] ||
+        strnlen(name, TEMPLATE_ID_NAME_LEN) == TEMPLATE_ID_NAME_LEN) {
         error_setg(errp, "invalid RAM block name in the list of bypassed "
                    "blocks (corrupted stream)");
         return false;

@@ -28,8 +28,7 @@ typedef struct TemplateIdentity {
     uint64_t page_size;
     uint64_t file_size;             /* st_size of the backing file */
     uint64_t fd_offset;             /* offset of the block in the file */
-    uint64_t mr_addr;               /* offset of the block's region in its
-                                       container, as x-ignore-shared */
+    uint64_t mr_addr;               /* mr->addr, as x-ignore-shared */
     int64_t mtime_ns;               /* st_mtim of the backing file */
     uint8_t check;                  /* BypassSharedMemoryCheck */
     uint64_t seed;                  /* selects the sampled chunks */

@@ -283,7 +283,7 @@ static void test_map_stale_zero_page(void)
      */
     flags = vmt_process_vmflags(qtest_pid(to), file, pages_offset,
                                 VMT_MEM_BYTES);
-    g_test_message("VmFlags of the mapped block:\n%s", flags);
+    g_test_message("VmFlags of the mapped block: %s", flags);
     {
         g_auto(GStrv) lines = g_strsplit(flags, "\n", -1);
         int nr = 0;

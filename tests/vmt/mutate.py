@@ -182,6 +182,9 @@ def spawn(argv, stderr_path):
                              process_group=0, close_fds=True)
     with _procs_lock:
         _procs.add(p)
+    if _stopping.is_set():          # raced with kill_all()
+        release(p)
+        raise KeyboardInterrupt
     return p
 
 
