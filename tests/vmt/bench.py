@@ -590,6 +590,12 @@ class Bench:
         v, r = tpl.vm, tpl.r
         path = tpl.state if last else f'{tpl.state}.{k}'
         if k:
+            if tpl.mode == 'bypass':
+                # A VM saved with bypass-shared-memory refuses to resume
+                # while the capability is on: no clone maps the earlier
+                # save's file, so say so.
+                v.cmd('migrate-set-capabilities', capabilities=[
+                    {'capability': vmt.CAPABILITY['bypass'], 'state': False}])
             v.cmd('cont')
             wait_status(v, 'running')
         warm_memory(WARM_BYTES)
