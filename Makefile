@@ -15,6 +15,7 @@
 #   make asan-check  this series' qtests under ASan + UBSan, fuzz regression
 #   make fuzz        libFuzzer on the incoming stream, FUZZ_TIME s per target
 #   make fuzz-regress  the fuzz seeds and stored crashers, once each
+#   make mutate      corrupted streams and mapped-ram files loaded by clones
 #   make patches-git / patches-export   edit the series in a git tree
 #
 # Each step is cheap to re-run when its inputs did not change.
@@ -90,6 +91,12 @@ bench: build upstream guest
 
 bench-quick: build upstream guest
 	@$(PY) tests/vmt/bench.py --quick $(BENCH_ARGS)
+
+# Mutation test: thousands of corrupted template streams and mapped-ram
+# files, each loaded by a clone; failures kept in build/mutate/.
+.PHONY: mutate
+mutate: build
+	@$(PY) tests/vmt/mutate.py --count 2500 $(MUTATE_ARGS)
 
 # A git tree for editing the series: upstream is one commit, the new files
 # another, each patch one commit on top.  Edit, commit (or rebase), then
