@@ -32,7 +32,6 @@
 #include "qapi/error.h"
 #include "block/thread-pool.h"
 #include "exec/ramblock.h"
-#include "hw/core/qdev-prop-internal.h"
 #include "qapi/qapi-types-migration.h"
 #include "migration/misc.h"
 #include "migration/vmstate.h"
@@ -72,15 +71,6 @@ typedef struct BypassedBlock {
     const TemplateIdentity *id;     /* its record, once read */
     bool verified;
 } BypassedBlock;
-
-const PropertyInfo qdev_prop_bypass_shared_memory_check = {
-    .type = "BypassSharedMemoryCheck",
-    .description = "How clones check bypassed shared memory (sampled/full)",
-    .enum_table = &BypassSharedMemoryCheck_lookup,
-    .get = qdev_propinfo_get_enum,
-    .set = qdev_propinfo_set_enum,
-    .set_default_value = qdev_propinfo_set_default_value_enum,
-};
 
 static struct {
     bool registered;

@@ -8,10 +8,6 @@
 #define QEMU_MIGRATION_BYPASS_SHARED_H
 
 #include "exec/cpu-common.h"
-#include "hw/qdev-properties.h"
-
-/* -global migration.bypass-shared-memory-check=sampled|full */
-extern const PropertyInfo qdev_prop_bypass_shared_memory_check;
 
 /*
  * True when @rb is shared and backed by a named file: another process

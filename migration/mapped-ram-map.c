@@ -38,21 +38,11 @@
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
 #include "exec/memory.h"
-#include "hw/core/qdev-prop-internal.h"
 #include "qapi/qapi-types-migration.h"
 #include "io/channel-file.h"
 #include "qemu-file.h"
 #include "mapped-ram-map.h"
 #include "trace.h"
-
-const PropertyInfo qdev_prop_mapped_ram_load = {
-    .type = "MappedRamLoad",
-    .description = "How to load a mapped-ram file (copy/map)",
-    .enum_table = &MappedRamLoad_lookup,
-    .get = qdev_propinfo_get_enum,
-    .set = qdev_propinfo_set_enum,
-    .set_default_value = qdev_propinfo_set_default_value_enum,
-};
 
 /* Beyond this many zero ranges, zero them by writing instead of mapping. */
 #define MAPPED_RAM_MAP_MAX_ZERO_MAPS 4096

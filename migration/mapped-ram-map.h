@@ -9,10 +9,6 @@
 #define QEMU_MIGRATION_MAPPED_RAM_MAP_H
 
 #include "exec/cpu-common.h"
-#include "hw/qdev-properties.h"
-
-/* -global migration.mapped-ram-load=copy|map */
-extern const PropertyInfo qdev_prop_mapped_ram_load;
 
 /*
  * Map the @num_pages pages of @rb, stored from @rb->pages_offset in the
