@@ -116,7 +116,9 @@ if want compat; then
     # QTEST_QEMU_BINARY is one side, the _SRC or _DST variable the other.
     compat="--full -p /x86_64/migration/precopy/file
             -s /x86_64/migration/precopy/file/offset
-            -s /x86_64/migration/precopy/file/offset/bad"
+            -s /x86_64/migration/precopy/file/offset/bad
+            -s /x86_64/migration/precopy/file/offset/fdset
+            -s /x86_64/migration/precopy/file/mapped-ram/live"
     # shellcheck disable=SC2086
     run_qtest "compat ours->upstream file" "$MT" \
         QTEST_QEMU_BINARY="$QEMU" QTEST_QEMU_BINARY_DST="$UPQEMU" -- $compat
@@ -126,7 +128,7 @@ if want compat; then
     # The same sections, with the same section ids, as upstream.
     run_script "compat section list" stream-compat \
         /usr/bin/python3 "$TOP/tests/vmt/stream_compat.py" --ours "$QEMU" \
-        --upstream "$UPQEMU" --scripts "$TOP/build/upstream-src/scripts"
+        --upstream "$UPQEMU" --scripts "$TOP/build/src/scripts"
 fi
 
 if want vmt; then

@@ -87,7 +87,9 @@ static struct {
     /* Source. */
     uint32_t nr_saved;      /* blocks the last save bypassed */
     bool resume_refused;    /* a completed save bypassed blocks */
+    bool recorded;          /* identities recorded since the VM last ran */
     NotifierWithReturn notifier;
+    VMChangeStateEntry *vm_state;
 } bypass;
 
 bool ramblock_is_shared_file(RAMBlock *rb)
@@ -427,6 +429,8 @@ static int identities_pre_save(void *opaque)
             goto fail;
         }
     }
+    /* From here, a stream may describe the files: see vm_state_change. */
+    bypass.recorded = s->nr > 0;
     return 0;
 
 fail:
@@ -606,6 +610,54 @@ static int bypass_shared_notify(NotifierWithReturn *notifier,
     return 0;
 }
 
+/*
+ * Source: identities were recorded, and the VM runs again (a failed save
+ * resumes it, or the user lifted the refusal to resume).  It will write
+ * its memory files, and writes through a shared mapping do not move a
+ * file's modification time on every file system (tmpfs): move it, so that
+ * no stream saved before this point loads ("modified after the template
+ * was saved").  Explicitly later than the recorded time, which a coarse
+ * file system clock could otherwise repeat.
+ */
+static void bypass_shared_vm_state_change(void *opaque, bool running,
+                                          RunState state)
+{
+    RAMBlock *rb;
+
+    if (!running || !bypass.recorded) {
+        return;
+    }
+    bypass.recorded = false;
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_MIGRATABLE(rb) {
+        struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT } };
+        int fd = qemu_ram_get_fd(rb);
+        struct stat st;
+
+        if (!ramblock_is_shared_file(rb) || fd < 0 || fstat(fd, &st) < 0) {
+            continue;
+        }
+        clock_gettime(CLOCK_REALTIME, &ts[1]);
+        if (ts[1].tv_sec < st.st_mtim.tv_sec ||
+            (ts[1].tv_sec == st.st_mtim.tv_sec &&
+             ts[1].tv_nsec <= st.st_mtim.tv_nsec)) {
+            ts[1] = st.st_mtim;
+            if (++ts[1].tv_nsec == 1000000000) {
+                ts[1].tv_sec++;
+                ts[1].tv_nsec = 0;
+            }
+        }
+        if (futimens(fd, ts) < 0) {
+            warn_report("bypass-shared-memory: RAM block '%s': cannot move "
+                        "the modification time of its memory file (%s); "
+                        "streams saved before this VM resumed may still "
+                        "load", rb->idstr, strerror(errno));
+            continue;
+        }
+        trace_bypass_shared_resume_touch(rb->idstr);
+    }
+}
+
 static void bypass_shared_register(void)
 {
     if (bypass.registered) {
@@ -616,6 +668,8 @@ static void bypass_shared_register(void)
     vmstate_register(NULL, 0, &vmstate_bypass_shared_identities,
                      &bypass.ids);
     migration_add_notifier(&bypass.notifier, bypass_shared_notify);
+    bypass.vm_state = qemu_add_vm_change_state_handler(
+                          bypass_shared_vm_state_change, NULL);
 }
 
 void bypass_shared_migrate_init(void)

@@ -572,6 +572,7 @@ static void test_no_resume(void)
     g_autofree char *backend = file_backend(mem, "share=on");
     g_autofree char *args = vmt_vm_args(backend, "resume_serial");
     g_autofree char *uri = g_strdup_printf("exec:cat > %s", state);
+    Template t = { 0 };
     QTestState *vm;
     QDict *rsp;
 
@@ -598,6 +599,16 @@ static void test_no_resume(void)
     qtest_qmp_assert_success(vm, "{ 'execute': 'cont' }");
     vmt_wait_for_status(vm, "running");
     qtest_quit(vm);
+
+    /*
+     * It ran again and wrote its memory file, which a shared mapping does
+     * not show in the file's modification time on tmpfs: QEMU moved it
+     * when the VM resumed, so the stream saved before no longer loads.
+     */
+    t.mem = mem;
+    t.state = state;
+    clone_must_fail(&t, mem, NULL, "was modified or re-created after the "
+                    "template was saved");
     unlink(mem);
     unlink(state);
 }

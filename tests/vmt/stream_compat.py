@@ -5,11 +5,13 @@ Compare the streams of two QEMU binaries with the series' capabilities off.
 
   stream_compat.py --ours QEMU --upstream QEMU --scripts DIR
 
-Each binary saves the same stopped VM (-M pc, 64 MiB, no devices) to a file;
-scripts/analyze-migration.py (from DIR) lists the
+Each binary saves the same stopped VM (-M pc, 64 MiB, no devices) to a file,
+plain and with mapped-ram; scripts/analyze-migration.py (from DIR, which
+must read mapped-ram streams: this series' copy) lists the
 sections of each stream as "name (section id)" in stream order.  The lists
 must be equal: this series adds no section and moves no section id unless
-its capabilities are used.  Prints one line per comparison and
+its capabilities are used.  Then each binary loads the other's mapped-ram
+file (ours with mapped-ram-load=copy and map).  Prints one line per comparison and
 "stream-compat: N passed, N failed"; exits 1 on any difference.
 """
 
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 VM_ARGS = ['-M', 'pc', '-m', '64M', '-nodefaults', '-display', 'none',
            '-accel', 'tcg', '-S']
@@ -55,6 +58,38 @@ def save(qemu, path, caps):
         proc.wait()
 
 
+def load(qemu, path, globals_):
+    """Load the stopped VM saved in @path; True if the load completed."""
+    args = [qemu] + VM_ARGS + ['-qmp', 'stdio']
+    for g in globals_:
+        args += ['-global', g]
+    args += ['-incoming', 'file:' + path]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        proc.stdin.write(json.dumps({'execute': 'qmp_capabilities'}) + '\n')
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            proc.stdin.write(json.dumps({'execute': 'query-migrate'}) + '\n')
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line:
+                return False, proc.stderr.read().strip()
+            msg = json.loads(line)
+            status = msg.get('return', {}).get('status')
+            if status == 'completed':
+                return True, ''
+            if status == 'failed':
+                return False, proc.stderr.read().strip()
+            time.sleep(0.05)
+        return False, 'timeout'
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def sections(scripts, path):
     out = subprocess.run([sys.executable,
                           os.path.join(scripts, 'analyze-migration.py'),
@@ -68,14 +103,15 @@ def main():
     ap.add_argument('--ours', required=True)
     ap.add_argument('--upstream', required=True)
     ap.add_argument('--scripts', required=True,
-                    help="directory with upstream's analyze-migration.py")
+                    help="directory with analyze-migration.py")
     opts = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix='vmt-compat-')
     passed = failed = 0
     try:
         # MIGRATION events need the events capability.
-        for label, caps in (('plain', ['events']),):
+        for label, caps in (('plain', ['events']),
+                            ('mapped-ram', ['events', 'mapped-ram'])):
             lists = {}
             for who, qemu in (('ours', opts.ours),
                               ('upstream', opts.upstream)):
@@ -91,6 +127,23 @@ def main():
                 print(f'stream-compat: {label}: sections differ')
                 print(f'  ours:     {lists["ours"]}')
                 print(f'  upstream: {lists["upstream"]}')
+        # Each loads the other's mapped-ram files (map and copy).
+        for saver, loader in (('ours', 'upstream'), ('upstream', 'ours')):
+            path = os.path.join(tmp, f'{saver}-mapped-ram.state')
+            qemu = opts.ours if loader == 'ours' else opts.upstream
+            modes = ['copy', 'map'] if loader == 'ours' else ['copy']
+            for mode in modes:
+                g = ['migration.mapped-ram=on']
+                if loader == 'ours':
+                    g.append(f'migration.mapped-ram-load={mode}')
+                ok, err = load(qemu, path, g)
+                label = f'{saver} mapped-ram file loaded by {loader} ({mode})'
+                if ok:
+                    passed += 1
+                    print(f'stream-compat: {label}')
+                else:
+                    failed += 1
+                    print(f'stream-compat: {label}: FAILED: {err}')
     except (RuntimeError, subprocess.CalledProcessError) as e:
         failed += 1
         print(f'stream-compat: error: {e}')
