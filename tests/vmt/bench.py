@@ -624,7 +624,7 @@ class Bench:
         else:
             v.cmd('migrate-set-capabilities', capabilities=[
                 {'capability': vmt.CAPABILITY[mode], 'state': True}])
-            v.cmd('migrate', uri=f'exec:cat > {path}')
+            v.cmd('migrate', uri=f'file:{path}')
         return v.wait_migration()
 
     # =======================================================================

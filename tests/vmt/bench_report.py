@@ -755,7 +755,7 @@ def write_report(res, out, made_plots):
         section('save')
         md += ['Templates are saved while running (not stopped first), '
                '`max-bandwidth` 0.  Shared RAM file templates: device state '
-               'only, to `exec:cat > STATE`; fixed-ram: `mapped-ram` to '
+               'only, to `file:STATE`; fixed-ram: `mapped-ram` to '
                '`file:`, RAM included.  Time from `migrate` to '
                '`completed` (QMP polled every 2 ms).  Files on /dev/shm '
                '(tmpfs).', '']

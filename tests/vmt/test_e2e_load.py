@@ -14,13 +14,19 @@ VMT_LOAD_MIN_AVAIL_MIB (default 2048).  Wall times are printed, never
 asserted.
 
 FailedSaveTest: saves that fail part-way (a tmpfs too small for the file,
-mounted under the test's directory, root only; the saving QEMU killed
-with SIGKILL mid-way) must leave no file that a clone accepts: a clone
-started on the leftover exits with an error.  What each refusing clone
-printed is logged ("vmt: refused ...").  PublishTest: the safe way to
-publish a template, save to a temporary name in the same directory and
-rename() it into place once query-migrate says completed; a clone started
-on the published name meanwhile finds no file or the old template.
+mounted under the test's directory, root only, else skipped; the saving
+QEMU killed with SIGKILL mid-way) must leave no file that a clone
+accepts: a clone started on the leftover exits with an error.  What each
+clone printed is logged ("vmt: refused: ..." / "vmt: NOT refused: ...").
+PublishTest: the safe way to publish a template, save to a temporary name
+in the same directory and rename() it into place once query-migrate says
+completed; a clone started on the published name meanwhile finds no file
+or the old template, never a partial one.
+
+Two tests state requirements that QEMU 10.0.13 with this series does not
+meet yet (see their docstrings): test_b_bypass_disk_full_trailer (a
+leftover cut after QEMU_VM_EOF loads) and test_f_exec_save_reports_failure
+(exec: ignores the exit status of the command).
 
 Environment:
   VMT_LOAD_CLONES         clones per load test (default 50)
@@ -35,8 +41,10 @@ These tests assert behaviour only; they never check timings.
 import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -85,6 +93,27 @@ def one_line(text, n=600):
              if ln.strip() and not ln.startswith('vmt: ')]
     s = ' | '.join(lines)
     return s if len(s) <= n else s[:n] + ' ...'
+
+
+OOPS = re.compile(r'(BUG:|Oops:|Kernel panic|general protection fault|'
+                  r'Call Trace:)')
+
+
+def console_problem(vm):
+    """The first line of the guest console showing a kernel oops or
+    panic (a clone running on memory that does not match its CPU and
+    device state), else None."""
+    try:
+        with open(vm.console, 'rb') as f:
+            text = f.read().decode('utf-8', 'replace')
+    except OSError:
+        return None
+    m = OOPS.search(text)
+    if not m:
+        return None
+    start = text.rfind('\n', 0, m.start()) + 1
+    end = text.find('\n', m.start())
+    return text[start:end if end >= 0 else None].strip()
 
 
 class Clone(vmt.VM):
@@ -216,6 +245,11 @@ class Tmpfs:
 
     def __exit__(self, *exc):
         _umount(self.path)
+        # after a signal, vmt.cleanup_all() ran first and could not remove
+        # the mount point: remove the test's directory now
+        parent = os.path.dirname(self.path)
+        if parent not in vmt._tmpdirs and os.environ.get('VMT_KEEP') != '1':
+            shutil.rmtree(parent, ignore_errors=True)
         return False
 
 
@@ -294,12 +328,16 @@ class Base(unittest.TestCase):
             time.sleep(0.05)
 
     def kill_saver(self, t):
-        """SIGKILL the saving QEMU only (the 'cat' of an exec: save then
-        writes out what it got) and wait until its process group is
-        empty."""
-        pgid = t.proc.pid
+        """SIGKILL the saving QEMU only and wait until its process group
+        is empty."""
         os.kill(t.proc.pid, signal.SIGKILL)
         t.proc.wait()
+        self.wait_group_gone(t)
+
+    def wait_group_gone(self, t):
+        """Until the process group of t (QEMU and its exec: command) is
+        empty."""
+        pgid = t.proc.pid
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -309,40 +347,60 @@ class Base(unittest.TestCase):
             time.sleep(0.02)
         self.fail(f'{t.name}: processes of the killed saver remain')
 
-    def expect_refusal(self, label, name, extra_args, sum_ok=None):
-        """Start a clone that must refuse its state: it must exit with an
-        error status (not a signal) and an error message, without the
-        guest running.  Logs and returns what it printed."""
+    def clone_outcome(self, label, name, extra_args, sum_ok=None):
+        """Start a clone on a file that it should refuse.  Returns
+        (refused, what): refused when it exits with an error status (not
+        a signal) and prints an error; what it printed or how it ran is
+        logged ("vmt: refused: ..." or "vmt: NOT refused: ...")."""
         c = self.vm(name, extra_args)
         c.spawn()
-        try:
-            rc = c.proc.wait(REFUSE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            rc = None
-        if rc is None:
-            # it kept running: accepted the leftover, or hangs
+        deadline = time.monotonic() + REFUSE_TIMEOUT
+        st = None
+        while c.proc.poll() is None and time.monotonic() < deadline:
             try:
-                c.attach(60)
+                if not c.qmp:
+                    c.connect_qmp(REFUSE_TIMEOUT)
                 st = c.status()
-                what = f'status {st}'
-                if st == 'running':
-                    c.wait_pong(BOOT_TIMEOUT)
-                    s = c.agent.sum(timeout=BOOT_TIMEOUT)
-                    what += f', checksum {s}'
-                    if sum_ok:
-                        what += (' (the template\'s)' if s == sum_ok
-                                 else ' (NOT the template\'s)')
-            except Exception as e:
-                what = f'not reachable: {e}'
-            self.fail(f'{label}: the clone did not refuse the leftover '
-                      f'file within {REFUSE_TIMEOUT} s: {what}')
+            except Exception:
+                st = None       # exiting, or not up yet
+            if st not in (None, 'inmigrate'):
+                break           # it loaded the file
+            time.sleep(0.1)
+        rc = c.proc.poll()
         out = one_line(c.stderr_tail(4000))
-        vmt.log(f'refused: {label}: clone exit {rc}: {out}')
-        self.assertGreater(rc, 0, f'{label}: the clone died by signal '
-                           f'{-rc} instead of refusing: {out}')
-        self.assertTrue(out, f'{label}: the clone exited {rc} silently')
+        if rc is not None:
+            refused = rc > 0 and bool(out)
+            what = (f'exit {rc}' if rc >= 0 else f'killed by signal {-rc}') \
+                + f': {out or "(nothing printed)"}'
+        elif st in (None, 'inmigrate'):
+            refused = False
+            what = (f'neither loads nor exits within {REFUSE_TIMEOUT:.0f} s '
+                    f'(status {st}): {out}')
+        else:
+            refused = False
+            what = f'ACCEPTED the file: status {st}'
+            try:
+                c.agent.connect(30)
+                c.wait_pong(60)
+                csum = c.agent.sum(timeout=60)
+                what += ', checksum ' + (
+                    'of the template' if csum == sum_ok else
+                    f'{csum} (template: {sum_ok})')
+            except Exception as e:
+                what += f', the guest does not answer ({e})'
+            time.sleep(1)
+            what += f', guest console: {console_problem(c) or "clean"}'
+        vmt.log(f'{"refused" if refused else "NOT refused"}: {label}: '
+                f'clone {what}')
         c.kill()
-        return out
+        return refused, what
+
+    def expect_refusal(self, label, name, extra_args, sum_ok=None):
+        """A clone that must refuse its file: exit with an error."""
+        refused, what = self.clone_outcome(label, name, extra_args, sum_ok)
+        self.assertTrue(refused, f'{label}: the clone did not refuse the '
+                        f'file: {what}')
+        return what
 
     def expect_clone_runs(self, label, name, extra_args, want_sum):
         c = self.vm(name, extra_args)
@@ -351,6 +409,7 @@ class Base(unittest.TestCase):
         c.wait_running(BOOT_TIMEOUT)
         c.wait_pong(BOOT_TIMEOUT)
         self.assertEqual(c.agent.sum(timeout=BOOT_TIMEOUT), want_sum, label)
+        self.assertIsNone(console_problem(c), f'{label}: guest console')
         return c
 
 
@@ -403,10 +462,12 @@ class LoadTest(Base):
                         fn(c)
                     except Exception as e:
                         if guard.tripped:
-                            self.fail(guard.tripped)
+                            break
                         bad.add(c)
                         failures.append(f'{c.name} ({step}): '
                                         f'{one_line(str(e), 400)}')
+                if guard.tripped:
+                    self.fail(guard.tripped)
                 phase[step] = time.monotonic() - start
 
             bad = set()
@@ -419,7 +480,6 @@ class LoadTest(Base):
                 c.agent.drain()
                 c.agent.send('sum')
             each('sum sent', send_sum)
-            sums = {}
 
             def read_sum(c):
                 while True:
@@ -428,11 +488,16 @@ class LoadTest(Base):
                         raise vmt.AgentError('no answer to sum')
                     if not ans.startswith('READY'):
                         break
-                sums[c.name] = ans
                 if ans != f'sum {tsum}':
                     raise vmt.AgentError(f'answered {ans!r}, the template '
                                          f'wrote sum {tsum}')
             each('sum answered', read_sum)
+
+            def console_clean(c):
+                oops = console_problem(c)
+                if oops:
+                    raise vmt.VMTError(f'guest console: {oops}')
+            each('consoles checked', console_clean)
             guard.check()
             if guard.tripped:
                 self.fail(guard.tripped)
@@ -449,24 +514,22 @@ class LoadTest(Base):
             for c in clones:
                 c.kill()
             t_kill = time.monotonic() - t_kill
-        wall = phase.get('sum answered', time.monotonic() - start)
         vmt.log(f'load {mode}: template boot+save {t_tpl:.1f} s; '
                 f'{len(clones)} clones (guest RAM {LOAD_MEM}): ' +
                 ', '.join(f'{k} {v:.1f} s' for k, v in phase.items()) +
                 f'; killed in {t_kill:.1f} s')
         if pss:
-            vmt.log(f'load {mode}: Pss per clone avg {sum(pss) / len(pss) / 1024:.0f} '
-                    f'MiB, total {sum(pss) / 1024:.0f} MiB; MemAvailable '
+            vmt.log(f'load {mode}: Pss per clone avg '
+                    f'{sum(pss) / len(pss) / 1024:.0f} MiB, total '
+                    f'{sum(pss) / 1024:.0f} MiB; MemAvailable '
                     f'{guard.start_mib} -> min {guard.min_mib} MiB')
-        self.load_wall = wall
         self.assertFalse(failures, f'{len(failures)} of {len(clones)} '
                          'clones failed:\n' + '\n'.join(failures[:10]))
         self.assertEqual(len(clones), CLONES)
 
         # nothing of the test remains: no process, no directory
         for c in clones:
-            self.assertFalse(os.path.exists(f'/proc/{c.pid}') and
-                             c.proc.poll() is None, c.name)
+            self.assertIsNotNone(c.proc.poll(), f'{c.name} still runs')
         left_pids = pids_mentioning(tmp.path)
         self.assertEqual(left_pids, [], 'processes of the test remain: ' +
                          ', '.join(f'{p}' for p in left_pids))
@@ -499,6 +562,120 @@ def stream_layout(path):
     raise vmt.VMTError(f'{path}: no vmdescription trailer found')
 
 
+# A stalling reader for exec: saves: shrinks its pipe to one page, copies
+# the first N bytes of the stream to stdout, then stops reading (QEMU
+# blocks once the pipe is full)
+# and reports the pipe's fill level in LEVEL ("bytes capacity") until the
+# file GO exists; then copies the rest up to EOF, as cat would after the
+# saver died.  QEMU's max-bandwidth cannot hold a bypass save: its few
+# hundred KiB go out in the unthrottled completion step.
+STALL = """\
+import fcntl, os, struct, sys, termios, time
+n, go, level = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+small = False
+got = 0
+while got < n:
+    if not small:
+        try:
+            fcntl.fcntl(0, 1031, 4096)  # F_SETPIPE_SZ: QEMU stays close
+            small = True
+        except OSError:                 # EBUSY while more is in it
+            pass
+    b = os.read(0, min(4096, n - got))
+    if not b:
+        break
+    got += len(b)
+    while b:
+        b = b[os.write(1, b):]
+cap = fcntl.fcntl(0, 1032)              # F_GETPIPE_SZ
+while not os.path.exists(go):
+    k = struct.unpack('i', fcntl.ioctl(0, termios.FIONREAD, b'1234'))[0]
+    with open(level + '.new', 'w') as f:
+        f.write(f'{k} {cap}')
+    os.rename(level + '.new', level)
+    time.sleep(0.01)
+while True:
+    b = os.read(0, 65536)
+    if not b:
+        break
+    while b:
+        b = b[os.write(1, b):]
+"""
+
+
+class StalledWriter:
+    """exec: URI whose reader writes the first n bytes of the stream to
+    path and stalls until release(): the save is held mid-way."""
+
+    def __init__(self, tmp, path, n):
+        script = os.path.join(tmp.path, 'stall.py')
+        if not os.path.exists(script):
+            with open(script, 'w') as f:
+                f.write(STALL)
+        base = os.path.join(tmp.path, os.path.basename(path))
+        self.go, self.level = base + '.go', base + '.level'
+        self.path, self.n = path, n
+        self.uri = (f'exec:{sys.executable} {script} {n} {self.go} '
+                    f'{self.level} > {path}')
+
+    def wait_full(self, vm, timeout=BOOT_TIMEOUT):
+        """Until the reader has written n bytes and QEMU is blocked
+        writing into the pipe behind it (a thread of it waits in the
+        kernel's pipe_write); returns the bytes in the pipe."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(self.level) as f:
+                    k = int(f.read().split()[0])
+                if any(w.endswith('pipe_write') for w in wchans(vm.pid)):
+                    return k
+            except (OSError, ValueError, IndexError):
+                pass
+            if vm.proc.poll() is not None:
+                raise vmt.VMTError(f'{vm.name} exited during the save: '
+                                   f'{one_line(vm.stderr_tail())}')
+            if time.monotonic() > deadline:
+                raise vmt.VMTError(f'{vm.name}: the save did not block '
+                                   f'behind the reader after {self.n} bytes')
+            time.sleep(0.01)
+
+    def release(self):
+        open(self.go, 'w').close()
+
+
+def wchans(pid):
+    """Where in the kernel each thread of pid waits."""
+    res = []
+    for tid in os.listdir(f'/proc/{pid}/task'):
+        try:
+            with open(f'/proc/{pid}/task/{tid}/wchan') as f:
+                res.append(f.read().strip())
+        except OSError:
+            pass
+    return res
+
+
+def children(pid):
+    """PIDs of the children of pid (all threads), None if unknown."""
+    kids = []
+    try:
+        for tid in os.listdir(f'/proc/{pid}/task'):
+            with open(f'/proc/{pid}/task/{tid}/children') as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        return None
+    return kids
+
+
+def proc_state(pid):
+    """State letter of pid (R, S, Z...), None if gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def page_down(n):
     return n // 4096 * 4096
 
@@ -509,88 +686,72 @@ class FailedSaveTest(Base):
     PREFIX = 'vmt-load-failsave-'
 
     def test_a_bypass_disk_full(self):
-        """bypass state file (exec:cat > FILE, as documented) on a tmpfs
-        too small for it: the save fails, a clone on the leftover
-        refuses.  Two sizes: 64 KiB (cut in the RAM section: ROMs) and
-        one page before the end of the device state, from the layout of
-        a reference save."""
-        ram = self.tmp.join('probe.ram')
-        t, _ = self.template('probe', 'bypass', ram)
-        vmt.migrate_to_file(t, self.tmp.join('probe.state'), 'bypass')
-        t.kill()
-        size, eof = stream_layout(self.tmp.join('probe.state'))
-        vmt.log(f'bypass stream: {size} bytes, QEMU_VM_EOF at {eof}')
-
-        ram = self.tmp.join('template.ram')
-        t, tsum = self.template('template', 'bypass', ram)
+        """bypass state file on a tmpfs too small for it, saved with
+        file: and with exec:cat > FILE (as documented), two sizes: 64 KiB
+        (cut in the RAM section: ROMs) and one page before QEMU_VM_EOF
+        (cut in the device state; layout from a reference save).  A
+        clone on each leftover must refuse; with file: the save must
+        report failed.  exec:cat: recorded only (see test_f)."""
+        size, eof = self.bypass_layout()
+        problems = []
         for n, lim in enumerate((64 << 10, page_down(eof) - 4096)):
-            label = f'bypass state, exec:cat to a {lim}-byte tmpfs'
-            with Tmpfs(self.tmp.join(f'small{n}'), lim) as mnt:
-                state = mnt.join('state')
-                self.start_save(t, 'bypass', f'exec:cat > {state}')
-                st, err = self.finish_save(t)
-                left = os.path.getsize(state)
-                vmt.log(f'{label}: save {st} ({err}); {left} bytes left')
-                self.assertEqual(st, 'failed', label)
-                self.assertLess(left, eof, label)
-                self.expect_refusal(label, f'clone{n}',
-                                    self.clone_extra('bypass', ram, state))
-            # a failed save resumes the template
-            self.assertEqual(t.status(), 'running')
-            t.agent.ping()
+            for how in ('file:{}', 'exec:cat > {}'):
+                label = (f'bypass state, {how.format("").strip()} to a '
+                         f'{lim}-byte tmpfs')
+                ram = self.tmp.join(f'template{n}{how[0]}.ram')
+                t, tsum = self.template(f'template{n}{how[0]}', 'bypass',
+                                        ram)
+                with Tmpfs(self.tmp.join(f'small{n}{how[0]}'), lim) as mnt:
+                    state = mnt.join('state')
+                    self.start_save(t, 'bypass', how.format(state))
+                    st, err = self.finish_save(t)
+                    t.kill()    # its memory file stays as saved
+                    left = os.path.getsize(state)
+                    vmt.log(f'{label}: save {st} ({err}); {left} bytes '
+                            f'left (stream {size}, QEMU_VM_EOF at {eof})')
+                    if how.startswith('file:') and st != 'failed':
+                        problems.append(f'{label}: save {st}')
+                    refused, what = self.clone_outcome(
+                        label, f'clone{n}{how[0]}',
+                        self.clone_extra('bypass', ram, state), tsum)
+                    if not refused:
+                        problems.append(f'{label}: clone {what}')
+        self.assertFalse(problems, '\n'.join(problems))
 
     def test_b_bypass_disk_full_trailer(self):
-        """The same with a tmpfs that holds the whole device state but
-        not the JSON description after QEMU_VM_EOF.  QEMU's loader does
-        not need that trailer (savevm.c: "It doesn't seem worth failing
-        at this point"): a clone accepts such a leftover, with complete
-        state.  Saved with file: the save reports the failure; with
-        exec:cat QEMU ignores cat's exit status and reports completed.
-        Asserted: never a clone on wrong memory."""
-        ram = self.tmp.join('probe.ram')
-        t, _ = self.template('probe', 'bypass', ram)
-        vmt.migrate_to_file(t, self.tmp.join('probe.state'), 'bypass')
-        t.kill()
-        size, eof = stream_layout(self.tmp.join('probe.state'))
+        """A bypass state file on a tmpfs that holds the whole device
+        state but not all of the JSON description that follows
+        QEMU_VM_EOF, saved with file: (the save fails and, as after any
+        failed save, QEMU resumes the template, which is stopped again
+        at once).  Required, as for any failed save: a clone on the
+        leftover refuses.  QEMU's loader does not need the trailer
+        (savevm.c: "It doesn't seem worth failing at this point since we
+        apparently have an otherwise valid VM state"), and the resumed
+        template has changed its memory file since the device state was
+        saved: a clone that loads the leftover runs on memory that does
+        not match its CPU and device state, unless the sampled identity
+        check happens to catch the change."""
+        size, eof = self.bypass_layout()
         lim = page_down(eof) + 2 * 4096
         if lim > size - 4096:
             self.skipTest(f'description trailer too short ({size - eof} '
                           'bytes) for a tmpfs cut inside it')
+        label = f'bypass state, file: to a {lim}-byte tmpfs'
         ram = self.tmp.join('template.ram')
         t, tsum = self.template('template', 'bypass', ram)
-        # file: first (a failed save resumes the template), exec:cat last
-        for n, how in enumerate(('file:{}', 'exec:cat > {}')):
-            label = f'bypass state, {how.format("")} to a {lim}-byte tmpfs'
-            with Tmpfs(self.tmp.join(f'small{n}'), lim) as mnt:
-                state = mnt.join('state')
-                self.start_save(t, 'bypass', how.format(state))
-                st, err = self.finish_save(t)
-                left = os.path.getsize(state)
-                vmt.log(f'{label}: save {st} ({err}); {left} of about '
-                        f'{size} bytes, QEMU_VM_EOF at about {eof}; '
-                        f'stderr: {one_line(t.stderr_tail())}')
-                if how.startswith('file:'):
-                    self.assertEqual(st, 'failed', label)
-                    self.assertEqual(t.status(), 'running')
-                c = self.vm(f'clone{n}',
-                            self.clone_extra('bypass', ram, state))
-                c.spawn()
-                try:
-                    c.attach(BOOT_TIMEOUT)
-                    c.wait_running(BOOT_TIMEOUT)
-                    c.wait_pong(BOOT_TIMEOUT)
-                    csum = c.agent.sum(timeout=BOOT_TIMEOUT)
-                    vmt.log(f'{label}: the clone ACCEPTED the leftover and '
-                            f'runs; checksum '
-                            f'{"the template" if csum == tsum else "WRONG"}')
-                    self.assertEqual(csum, tsum, label)
-                except vmt.VMTError:
-                    c.proc.wait(REFUSE_TIMEOUT)
-                    vmt.log(f'refused: {label}: clone exit '
-                            f'{c.proc.returncode}: '
-                            f'{one_line(c.stderr_tail())}')
-                    self.assertGreater(c.proc.returncode, 0)
-                c.kill()
+        with Tmpfs(self.tmp.join('small'), lim) as mnt:
+            state = mnt.join('state')
+            self.start_save(t, 'bypass', f'file:{state}')
+            st, err = self.finish_save(t)
+            if t.status() == 'running':
+                t.cmd('stop')
+            left = os.path.getsize(state)
+            vmt.log(f'{label}: save {st} ({err}); {left} bytes left '
+                    f'(stream {size}, QEMU_VM_EOF at {eof}); template '
+                    f'{t.status()}')
+            self.assertEqual(st, 'failed', label)
+            self.expect_refusal(label, 'clone', self.clone_extra(
+                'bypass', ram, state), tsum)
 
     def test_c_mapped_disk_full(self):
         """mapped-ram file on a 16 MiB tmpfs (guest RAM 256 MiB, 32 MiB
@@ -635,19 +796,81 @@ class FailedSaveTest(Base):
                                 self.clone_extra(mode, None, fixed))
 
     def test_e_bypass_killed(self):
-        """A bypass save (exec:cat > FILE) SIGKILLed mid-way: slowed
-        with max-bandwidth 16 KiB/s, the ROM pages take seconds; killed
-        once some of them are out.  cat writes what it got."""
+        """A bypass save (exec:, as documented) SIGKILLed mid-way, twice:
+        the reader stalls after N bytes until QEMU blocks on the full
+        pipe, QEMU is killed, the reader writes out the rest it got (as
+        cat would), so the file ends at most a pipe (shrunk to 4 KiB)
+        after N: in the RAM section (ROMs), and 4-8 KiB before
+        QEMU_VM_EOF (device state; the template stopped).  A clone on
+        each leftover must refuse."""
+        size, eof = self.bypass_layout()
+        problems = []
+        for n, (where, at) in enumerate((('RAM section', 32 << 10),
+                                         ('device state', eof - (8 << 10)))):
+            ram = self.tmp.join(f'template{n}.ram')
+            t, tsum = self.template(f'template{n}', 'bypass', ram)
+            state = self.tmp.join(f'state{n}')
+            w = StalledWriter(self.tmp, state, at)
+            self.start_save(t, 'bypass', w.uri)
+            inpipe = w.wait_full(t)
+            os.kill(t.pid, signal.SIGKILL)
+            t.proc.wait()
+            w.release()
+            self.wait_group_gone(t)
+            left = os.path.getsize(state)
+            label = f'bypass save killed in the {where}'
+            vmt.log(f'{label}: {left} bytes left ({at} + {inpipe} in the '
+                    f'pipe; QEMU_VM_EOF at about {eof})')
+            refused, what = self.clone_outcome(
+                label, f'clone{n}', self.clone_extra('bypass', ram, state),
+                tsum)
+            if not refused:
+                problems.append(f'{label}: clone {what}')
+        self.assertFalse(problems, '\n'.join(problems))
+
+    def test_f_exec_save_to_full_disk(self):
+        """exec:cat > FILE on a tmpfs one page short of the stream: cat
+        fails (ENOSPC) after QEMU has written everything into the pipe.
+        QEMU does not look at the exit status of an exec: command, so the
+        save may report completed (upstream behaviour, documented: save
+        templates with file:, which reports the error).  Whatever the save
+        says, a clone on the file either refuses it or runs on the right
+        memory (the file lacks only the JSON description)."""
+        size, eof = self.bypass_layout()
+        lim = page_down(size - 1)
+        label = f'bypass state, exec:cat to a {lim}-byte tmpfs'
         ram = self.tmp.join('template.ram')
-        t, _ = self.template('template', 'bypass', ram)
-        state = self.tmp.join('state')
-        self.start_save(t, 'bypass', f'exec:cat > {state}',
-                        bandwidth=16 << 10)
-        self.kill_mid_save(t, 32 << 10, 'bypass save')
-        left = os.path.getsize(state)
-        vmt.log(f'bypass save killed: {left} bytes left')
-        self.expect_refusal('bypass save killed', 'clone',
-                            self.clone_extra('bypass', ram, state))
+        t, tsum = self.template('template', 'bypass', ram)
+        with Tmpfs(self.tmp.join('small'), lim) as mnt:
+            state = mnt.join('state')
+            self.start_save(t, 'bypass', f'exec:cat > {state}')
+            st, err = self.finish_save(t)
+            t.kill()
+            left = os.path.getsize(state)
+            vmt.log(f'{label}: save {st} ({err}); {left} bytes left of '
+                    f'about {size}; stderr: {one_line(t.stderr_tail())}')
+            refused, what = self.clone_outcome(label, 'clone',
+                                               self.clone_extra('bypass', ram,
+                                                                state), tsum)
+            self.assertTrue(refused or ('checksum of the template' in what
+                                        and 'console: clean' in what),
+                            f'{label}: save {st}; the clone {what}')
+
+    _layout = None
+
+    def bypass_layout(self):
+        """(size, QEMU_VM_EOF offset) of a bypass stream of the guest,
+        from a reference save (once per run)."""
+        if FailedSaveTest._layout is None:
+            ram = self.tmp.join('probe.ram')
+            t, _ = self.template('probe', 'bypass', ram)
+            vmt.migrate_to_file(t, self.tmp.join('probe.state'), 'bypass')
+            t.kill()
+            FailedSaveTest._layout = stream_layout(
+                self.tmp.join('probe.state'))
+            vmt.log('bypass stream: %d bytes, QEMU_VM_EOF at %d'
+                    % FailedSaveTest._layout)
+        return FailedSaveTest._layout
 
     def kill_mid_save(self, t, after, what):
         """SIGKILL t once its save transferred `after` bytes; skip if it
@@ -676,16 +899,16 @@ class PublishTest(Base):
     PREFIX = 'vmt-load-publish-'
 
     def test_a_mapped_publish(self):
-        t, sum1 = self.template('template', 'map', seed=1, mib=32)
+        t, sum1 = self.template('template', 'map', seed=1, mib=16)
         pub = self.tmp.join('template.fixed')
         tmpname = self.tmp.join('.template.fixed.tmp')
         clones = []
         for gen, seed in ((1, 1), (2, 2)):
             if gen == 2:
                 t.cmd('cont')
-                self.assertEqual(t.agent.write(seed, 32,
+                self.assertEqual(t.agent.write(seed, 16,
                                                timeout=BOOT_TIMEOUT),
-                                 'ok write 32')
+                                 'ok write 16')
                 tsum = t.agent.sum(timeout=BOOT_TIMEOUT)
                 self.assertNotEqual(tsum, sum1)
             else:
@@ -716,20 +939,68 @@ class PublishTest(Base):
             self.assertEqual(c.agent.sum(timeout=BOOT_TIMEOUT), sum1, c.name)
 
     def test_b_bypass_publish(self):
+        """The state file of a bypass template, published the same way.
+        The clone on the published name before the rename uses
+        -incoming file:STATE (exec:cat of a missing file: see
+        test_c_exec_missing_state); after it, exec:cat STATE."""
         ram = self.tmp.join('template.ram')
         t, tsum = self.template('template', 'bypass', ram)
         pub = self.tmp.join('state')
         tmpname = self.tmp.join('.state.tmp')
-        self.start_save(t, 'bypass', f'exec:cat > {tmpname}',
-                        bandwidth=16 << 10)
-        self.wait_transferred(t, 16 << 10)
+        # the save is held mid-way while the clone starts
+        w = StalledWriter(self.tmp, tmpname, 32 << 10)
+        self.start_save(t, 'bypass', w.uri)
+        w.wait_full(t)
         self.expect_refusal('bypass: published name before the rename',
-                            'early', self.clone_extra('bypass', ram, pub))
+                            'early', self.clone_extra('bypass', ram, pub,
+                                                      uri=f'file:{pub}'))
+        w.release()
         st, err = self.finish_save(t)
         self.assertEqual(st, 'completed', err)
         os.rename(tmpname, pub)
         self.expect_clone_runs('bypass: published', 'after',
                                self.clone_extra('bypass', ram, pub), tsum)
+
+    def test_c_exec_missing_state(self):
+        """A clone started as documented, -incoming "exec:cat STATE",
+        on a state file that is not there (not yet published, or
+        deleted) must exit with an error once cat has failed (upstream
+        10.0 waits forever: its exec: incoming channel waited for data,
+        not for hang-up).  Waits until cat is gone, then up to 60 s."""
+        ram = self.tmp.join('template.ram')
+        with open(ram, 'wb') as f:
+            f.truncate(vmt.parse_size(vmt.GUEST_MEM))
+        state = self.tmp.join('state')
+        c = self.vm('clone', self.clone_extra('bypass', ram, state))
+        c.spawn()
+        deadline = time.monotonic() + REFUSE_TIMEOUT
+        seen = False
+        while time.monotonic() < deadline and c.proc.poll() is None:
+            kids = children(c.pid) or []
+            if kids and all(proc_state(k) in (None, 'Z') for k in kids) \
+                    or seen and not kids:
+                break           # cat has run
+            seen = seen or bool(kids)
+            time.sleep(0.05)
+        try:
+            rc = c.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        if rc is None:
+            st = 'unknown'
+            try:
+                c.attach(30)
+                st = c.status()
+            except Exception:
+                pass
+            vmt.log(f'hangs: exec:cat of a missing state file: status '
+                    f'{st}; stderr: {one_line(c.stderr_tail())}')
+            self.fail('-incoming "exec:cat MISSING": the clone neither '
+                      f'loads nor exits (status {st}) after cat failed: '
+                      f'{one_line(c.stderr_tail())}')
+        vmt.log(f'refused: exec:cat of a missing state file: exit {rc}: '
+                f'{one_line(c.stderr_tail())}')
+        self.assertGreater(rc, 0)
 
     def wait_transferred(self, t, n):
         """Until t's save is active and has sent n bytes."""

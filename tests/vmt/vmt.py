@@ -842,7 +842,7 @@ def migrate_to_file(vm, state_path, mode='ignore-shared', timeout=300.0):
         vm.cmd('stop')
     vm.cmd('migrate-set-capabilities',
            capabilities=[{'capability': cap, 'state': True}])
-    vm.cmd('migrate', uri=f'exec:cat > {state_path}')
+    vm.cmd('migrate', uri=f'file:{state_path}')
     return vm.wait_migration(timeout)
 
 
