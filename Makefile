@@ -16,6 +16,8 @@
 #   make fuzz        libFuzzer on the incoming stream, FUZZ_TIME s per target
 #   make fuzz-regress  the fuzz seeds and stored crashers, once each
 #   make mutate      corrupted streams and mapped-ram files loaded by clones
+#   make series      the series as git format-patch files in build/series
+#   make series-check  build and test every patch of the series in turn
 #   make patches-git / patches-export   edit the series in a git tree
 #
 # Each step is cheap to re-run when its inputs did not change.
@@ -36,6 +38,7 @@ FUZZ_JOBS ?= 1
 export SHARED DL
 
 .PHONY: all deps fetch tree build upstream guest check demo bench bench-quick \
+        series series-verify series-check \
         asan asan-check fuzz fuzz-regress patches-git patches-export clean \
         distclean
 
@@ -78,7 +81,7 @@ fuzz-regress: build asan
 guest: deps
 	@sh tests/guest/build-guest.sh $(GUEST)
 
-check: build upstream guest
+check: build upstream guest asan series
 	@sh build-aux/check.sh
 
 demo: build guest
@@ -97,6 +100,21 @@ bench-quick: build upstream guest
 .PHONY: mutate
 mutate: build
 	@$(PY) tests/vmt/mutate.py --count 2500 $(MUTATE_ARGS)
+
+# The series as qemu-devel gets it: git format-patch files, each new file
+# in the patch that first needs it (patches/new-files), cover letter from
+# patches/cover-letter.  series-verify: git am of it on the pinned tarball
+# reproduces the assembled tree, and checkpatch is clean on every patch
+# (in make check); series-check: every patch builds and passes the
+# qtests that exist at that point (long).
+series: fetch
+	@sh build-aux/series.sh make
+
+series-verify: series
+	@sh build-aux/series.sh verify
+
+series-check: series
+	@sh build-aux/series.sh check
 
 # A git tree for editing the series: upstream is one commit, the new files
 # another, each patch one commit on top.  Edit, commit (or rebase), then

@@ -6,9 +6,13 @@
 #   2. stream compatibility with pristine upstream, both directions;
 #   3. this series' qtests, under TCG and, when usable, under KVM;
 #   4. the end-to-end suite with the bundled Linux guest;
-#   5. a mutation smoke run: corrupted streams loaded by clones;
-#   6. a quick benchmark run whose report must be complete (no timings).
-# VMT_CHECK_ONLY=qtest|compat|vmt|e2e|mutate|bench runs one group.
+#   5. the series: git am on the pinned tarball reproduces the tree,
+#      checkpatch is clean on every patch;
+#   6. this series' qtests and the fuzz regression inputs under ASan+UBSan;
+#   7. a mutation smoke run: corrupted streams loaded by clones;
+#   8. a quick benchmark run whose report must be complete (no timings).
+# VMT_CHECK_ONLY=qtest|compat|vmt|e2e|series|asan|mutate|bench runs one
+# group.
 set -u
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -168,6 +172,32 @@ if want e2e; then
         FAIL=$((FAIL + 1))
         FAILED="$FAILED
   e2e: no summary line (log: $log)"
+    fi
+fi
+
+if want series; then
+    echo "== the series: git am on the pinned tarball, checkpatch"
+    run_script "series: git am, reproduce, checkpatch" series-verify \
+        sh "$TOP/build-aux/series.sh" verify
+fi
+
+if want asan; then
+    echo "== this series' qtests and fuzz regression inputs under ASan + UBSan"
+    log=$LOGDIR/asan.log
+    sh "$TOP/build-aux/asan-check.sh" > "$log" 2>&1
+    line=$(grep -E '^asan: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+    echo "${line:-asan: no summary line}"
+    if [ -n "$line" ]; then
+        p=$(echo "$line" | sed -E 's/^asan: ([0-9]+) passed.*/\1/')
+        f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+        s=$(echo "$line" | sed -nE 's/.* ([0-9]+) skipped.*/\1/p')
+        PASS=$((PASS + p)) FAIL=$((FAIL + f)) SKIP=$((SKIP + ${s:-0}))
+        [ "$f" = 0 ] || FAILED="$FAILED
+  asan (log: $log, reports: $LOGDIR/asan/reports)"
+    else
+        FAIL=$((FAIL + 1))
+        FAILED="$FAILED
+  asan: no summary line (log: $log)"
     fi
 fi
 

@@ -6,9 +6,12 @@
 #
 #   fuzz.sh run       each target for $FUZZ_TIME seconds (default 60) with
 #                     $FUZZ_JOBS processes (default 1) sharing its corpus;
-#                     prints execs/s and total executions per target; a
-#                     crash, timeout or OOM is kept under
-#                     tests/qtest/fuzz/vmt-crashers/TARGET/ and fails the run
+#                     prints execs/s and total executions per target.  A
+#                     crash, timeout or OOM fails the run; libFuzzer starts
+#                     again after each until the time is spent, and the
+#                     first input of each kind of crash (its signature: the
+#                     report's kind and first QEMU frames, in FILE.sig) is
+#                     kept under tests/qtest/fuzz/vmt-crashers/TARGET/
 #   fuzz.sh regress   the stored crashers and the seeds, once each
 #
 # $FUZZ_TARGETS limits the targets.  Seeds are made first, by
@@ -43,7 +46,7 @@ mv "$DIR.seeds.log" "$DIR/seeds.log"
 
 export VMT_FUZZ_DIR="$DIR"
 # QEMU leaks at exit (and the children exit without freeing): no LSan.
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:handle_abort=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:handle_abort=1:quarantine_size_mb=16:malloc_context_size=10${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
 FAILED=0
@@ -56,6 +59,40 @@ final_stat() {
         awk '{ s += $1 } END { print s + 0 }'
 }
 
+# signature LOG: the kind and first QEMU frames of the first report in LOG
+# (the child's, printed before the parent aborts), to tell crashes apart
+signature() {
+    awk '
+        /^SUMMARY: / && !kind { kind = $2 " " $3 }
+        /ALARM: working on the last Unit/ && !kind { kind = "timeout" }
+        /ERROR: libFuzzer: out-of-memory/ && !kind { kind = "out-of-memory" }
+        /^ *#[0-9]+ 0x[0-9a-f]+ in / && n < 3 && !done {
+            f = $4
+            if ($0 ~ /\.c:[0-9]+/ && $0 !~ /tests\/qtest\/fuzz\// &&
+                $0 !~ /(malloc|calloc|realloc|g_malloc|g_malloc0|g_realloc)[ (]/)
+                frames = frames (n++ ? ">" : "") f
+        }
+        /^$/ && n { done = 1 }
+        END { print (kind ? kind : "crash") ": " frames }' "$1"
+}
+
+# job TARGET N: fuzz until FUZZ_TIME is spent, starting again after each
+# crash (libFuzzer stops at the first one): known bugs do not end the run.
+job() {
+    t=$1 j=$2
+    end=$(( $(date +%s) + FUZZ_TIME ))
+    n=0
+    while left=$((end - $(date +%s))); [ "$left" -gt 0 ]; do
+        n=$((n + 1))
+        log=$logs/job$j.$n.log
+        # New units go to the shared corpus; the seeds are read only.
+        "$FUZZER" --fuzz-target="$t" -max_total_time="$left" \
+            -max_len=262144 -timeout=20 -rss_limit_mb=0 -malloc_limit_mb=2048 \
+            -print_final_stats=1 -artifact_prefix="$art/job$j.$n." \
+            "$corpus" "$DIR/seeds/$t" > "$log" 2>&1 && break
+    done
+}
+
 run_target() {
     t=$1
     corpus=$DIR/corpus/$t
@@ -66,33 +103,40 @@ run_target() {
     j=1
     pids=
     while [ "$j" -le "$FUZZ_JOBS" ]; do
-        # New units go to the shared corpus; the seeds are read only.
-        "$FUZZER" --fuzz-target="$t" -max_total_time="$FUZZ_TIME" \
-            -max_len=262144 -timeout=20 -rss_limit_mb=4096 \
-            -print_final_stats=1 -artifact_prefix="$art/" \
-            "$corpus" "$DIR/seeds/$t" > "$logs/job$j.log" 2>&1 &
+        job "$t" "$j" &
         pids="$pids $!"
         j=$((j + 1))
     done
-    rc=0
     for p in $pids; do
-        wait "$p" || rc=1
+        wait "$p"
     done
     execs=$(final_stat number_of_executed_units "$logs"/*.log)
-    rate=$(final_stat average_exec_per_sec "$logs"/*.log)
+    rate=$((execs / FUZZ_TIME))
     units=$(ls "$corpus" | wc -l)
-    found=$(ls "$art" 2>/dev/null | grep -E '^(crash|timeout|oom|leak)-' || true)
     printf 'fuzz: %-38s %9s execs %6s execs/s (%s x %s s) corpus %s\n' \
         "$t" "$execs" "$rate" "$FUZZ_JOBS" "$FUZZ_TIME" "$units"
-    if [ -n "$found" ] || [ "$rc" != 0 ]; then
+    crashes=0
+    for a in "$art"/*; do
+        [ -f "$a" ] || continue
+        crashes=$((crashes + 1))
+        log=$logs/$(basename "$a" | sed -E 's/^(job[0-9]+\.[0-9]+)\..*/\1/').log
+        sig=$(signature "$log")
+        name=$(basename "$a" | sed -E 's/^job[0-9]+\.[0-9]+\.//')
         mkdir -p "$CRASHERS/$t"
-        for a in $found; do
-            cp "$art/$a" "$CRASHERS/$t/$a"
-            echo "fuzz: $t: kept tests/qtest/fuzz/vmt-crashers/$t/$a"
-        done
-        echo "fuzz: $t FAILED, logs in $logs"
-        grep -h -m3 -E 'ERROR: (Address|Undefined|libFuzzer)|runtime error|vmt-migration:' \
-            "$logs"/*.log | sed 's/^/  /'
+        if ! grep -qxF "$sig" "$CRASHERS/$t"/*.sig 2>/dev/null; then
+            cp "$a" "$CRASHERS/$t/$name"
+            echo "$sig" > "$CRASHERS/$t/$name.sig"
+            cp "$log" "$DIR/logs/$t-$name.log"
+            echo "fuzz: $t: new: $sig"
+            echo "      kept tests/qtest/fuzz/vmt-crashers/$t/$name (log: $DIR/logs/$t-$name.log)"
+        fi
+    done
+    if [ "$crashes" != 0 ]; then
+        echo "fuzz: $t: $crashes crash(es), signatures:"
+        for a in "$art"/*; do
+            log=$logs/$(basename "$a" | sed -E 's/^(job[0-9]+\.[0-9]+)\..*/\1/').log
+            signature "$log"
+        done | sort | uniq -c | sed 's/^/  /'
         FAILED=$((FAILED + 1))
     fi
 }
@@ -104,6 +148,7 @@ regress_target() {
     mkdir -p "$logs"
     for f in "$DIR/seeds/$t"/* "$CRASHERS/$t"/*; do
         [ -f "$f" ] || continue
+        case $f in *.sig) continue ;; esac
         log=$logs/$t.$(basename "$f").log
         if "$FUZZER" --fuzz-target="$t" -timeout=20 -rss_limit_mb=4096 \
                 "$f" > "$log" 2>&1; then

@@ -11,8 +11,10 @@
 #   series.sh apply DIR  apply build/series/ to the upstream tree in DIR
 #                        (tree.sh uses it, so build/src is what git am makes)
 #   series.sh verify     git am build/series/ on a fresh git tree of the
-#                        pinned upstream, compare it file by file with
-#                        build/src, run checkpatch.pl on every patch
+#                        pinned upstream tarball, compare it file by file
+#                        with the tree make tree assembles (build/src
+#                        before it is built), run checkpatch.pl on every
+#                        patch
 #   series.sh check      for every patch in turn: apply, build, run the
 #                        qtests that exist at that point, checkpatch
 #
@@ -20,7 +22,7 @@
 # their commit messages), patches/new-files (which patch adds which new
 # file), patches/cover-letter (subject and body of the cover letter), the
 # new files of the repository.  Every new file under the QEMU directories
-# must be assigned, except the repository's own (REPO_ONLY below).
+# must be assigned, except the repository's own (build-aux/repo-only).
 set -eu
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,8 +32,6 @@ GITDIR=$B/series-git
 DL=${DL:-$B/dl}
 TARBALL=$DL/qemu_10.0.13+ds.orig.tar.xz
 OVERLAY_DIRS="migration include tests docs contrib scripts qapi hw system"
-# Files of this repository that are not part of QEMU's tree.
-REPO_ONLY='^(tests/vmt/|tests/guest/|docs/devel/vm-templating-series\.rst$|docs/devel/vmt-[^/]*\.rst$|tests/qtest/fuzz/vmt-make-seeds\.py$|tests/qtest/fuzz/vmt-crashers/|tests/qtest/fuzz/vmt-seeds/)'
 NAME="VM templating series"
 EMAIL="qemu-vmt@localhost"
 
@@ -44,11 +44,12 @@ series() {
     grep -v '^[[:space:]]*\(#\|$\)' "$TOP/patches/series"
 }
 
-# The QEMU-tree new files of the repository.
+# The QEMU-tree new files of the repository (build-aux/repo-only lists
+# the others).
 new_files() {
     (cd "$TOP" && git ls-files --cached --others --exclude-standard -- \
         $OVERLAY_DIRS | while read -r f; do [ -f "$f" ] && echo "$f"; done |
-        grep -Ev "$REPO_ONLY" || true)
+        grep -Ev -f "$TOP/build-aux/repo-only" | grep -v '^#' || true)
 }
 
 # Files patches/new-files assigns to the patch with subject $1.
@@ -79,7 +80,7 @@ upstream_git() {
     mkdir -p "$GITDIR"
     tar -xf "$TARBALL" -C "$GITDIR" --strip-components=1
     g init -q
-    g add -A
+    g add -A -f
     g commit -q -m "QEMU 10.0.13 (Debian's +ds tarball)"
     g tag upstream
     echo "$stamp" > "$GITDIR/.git/vmt-upstream"
@@ -206,16 +207,36 @@ cmd_verify() {
     passed=0 failed=0
     echo "series: applied $(g rev-list --count upstream..HEAD) patches with git am"
     packaging_fixes
-    # The tree git am made is build/src, file by file.
-    diffs=$(diff -rq -x .git -x .tree-stamp "$GITDIR" "$B/src" 2>&1 || true)
+    # The tree git am made is the tree make tree assembles (upstream, the
+    # new files, patches/series, with patch(1)), file by file.
+    ref=$B/series-ref
+    rm -rf "$ref"
+    sh "$TOP/build-aux/tree.sh" ours "$ref" >/dev/null
+    # Files and symbolic links only: git keeps no empty directory.
+    diffs=$(cd "$GITDIR" && { find . -path ./.git -prune -o \
+                \( -type f -o -type l \) -print | sort > "$ref.list.am"; }
+            cd "$ref" && { find . \( -type f -o -type l \) \
+                ! -name .tree-stamp -print | sort > "$ref.list.tree"; }
+            diff "$ref.list.am" "$ref.list.tree" | sed -n 's/^[<>] //p' |
+                sed 's/^/only in one tree: /'
+            while read -r f; do
+                if [ -L "$GITDIR/$f" ] || [ -L "$ref/$f" ]; then
+                    [ "$(readlink "$GITDIR/$f")" = "$(readlink "$ref/$f")" ] ||
+                        echo "differs: $f"
+                else
+                    cmp -s "$GITDIR/$f" "$ref/$f" || echo "differs: $f"
+                fi
+            done < "$ref.list.am")
+    rm -f "$ref.list.am" "$ref.list.tree"
     if [ -z "$diffs" ]; then
         passed=$((passed + 1))
-        echo "series: git am reproduces build/src ($(g ls-files | wc -l) files)"
+        echo "series: git am reproduces the assembled tree, file by file ($(g ls-files | wc -l) files)"
     else
         failed=$((failed + 1))
-        echo "series: git am does not reproduce build/src:"
+        echo "series: git am does not reproduce the assembled tree:"
         echo "$diffs" | head -20 | sed 's/^/    /'
     fi
+    rm -rf "$ref"
     if checkpatch_all; then
         passed=$((passed + 1))
     else

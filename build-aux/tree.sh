@@ -18,11 +18,14 @@ DEST=$2
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 DL=${DL:-build/dl}
 TARBALL=$DL/qemu_10.0.13+ds.orig.tar.xz
-OVERLAY_DIRS="migration include tests docs contrib scripts qapi hw"
+OVERLAY_DIRS="migration include tests docs contrib scripts qapi hw system"
 
+# The repository's new files that belong to QEMU's tree (not those that
+# build-aux/repo-only lists).
 overlay_files() {
     (cd "$TOP" && git ls-files --cached --others --exclude-standard -- $OVERLAY_DIRS |
-     while read -r f; do [ -f "$f" ] && echo "$f"; done)
+     while read -r f; do [ -f "$f" ] && echo "$f"; done |
+     grep -Ev -f "$TOP/build-aux/repo-only" | grep -v '^#' || true)
 }
 
 # series FILE: the patch names listed in a quilt-style series file

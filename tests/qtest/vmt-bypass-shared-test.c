@@ -427,7 +427,9 @@ static void stream_splice(Stream *st, size_t off, size_t cut,
     uint8_t *buf = g_malloc(st->len - cut + n);
 
     memcpy(buf, st->buf, off);
-    memcpy(buf + off, data, n);
+    if (n) {
+        memcpy(buf + off, data, n);
+    }
     memcpy(buf + off + n, st->buf + off + cut, st->len - off - cut);
     g_free(st->buf);
     st->buf = buf;

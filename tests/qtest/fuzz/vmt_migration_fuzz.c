@@ -41,6 +41,7 @@
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
 #include "fuzz.h"
+#include "vmt-sancov.h"
 
 /* Not migration code: the harness looks at every RAM block after a load. */
 #undef qemu_ram_foreach_block
@@ -60,12 +61,6 @@ typedef struct VmtFuzzConfig {
     const char *mapped_ram_load;    /* NULL: no mapped-ram, else copy/map */
 } VmtFuzzConfig;
 
-/*
- * The inline 8-bit counters of libFuzzer (-fsanitize-coverage=
- * inline-8bit-counters): the linker names the bounds of their section.
- */
-extern uint8_t __start___sancov_cntrs[] __attribute__((weak));
-extern uint8_t __stop___sancov_cntrs[] __attribute__((weak));
 
 typedef struct VmtShared {
     uint32_t done;              /* the child copied its counters */
@@ -175,7 +170,7 @@ static bool vmt_write_sparse(int fd, const uint8_t *data, size_t size)
 /* Touch every page of guest RAM: a page mapped past a file's end faults. */
 static int vmt_touch_block(RAMBlock *rb, void *opaque)
 {
-    volatile uint8_t *host = qemu_ram_get_host_addr(rb);
+    volatile uint8_t *host = qemu_ram_get_host_addr(rb); /* really read */
     ram_addr_t len = qemu_ram_get_used_length(rb);
     uint64_t *sum = opaque;
     ram_addr_t off;
