@@ -109,6 +109,7 @@ if want qtest; then
             QEMU_TEST_FLAKY_TESTS=1 -- --full -p "$p" \
             -s /x86_64/migration/precopy/file/offset \
             -s /x86_64/migration/precopy/file/offset/bad \
+            -s /x86_64/migration/precopy/file/offset/fdset \
             -s /x86_64/migration/multifd/file/mapped-ram/dio \
             -s /x86_64/migration/multifd/file/mapped-ram/fdset \
             -s /x86_64/migration/multifd/file/mapped-ram/fdset/dio
