@@ -16,7 +16,10 @@
 #                        before it is built), run checkpatch.pl on every
 #                        patch
 #   series.sh check      for every patch in turn: apply, build, run the
-#                        qtests that exist at that point, checkpatch
+#                        qtests that exist at that point (this series'
+#                        and the migration-test case it adds), checkpatch;
+#                        the fuzz target builds only in the clang flavour
+#                        (make asan), not here
 #
 # Inputs: patches/series, patches/*.patch (changes to upstream files, with
 # their commit messages), patches/new-files (which patch adds which new
@@ -254,6 +257,14 @@ step_qtests() {
     return 0
 }
 
+# migration-test cases that the series adds, once they exist.
+step_migration_tests() {
+    grep -q 'mapped-ram/ignore-shared' \
+        "$GITDIR/tests/qtest/migration/file-tests.c" &&
+        echo /x86_64/migration/multifd/file/mapped-ram/ignore-shared
+    return 0
+}
+
 cmd_check() {
     [ -f "$OUT/0000-cover-letter.patch" ] || cmd_make
     upstream_git
@@ -275,7 +286,8 @@ cmd_check() {
             break
         fi
         tests=$(step_qtests)
-        targets=""
+        mtests=$(step_migration_tests)
+        targets="tests/qtest/migration-test"
         for t in $tests; do targets="$targets tests/qtest/$t"; done
         if ! EXTRA_TARGETS="$targets" sh "$TOP/build-aux/build.sh" \
                 "$GITDIR" "$obj" >> "$logs/$name.log" 2>&1; then
@@ -284,6 +296,13 @@ cmd_check() {
             continue
         fi
         ok=1
+        for t in $mtests; do
+            if ! (cd "$GITDIR" && QTEST_QEMU_BINARY="$obj/qemu-system-x86_64" \
+                  PYTHON=/usr/bin/python3 "$obj/tests/qtest/migration-test" \
+                  --tap -k --full -p "$t") >> "$logs/$name.log" 2>&1; then
+                ok=0
+            fi
+        done
         for t in $tests; do
             if ! (cd "$GITDIR" && QTEST_QEMU_BINARY="$obj/qemu-system-x86_64" \
                   VMT_QTEST_ACCEL=tcg PYTHON=/usr/bin/python3 \
@@ -296,10 +315,10 @@ cmd_check() {
         case "$cp" in "total: 0 errors, 0 warnings,"*) ;; *) ok=0 ;; esac
         if [ "$ok" = 1 ]; then
             passed=$((passed + 1))
-            echo "series-check: $name: builds, qtests [${tests:-none}] pass, checkpatch clean ($(( $(date +%s) - ts )) s)"
+            echo "series-check: $name: builds, qtests [$(echo $tests $mtests)] pass, checkpatch clean ($(( $(date +%s) - ts )) s)"
         else
             failed=$((failed + 1))
-            echo "series-check: $name: FAILED: qtests [${tests:-none}] or checkpatch ($cp) (log: $logs/$name.log)"
+            echo "series-check: $name: FAILED: qtests [$(echo $tests $mtests)] or checkpatch ($cp) (log: $logs/$name.log)"
         fi
     done
     echo "series-check: $n patches in $(( $(date +%s) - t0 )) s"
