@@ -196,7 +196,7 @@ checkpatch_all() {
 }
 
 cmd_verify() {
-    [ -f "$OUT/0000-cover-letter.patch" ] || cmd_make
+    cmd_make
     upstream_git
     for p in "$OUT"/[0-9]*.patch; do
         case "$p" in */0000-cover-letter.patch) continue ;; esac
@@ -266,7 +266,7 @@ step_migration_tests() {
 }
 
 cmd_check() {
-    [ -f "$OUT/0000-cover-letter.patch" ] || cmd_make
+    cmd_make
     upstream_git
     packaging_fixes
     obj=$B/series-obj
