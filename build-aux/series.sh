@@ -257,6 +257,13 @@ step_qtests() {
     return 0
 }
 
+# Upstream qtests that the series adds a case to, once the case exists
+# (run whole: they are short).
+step_upstream_qtests() {
+    grep -q 'retry_nodev' "$GITDIR/tests/qtest/ide-test.c" && echo ide-test
+    return 0
+}
+
 # migration-test cases that the series adds, once they exist.
 step_migration_tests() {
     grep -q 'mapped-ram/ignore-shared' \
@@ -285,7 +292,7 @@ cmd_check() {
             failed=$((failed + 1))
             break
         fi
-        tests=$(step_qtests)
+        tests="$(step_upstream_qtests) $(step_qtests)"
         mtests=$(step_migration_tests)
         targets="tests/qtest/migration-test"
         for t in $tests; do targets="$targets tests/qtest/$t"; done

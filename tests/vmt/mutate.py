@@ -1430,22 +1430,12 @@ def signature(res):
 
 # Failures of upstream QEMU 10.0 code that this series does not touch,
 # with the reason; --ignore-known keeps them out of the exit status.
-# Crashes of upstream code that this series does not fix (device state
-# outside the migration core).  Those it fixes (exec: hanging on an empty
-# stream, qemu_ram_resize() wrapping, the configuration section's
-# allocations, fw_cfg's error_abort) are no longer listed: a regression
-# fails the run.
-KNOWN = (
-    ('upstream IDE: a PIO retry restarted on a drive without medium',
-     lambda m, res, size: (res.outcome == 'crashed' and
-                           res.rc == -signal.SIGSEGV and
-                           any("/ide'" in w for w in m.what)),
-     'hw/ide/pci.c ide_bmdma_post_load() turns migration_compat_status '
-     'bits from the stream into bus->error_status; when the VM runs, '
-     'ide_restart_bh() retries a PIO write on a unit without a '
-     'BlockBackend: blk_get_geometry(NULL) (ide_sect_range_ok(), '
-     'hw/ide/core.c); pristine upstream segfaults the same way'),
-)
+# Empty: the upstream crashes this test found are fixed by the series
+# (exec: hanging on an empty stream, qemu_ram_resize() wrapping, the
+# configuration section's allocations, fw_cfg's error_abort, IDE retrying
+# a PIO write on a unit without a drive), so a regression fails the run.
+# An entry is (name, predicate(mutant, result, size), reason).
+KNOWN = ()
 
 
 def known(m, res, size):
