@@ -59,7 +59,7 @@ build: tree
 
 upstream: fetch
 	@sh build-aux/tree.sh upstream $(UPSRC)
-	@sh build-aux/build.sh $(UPSRC) $(UPOBJ)
+	@BUILD_TARGETS=qemu-system-x86_64 sh build-aux/build.sh $(UPSRC) $(UPOBJ)
 
 # The sanitizer flavour: clang with ASan, UBSan and libFuzzer, its own
 # build folder and ccache.

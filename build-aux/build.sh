@@ -14,6 +14,10 @@
 # qemu-fuzz-x86_64 beside qemu-system-x86_64 (both instrumented; the
 # system emulator links with -fsanitize=fuzzer-no-link and runs as usual).
 # Its ccache is $ASAN_CCACHE_DIR (default ~/.cache/qemu-vmt-ccache-asan).
+#
+# Ninja targets: qemu-system-x86_64 and migration-test (qemu-fuzz-x86_64
+# instead of migration-test for asan), or $BUILD_TARGETS; plus
+# $EXTRA_TARGETS.
 set -eu
 
 SRC=$(cd "$1" && pwd)
@@ -70,7 +74,7 @@ if [ "$FLAVOUR" = asan ]; then
     # instrumentation-filter, a file ccache does not hash by itself.
     export CCACHE_EXTRAFILES="$OBJ/instrumentation-filter"
 fi
-TARGETS="$DEFAULT_TARGETS ${EXTRA_TARGETS:-}"
+TARGETS="${BUILD_TARGETS:-$DEFAULT_TARGETS} ${EXTRA_TARGETS:-}"
 # shellcheck disable=SC2086
 ninja -C "$OBJ" ${NINJA_JOBS:+-j "$NINJA_JOBS"} $TARGETS
 

@@ -161,7 +161,10 @@ if want vmt; then
                     -p /x86_64/vmt/bypass/readonly
                     -p /x86_64/vmt/bypass/shared-destination
                     -p /x86_64/vmt/bypass/no-resume"
-            mpaths="-p /x86_64/vmt/mapped-ram/map"
+            mpaths="-p /x86_64/vmt/mapped-ram/map/clones
+                    -p /x86_64/vmt/mapped-ram/map/live
+                    -p /x86_64/vmt/mapped-ram/map/stale-zero-page
+                    -p /x86_64/vmt/mapped-ram/map/migrate-again"
         fi
         # shellcheck disable=SC2086
         run_qtest "vmt-bypass-shared-test ($accel)" "$VT" \
