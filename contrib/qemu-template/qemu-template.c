@@ -1,0 +1,1827 @@
+/*
+ * qemu-template: make VM templates and start clones from them
+ *
+ * A template is a VM booted once and saved into a template directory:
+ * its device state, its RAM (a memory file for "bypass", a fixed-ram
+ * file for "mapped-ram") and a manifest that says how to start clones.
+ * A clone is a new QEMU process that loads the template: it maps the
+ * template's memory copy-on-write and starts running at once, with its
+ * own VM generation ID and SMBIOS UUID.
+ *
+ * Copyright (c) 2026 The VM templating authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <getopt.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <poll.h>
+#include "qapi/error.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qemu/uuid.h"
+#include "qobject/qdict.h"
+#include "qobject/qjson.h"
+#include "qobject/qlist.h"
+#include "qobject/qnum.h"
+#include "qobject/qstring.h"
+
+#define MANIFEST_FORMAT 1
+#define DIR_PLACEHOLDER "@DIR@"
+/* ids of what the tool adds to a command line */
+#define ID_PREFIX "qemu-template-"
+
+typedef enum TemplateMode {
+    MODE_BYPASS,
+    MODE_MAPPED_RAM,
+} TemplateMode;
+
+static const char *const mode_names[] = {
+    [MODE_BYPASS] = "bypass",
+    [MODE_MAPPED_RAM] = "mapped-ram",
+};
+
+/* what each mode saves and with which migration capability */
+static const char *const mode_capability[] = {
+    [MODE_BYPASS] = "bypass-shared-memory",
+    [MODE_MAPPED_RAM] = "mapped-ram",
+};
+
+static const char *const mode_state_file[] = {
+    [MODE_BYPASS] = "state",
+    [MODE_MAPPED_RAM] = "template.fixed",
+};
+
+#define MEMORY_FILE "memory"
+#define MANIFEST_FILE "manifest.json"
+#define CLONE_FILE "clone.json"
+
+static const char *top_dir;
+static bool opt_json;
+
+/* ------------------------------------------------------------------ */
+/* small helpers */
+
+static int64_t now_us(void)
+{
+    return g_get_monotonic_time();
+}
+
+static double ms_since(int64_t t0)
+{
+    return (now_us() - t0) / 1000.0;
+}
+
+static bool valid_name(const char *name)
+{
+    size_t i, n = strlen(name);
+
+    if (n == 0 || n > 64 || name[0] == '.' || name[0] == '-') {
+        return false;
+    }
+    for (i = 0; i < n; i++) {
+        if (!g_ascii_isalnum(name[i]) && !strchr("._-", name[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static char *template_path(const char *name, const char *file)
+{
+    return g_build_filename(top_dir, "templates", name, file, NULL);
+}
+
+static char *clone_path(const char *id, const char *file)
+{
+    return g_build_filename(top_dir, "clones", id, file, NULL);
+}
+
+/* Replace every @DIR@ in @arg with @dir. */
+static char *subst_dir(const char *arg, const char *dir)
+{
+    g_auto(GStrv) parts = g_strsplit(arg, DIR_PLACEHOLDER, -1);
+
+    return g_strjoinv(dir, parts);
+}
+
+/* Remove @path and everything below it (template files are read-only). */
+static int rmtree(const char *path)
+{
+    struct stat st;
+    int ret = 0;
+
+    if (lstat(path, &st) < 0) {
+        return errno == ENOENT ? 0 : -errno;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        GDir *d;
+        const char *e;
+
+        chmod(path, 0700);
+        d = g_dir_open(path, 0, NULL);
+        while (d && (e = g_dir_read_name(d))) {
+            g_autofree char *sub = g_build_filename(path, e, NULL);
+            int r = rmtree(sub);
+
+            ret = ret ? ret : r;
+        }
+        if (d) {
+            g_dir_close(d);
+        }
+        if (rmdir(path) < 0 && !ret) {
+            ret = -errno;
+        }
+    } else if (unlink(path) < 0) {
+        ret = -errno;
+    }
+    return ret;
+}
+
+/* Remove the entries of @dir that are neither in @keep nor the manifest. */
+static void prune_dir(const char *dir, QDict *keep)
+{
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *e;
+
+    while (d && (e = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, e, NULL);
+
+        if (strcmp(e, MANIFEST_FILE) && !qdict_haskey(keep, e)) {
+            rmtree(path);
+        }
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+}
+
+static bool fsync_path(const char *path, Error **errp)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fsync(fd) < 0) {
+        error_setg_errno(errp, errno, "cannot sync '%s'", path);
+        if (fd >= 0) {
+            close(fd);
+        }
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+static bool write_json(const char *path, QObject *obj, Error **errp)
+{
+    g_autoptr(GString) json = qobject_to_json_pretty(obj, true);
+    g_autoptr(GError) gerr = NULL;
+
+    g_string_append_c(json, '\n');
+    /* g_file_set_contents writes a temporary file and renames it */
+    if (!g_file_set_contents(path, json->str, json->len, &gerr)) {
+        error_setg(errp, "cannot write '%s': %s", path, gerr->message);
+        return false;
+    }
+    return true;
+}
+
+static QDict *read_json_dict(const char *path, Error **errp)
+{
+    g_autofree char *text = NULL;
+    g_autoptr(GError) gerr = NULL;
+    Error *err = NULL;
+    QObject *obj;
+    QDict *dict;
+
+    if (!g_file_get_contents(path, &text, NULL, &gerr)) {
+        error_setg(errp, "cannot read '%s': %s", path, gerr->message);
+        return NULL;
+    }
+    obj = qobject_from_json(text, &err);
+    if (!obj) {
+        error_propagate_prepend(errp, err, "'%s' is not valid JSON: ", path);
+        return NULL;
+    }
+    dict = qobject_to(QDict, obj);
+    if (!dict) {
+        qobject_unref(obj);
+        error_setg(errp, "'%s' is not a JSON object", path);
+    }
+    return dict;
+}
+
+/* /proc/PID/smaps_rollup fields in KiB; false when the process is gone */
+typedef struct MemUse {
+    uint64_t pss, private_kib, shared_kib;
+} MemUse;
+
+static bool mem_use(pid_t pid, MemUse *m)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/smaps_rollup", pid);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    int i;
+
+    memset(m, 0, sizeof(*m));
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return false;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        unsigned long long v;
+
+        if (sscanf(lines[i], "Pss: %llu kB", &v) == 1) {
+            m->pss = v;
+        } else if (sscanf(lines[i], "Private_Clean: %llu kB", &v) == 1 ||
+                   sscanf(lines[i], "Private_Dirty: %llu kB", &v) == 1) {
+            m->private_kib += v;
+        } else if (sscanf(lines[i], "Shared_Clean: %llu kB", &v) == 1 ||
+                   sscanf(lines[i], "Shared_Dirty: %llu kB", &v) == 1) {
+            m->shared_kib += v;
+        }
+    }
+    return true;
+}
+
+/* Is @pid a live process whose command line mentions @needle? */
+static bool process_alive(pid_t pid, const char *needle)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", pid);
+    g_autofree char *cmd = NULL;
+    gsize len, i;
+
+    if (pid <= 0 || !g_file_get_contents(path, &cmd, &len, NULL) || !len) {
+        return false;
+    }
+    for (i = 0; i + 1 < len; i++) {
+        if (!cmd[i]) {
+            cmd[i] = ' ';
+        }
+    }
+    return strstr(cmd, needle) != NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* QEMU processes */
+
+typedef struct Vm {
+    pid_t pid;
+    bool reaped;
+    int status;
+    char *dir;
+    char *log;
+    char *qmp_path;
+    int qmp_fd;
+    GString *in;
+} Vm;
+
+/*
+ * Start @argv with stdout and stderr in @log; @detach puts the process in
+ * a session of its own, so it outlives this tool.  Exec failures are
+ * reported through a close-on-exec pipe.
+ */
+static bool vm_spawn(Vm *vm, char **argv, bool detach, Error **errp)
+{
+    int pfd[2], err = 0, logfd;
+    ssize_t n;
+
+    logfd = open(vm->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (logfd < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", vm->log);
+        return false;
+    }
+    if (!g_unix_open_pipe(pfd, FD_CLOEXEC, NULL)) {
+        close(logfd);
+        error_setg_errno(errp, errno, "cannot create a pipe");
+        return false;
+    }
+    vm->pid = fork();
+    if (vm->pid == 0) {
+        int nullfd = open("/dev/null", O_RDONLY);
+
+        if (detach) {
+            setsid();
+        }
+        dup2(nullfd, 0);
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        execvp(argv[0], argv);
+        err = errno;
+        n = write(pfd[1], &err, sizeof(err));
+        _exit(127);
+    }
+    close(logfd);
+    close(pfd[1]);
+    if (vm->pid < 0) {
+        close(pfd[0]);
+        error_setg_errno(errp, errno, "cannot fork");
+        return false;
+    }
+    do {
+        n = read(pfd[0], &err, sizeof(err));
+    } while (n < 0 && errno == EINTR);
+    close(pfd[0]);
+    if (n == sizeof(err)) {
+        waitpid(vm->pid, NULL, 0);
+        vm->reaped = true;
+        error_setg_errno(errp, err, "cannot run QEMU '%s'", argv[0]);
+        error_append_hint(errp, "Pass the QEMU binary with --qemu PATH.\n");
+        return false;
+    }
+    return true;
+}
+
+static bool vm_exited(Vm *vm)
+{
+    if (!vm->reaped && waitpid(vm->pid, &vm->status, WNOHANG) == vm->pid) {
+        vm->reaped = true;
+    }
+    return vm->reaped;
+}
+
+/* The last lines QEMU wrote, for error messages. */
+static char *vm_log_tail(Vm *vm)
+{
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    const char *start;
+
+    if (!g_file_get_contents(vm->log, &text, &len, NULL) || !len) {
+        return g_strdup("(QEMU printed nothing)");
+    }
+    start = len > 600 ? text + len - 600 : text;
+    return g_strstrip(g_strdup(start));
+}
+
+static void vm_set_exit_error(Vm *vm, Error **errp)
+{
+    g_autofree char *tail = vm_log_tail(vm);
+
+    error_setg(errp, "QEMU exited (%s %d): %s",
+               WIFSIGNALED(vm->status) ? "signal" : "status",
+               WIFSIGNALED(vm->status) ? WTERMSIG(vm->status)
+                                       : WEXITSTATUS(vm->status), tail);
+}
+
+/* Stop a process that may not be our child. */
+static void kill_pid(pid_t pid, bool child)
+{
+    int i;
+
+    if (pid <= 0 || kill(pid, SIGTERM) < 0) {
+        return;
+    }
+    for (i = 0; i < 300; i++) {
+        if (child ? waitpid(pid, NULL, WNOHANG) == pid : kill(pid, 0) < 0) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+    kill(pid, SIGKILL);
+    if (child) {
+        waitpid(pid, NULL, 0);
+    }
+}
+
+static void vm_kill(Vm *vm)
+{
+    if (vm->pid > 0 && !vm_exited(vm)) {
+        kill_pid(vm->pid, true);
+        vm->reaped = true;
+    }
+}
+
+static void vm_close(Vm *vm)
+{
+    if (vm->qmp_fd >= 0) {
+        close(vm->qmp_fd);
+        vm->qmp_fd = -1;
+    }
+    if (vm->in) {
+        g_string_free(vm->in, true);
+        vm->in = NULL;
+    }
+    g_free(vm->dir);
+    g_free(vm->log);
+    g_free(vm->qmp_path);
+}
+
+static void vm_init(Vm *vm, const char *dir)
+{
+    memset(vm, 0, sizeof(*vm));
+    vm->qmp_fd = -1;
+    vm->dir = g_strdup(dir);
+    vm->log = g_build_filename(dir, "qemu.log", NULL);
+    vm->qmp_path = g_build_filename(dir, "qmp.sock", NULL);
+    vm->in = g_string_new("");
+}
+
+/* ------------------------------------------------------------------ */
+/* QMP client */
+
+/*
+ * Read one QMP message (one JSON object per line) before @deadline.
+ * A child that dies is reported with its last output.
+ */
+static QDict *qmp_read(Vm *vm, int64_t deadline, Error **errp)
+{
+    for (;;) {
+        char *nl = strchr(vm->in->str, '\n');
+        struct pollfd pfd = { .fd = vm->qmp_fd, .events = POLLIN };
+        char buf[4096];
+        ssize_t n;
+        int64_t left;
+
+        if (nl) {
+            g_autofree char *line = g_strndup(vm->in->str, nl - vm->in->str);
+            QObject *obj;
+
+            g_string_erase(vm->in, 0, nl - vm->in->str + 1);
+            obj = qobject_from_json(line, NULL);
+            if (qobject_to(QDict, obj)) {
+                return qobject_to(QDict, obj);
+            }
+            qobject_unref(obj);
+            continue;
+        }
+        left = deadline - now_us();
+        if (left <= 0) {
+            error_setg(errp, "QEMU did not answer on QMP in time");
+            return NULL;
+        }
+        if (poll(&pfd, 1, MIN(left / 1000 + 1, 100)) < 0 && errno != EINTR) {
+            error_setg_errno(errp, errno, "poll on QMP failed");
+            return NULL;
+        }
+        if (!(pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
+            if (vm->pid > 0 && vm_exited(vm)) {
+                vm_set_exit_error(vm, errp);
+                return NULL;
+            }
+            continue;
+        }
+        n = read(vm->qmp_fd, buf, sizeof(buf));
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (vm->pid > 0) {
+                int i;
+
+                /* give QEMU time to exit, so its error can be shown */
+                for (i = 0; i < 200 && !vm_exited(vm); i++) {
+                    g_usleep(5 * 1000);
+                }
+                if (vm_exited(vm)) {
+                    vm_set_exit_error(vm, errp);
+                    return NULL;
+                }
+            }
+            error_setg(errp, "QMP connection closed by QEMU");
+            return NULL;
+        }
+        g_string_append_len(vm->in, buf, n);
+    }
+}
+
+/* Wait for the QMP event @name (other messages are dropped). */
+static bool qmp_wait_event(Vm *vm, const char *name, int64_t deadline,
+                           Error **errp)
+{
+    for (;;) {
+        QDict *msg = qmp_read(vm, deadline, errp);
+        bool match;
+
+        if (!msg) {
+            return false;
+        }
+        match = !g_strcmp0(qdict_get_try_str(msg, "event"), name);
+        qobject_unref(msg);
+        if (match) {
+            return true;
+        }
+    }
+}
+
+/* Run @cmd with @args (taken); returns its "return" member. */
+static QObject *qmp_cmd(Vm *vm, const char *cmd, QDict *args, Error **errp)
+{
+    QDict *req = qdict_new();
+    g_autoptr(GString) json = NULL;
+    int64_t deadline = now_us() + 60 * G_USEC_PER_SEC;
+    size_t off = 0;
+
+    qdict_put_str(req, "execute", cmd);
+    if (args) {
+        qdict_put(req, "arguments", args);
+    }
+    json = qobject_to_json(QOBJECT(req));
+    qobject_unref(req);
+    g_string_append_c(json, '\n');
+    while (off < json->len) {
+        ssize_t n = send(vm->qmp_fd, json->str + off, json->len - off,
+                         MSG_NOSIGNAL);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            error_setg_errno(errp, errno, "QMP '%s' not sent", cmd);
+            return NULL;
+        }
+        off += n;
+    }
+    for (;;) {
+        QDict *msg = qmp_read(vm, deadline, errp);
+        QObject *ret;
+        QDict *err;
+
+        if (!msg) {
+            return NULL;
+        }
+        err = qdict_get_qdict(msg, "error");
+        if (err) {
+            error_setg(errp, "QMP '%s' failed: %s", cmd,
+                       qdict_get_try_str(err, "desc") ?: "unknown error");
+            qobject_unref(msg);
+            return NULL;
+        }
+        ret = qdict_get(msg, "return");
+        if (ret) {
+            qobject_ref(ret);
+            qobject_unref(msg);
+            return ret;
+        }
+        qobject_unref(msg);         /* an event */
+    }
+}
+
+static bool qmp_cmd_ok(Vm *vm, const char *cmd, QDict *args, Error **errp)
+{
+    QObject *ret = qmp_cmd(vm, cmd, args, errp);
+
+    qobject_unref(ret);
+    return ret != NULL;
+}
+
+/* Connect to the VM's QMP socket (retrying until QEMU listens). */
+static bool qmp_connect(Vm *vm, int timeout_s, Error **errp)
+{
+    int64_t deadline = now_us() + timeout_s * G_USEC_PER_SEC;
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    QDict *greeting;
+
+    if (strlen(vm->qmp_path) >= sizeof(sa.sun_path)) {
+        error_setg(errp, "socket path '%s' is too long; use a shorter "
+                   "--dir", vm->qmp_path);
+        return false;
+    }
+    strcpy(sa.sun_path, vm->qmp_path);
+    for (;;) {
+        vm->qmp_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (vm->qmp_fd < 0) {
+            error_setg_errno(errp, errno, "cannot create a socket");
+            return false;
+        }
+        if (connect(vm->qmp_fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            break;
+        }
+        close(vm->qmp_fd);
+        vm->qmp_fd = -1;
+        if (vm->pid > 0 && vm_exited(vm)) {
+            vm_set_exit_error(vm, errp);
+            return false;
+        }
+        if (now_us() > deadline) {
+            error_setg(errp, "QEMU's QMP socket '%s' did not appear in %d s",
+                       vm->qmp_path, timeout_s);
+            return false;
+        }
+        g_usleep(200);
+    }
+    greeting = qmp_read(vm, deadline, errp);
+    if (!greeting) {
+        return false;
+    }
+    qobject_unref(greeting);
+    return qmp_cmd_ok(vm, "qmp_capabilities", NULL, errp);
+}
+
+static char *qmp_version(Vm *vm, Error **errp)
+{
+    QObject *ret = qmp_cmd(vm, "query-version", NULL, errp);
+    QDict *q, *v;
+    char *s = NULL;
+
+    q = qobject_to(QDict, ret);
+    v = q ? qdict_get_qdict(q, "qemu") : NULL;
+    if (v) {
+        s = g_strdup_printf("%" PRId64 ".%" PRId64 ".%" PRId64 "%s",
+                            qdict_get_try_int(v, "major", 0),
+                            qdict_get_try_int(v, "minor", 0),
+                            qdict_get_try_int(v, "micro", 0),
+                            qdict_get_try_str(q, "package") ?: "");
+    } else if (ret) {
+        error_setg(errp, "QEMU's query-version answer is malformed");
+    }
+    qobject_unref(ret);
+    return s;
+}
+
+/* Does this QEMU know migration capability @cap? */
+static bool qmp_has_capability(Vm *vm, const char *cap, Error **errp)
+{
+    QObject *ret = qmp_cmd(vm, "query-migrate-capabilities", NULL, errp);
+    QList *list = qobject_to(QList, ret);
+    QListEntry *e;
+    bool found = false;
+
+    QLIST_FOREACH_ENTRY(list, e) {
+        QDict *d = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (d && !g_strcmp0(qdict_get_try_str(d, "capability"), cap)) {
+            found = true;
+        }
+    }
+    qobject_unref(ret);
+    return found;
+}
+
+static char *qmp_str_member(Vm *vm, const char *cmd, const char *member,
+                            Error **errp)
+{
+    QObject *ret = qmp_cmd(vm, cmd, NULL, errp);
+    QDict *d = qobject_to(QDict, ret);
+    char *s = g_strdup(d ? qdict_get_try_str(d, member) : NULL);
+
+    qobject_unref(ret);
+    return s;
+}
+
+/* ------------------------------------------------------------------ */
+/* the manifest */
+
+typedef struct Manifest {
+    char *name;
+    TemplateMode mode;
+    char *qemu;
+    char *version;
+    char **args;
+    uint64_t ram_size;
+    QDict *dict;
+} Manifest;
+
+static void manifest_free(Manifest *m)
+{
+    g_free(m->name);
+    g_free(m->qemu);
+    g_free(m->version);
+    g_strfreev(m->args);
+    qobject_unref(m->dict);
+    g_free(m);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manifest, manifest_free)
+
+/* Files a template's clones need: they must still have the saved sizes. */
+static bool manifest_check_files(Manifest *m, const char *dir, Error **errp)
+{
+    QDict *files = qdict_get_qdict(m->dict, "files");
+    const QDictEntry *e;
+
+    if (!files || !qdict_size(files)) {
+        error_setg(errp, "template '%s': manifest lists no files", m->name);
+        return false;
+    }
+    for (e = qdict_first(files); e; e = qdict_next(files, e)) {
+        g_autofree char *path = g_build_filename(dir, e->key, NULL);
+        QNum *size = qobject_to(QNum, e->value);
+        int64_t want;
+        struct stat st;
+
+        if (!valid_name(e->key) || !size || !qnum_get_try_int(size, &want)) {
+            error_setg(errp, "template '%s': manifest entry for file '%s' "
+                       "is malformed", m->name, e->key);
+            return false;
+        }
+        if (stat(path, &st) < 0) {
+            error_setg_errno(errp, errno, "template '%s': cannot use '%s'",
+                             m->name, path);
+            error_append_hint(errp, "The template is damaged: destroy it "
+                              "and create it again.\n");
+            return false;
+        }
+        if (st.st_size != want) {
+            error_setg(errp, "template '%s': '%s' has %" PRId64 " bytes, "
+                       "the manifest says %" PRId64, m->name, path,
+                       (int64_t)st.st_size, want);
+            error_append_hint(errp, "The template was changed after it was "
+                              "made: destroy it and create it again.\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+static Manifest *manifest_load(const char *name, Error **errp)
+{
+    g_autofree char *dir = template_path(name, NULL);
+    g_autofree char *path = template_path(name, MANIFEST_FILE);
+    g_autoptr(Manifest) m = g_new0(Manifest, 1);
+    QDict *qemu;
+    QList *args;
+    QListEntry *e;
+    const char *mode;
+    size_t i = 0;
+
+    if (!valid_name(name)) {
+        error_setg(errp, "'%s' is not a valid template name", name);
+        return NULL;
+    }
+    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+        error_setg(errp, "no template '%s' in '%s'", name, top_dir);
+        error_append_hint(errp, "'qemu-template list' shows the templates; "
+                          "--dir or QEMU_TEMPLATE_DIR selects another "
+                          "directory.\n");
+        return NULL;
+    }
+    m->dict = read_json_dict(path, errp);
+    if (!m->dict) {
+        return NULL;
+    }
+    m->name = g_strdup(name);
+    mode = qdict_get_try_str(m->dict, "mode");
+    qemu = qdict_get_qdict(m->dict, "qemu");
+    args = qdict_get_qlist(m->dict, "args");
+    if (qdict_get_try_int(m->dict, "format", -1) != MANIFEST_FORMAT ||
+        g_strcmp0(qdict_get_try_str(m->dict, "name"), name) ||
+        !mode || !qemu || !args ||
+        !qdict_get_try_str(qemu, "path") ||
+        !qdict_get_try_str(qemu, "version")) {
+        error_setg(errp, "template '%s': manifest '%s' is not a format %d "
+                   "manifest for this template", name, path, MANIFEST_FORMAT);
+        error_append_hint(errp, "Destroy the template and create it "
+                          "again.\n");
+        return NULL;
+    }
+    if (!strcmp(mode, mode_names[MODE_BYPASS])) {
+        m->mode = MODE_BYPASS;
+    } else if (!strcmp(mode, mode_names[MODE_MAPPED_RAM])) {
+        m->mode = MODE_MAPPED_RAM;
+    } else {
+        error_setg(errp, "template '%s': unknown mode '%s'", name, mode);
+        return NULL;
+    }
+    m->qemu = g_strdup(qdict_get_str(qemu, "path"));
+    m->version = g_strdup(qdict_get_str(qemu, "version"));
+    m->ram_size = qdict_get_try_int(m->dict, "ram-size", 0);
+    if (m->mode == MODE_BYPASS && !m->ram_size) {
+        error_setg(errp, "template '%s': manifest has no RAM size", name);
+        return NULL;
+    }
+    m->args = g_new0(char *, qlist_size(args) + 1);
+    QLIST_FOREACH_ENTRY(args, e) {
+        QString *s = qobject_to(QString, qlist_entry_obj(e));
+
+        if (!s) {
+            error_setg(errp, "template '%s': manifest args must be strings",
+                       name);
+            return NULL;
+        }
+        m->args[i++] = g_strdup(qstring_get_str(s));
+    }
+    if (!manifest_check_files(m, dir, errp)) {
+        return NULL;
+    }
+    return g_steal_pointer(&m);
+}
+
+/* ------------------------------------------------------------------ */
+/* command lines */
+
+/* The RAM size of "-m SIZE" or "-m size=SIZE,...", in bytes. */
+static bool parse_ram_size(char **args, uint64_t *size, Error **errp)
+{
+    const char *val = NULL;
+    g_autofree char *num = NULL;
+    const char *p;
+    int i;
+
+    for (i = 0; args[i]; i++) {
+        if ((!strcmp(args[i], "-m") || !strcmp(args[i], "--m")) &&
+            args[i + 1]) {
+            val = args[++i];
+        }
+    }
+    if (!val) {
+        error_setg(errp, "bypass mode needs the RAM size: add -m SIZE to "
+                   "the QEMU arguments");
+        return false;
+    }
+    p = strstr(val, "size=");
+    p = p ? p + 5 : val;
+    num = g_strndup(p, strcspn(p, ","));
+    if (qemu_strtosz_MiB(num, NULL, size) < 0 || !*size) {
+        error_setg(errp, "cannot read the RAM size in '-m %s'", val);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Arguments the user may not give: the tool owns the VM's monitor
+ * socket, its generation ID device, its UUID and (bypass) its RAM.
+ */
+static bool check_user_args(char **args, TemplateMode mode, Error **errp)
+{
+    int i;
+
+    for (i = 0; args[i]; i++) {
+        const char *a = args[i];
+
+        if (!strcmp(a, "-incoming") || !strcmp(a, "-uuid") ||
+            !strcmp(a, "-daemonize") ||
+            strstr(a, "vmgenid") || strstr(a, ID_PREFIX) ||
+            (mode == MODE_BYPASS && strstr(a, "memory-backend="))) {
+            error_setg(errp, "the QEMU argument '%s' is managed by "
+                       "qemu-template", a);
+            error_append_hint(errp, "qemu-template adds -incoming, -uuid, "
+                              "the vmgenid device, its QMP monitor and, "
+                              "in bypass mode, the RAM backend itself.\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * The command line of a template (@clone false) or clone: the user's
+ * arguments with @DIR@ replaced, then what the tool adds.
+ */
+static char **build_argv(const char *qemu, char **user, const char *dir,
+                         TemplateMode mode, uint64_t ram_size,
+                         const char *ram_path, bool clone,
+                         const char *incoming, const char *genid,
+                         const char *uuid, const char *name)
+{
+    GPtrArray *a = g_ptr_array_new();
+    g_autofree char *qmp = g_build_filename(dir, "qmp.sock", NULL);
+    int i;
+
+    g_ptr_array_add(a, g_strdup(qemu));
+    for (i = 0; user[i]; i++) {
+        g_ptr_array_add(a, subst_dir(user[i], dir));
+    }
+    g_ptr_array_add(a, g_strdup("-chardev"));
+    g_ptr_array_add(a, g_strdup_printf("socket,id=" ID_PREFIX "qmp,path=%s,"
+                                       "server=on,wait=off", qmp));
+    g_ptr_array_add(a, g_strdup("-mon"));
+    g_ptr_array_add(a, g_strdup("chardev=" ID_PREFIX "qmp,mode=control"));
+    g_ptr_array_add(a, g_strdup("-device"));
+    g_ptr_array_add(a, g_strdup_printf("vmgenid,id=" ID_PREFIX "genid,"
+                                       "guid=%s", genid));
+    g_ptr_array_add(a, g_strdup("-uuid"));
+    g_ptr_array_add(a, g_strdup(uuid));
+    g_ptr_array_add(a, g_strdup("-name"));
+    g_ptr_array_add(a, g_strdup(name));
+    if (mode == MODE_BYPASS) {
+        /*
+         * The template shares its RAM file; a clone maps it privately and
+         * opens it read-only (the file is read-only once published).
+         */
+        g_ptr_array_add(a, g_strdup("-object"));
+        g_ptr_array_add(a, g_strdup_printf(
+            "memory-backend-file,id=" ID_PREFIX "ram,size=%" PRIu64
+            ",mem-path=%s,%s", ram_size, ram_path,
+            clone ? "share=off,readonly=on,rom=off" : "share=on"));
+        g_ptr_array_add(a, g_strdup("-machine"));
+        g_ptr_array_add(a, g_strdup("memory-backend=" ID_PREFIX "ram"));
+    } else if (clone) {
+        g_ptr_array_add(a, g_strdup("-global"));
+        g_ptr_array_add(a, g_strdup("migration.mapped-ram=on"));
+        g_ptr_array_add(a, g_strdup("-global"));
+        g_ptr_array_add(a, g_strdup("migration.mapped-ram-load=map"));
+    }
+    if (incoming) {
+        g_ptr_array_add(a, g_strdup("-incoming"));
+        g_ptr_array_add(a, g_strdup(incoming));
+    }
+    g_ptr_array_add(a, NULL);
+    return (char **)g_ptr_array_free(a, false);
+}
+
+static char *new_uuid(void)
+{
+    QemuUUID u;
+
+    qemu_uuid_generate(&u);
+    return qemu_uuid_unparse_strdup(&u);
+}
+
+/* ------------------------------------------------------------------ */
+/* create */
+
+typedef struct CreateOpts {
+    TemplateMode mode;
+    const char *qemu;
+    const char *ready;
+    int timeout;
+} CreateOpts;
+
+/* Wait until the template's guest is ready, as --ready says. */
+static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
+{
+    int64_t deadline = now_us() + (int64_t)timeout * G_USEC_PER_SEC;
+
+    if (g_str_has_prefix(ready, "delay:")) {
+        double s = g_ascii_strtod(ready + 6, NULL);
+        int64_t until = now_us() + (int64_t)(s * G_USEC_PER_SEC);
+
+        while (now_us() < until) {
+            if (vm_exited(vm)) {
+                vm_set_exit_error(vm, errp);
+                return false;
+            }
+            g_usleep(MIN(until - now_us(), 50 * 1000));
+        }
+        return true;
+    }
+    if (g_str_has_prefix(ready, "event:")) {
+        return qmp_wait_event(vm, ready + 6, deadline, errp);
+    }
+    if (g_str_has_prefix(ready, "log:")) {
+        /* log:FILE:TEXT: FILE (e.g. a chardev logfile) contains TEXT */
+        const char *colon = strchr(ready + 4, ':');
+        g_autofree char *file = NULL;
+
+        if (!colon || colon[1] == '\0') {
+            error_setg(errp, "--ready log:FILE:TEXT needs a file and a text");
+            return false;
+        }
+        file = g_strndup(ready + 4, colon - ready - 4);
+        file = subst_dir(file, vm->dir);
+        for (;;) {
+            g_autofree char *text = NULL;
+
+            if (g_file_get_contents(file, &text, NULL, NULL) &&
+                strstr(text, colon + 1)) {
+                return true;
+            }
+            if (vm_exited(vm)) {
+                vm_set_exit_error(vm, errp);
+                return false;
+            }
+            if (now_us() > deadline) {
+                error_setg(errp, "'%s' did not appear in '%s' within %d s",
+                           colon + 1, file, timeout);
+                return false;
+            }
+            g_usleep(20 * 1000);
+        }
+    }
+    error_setg(errp, "unknown --ready '%s'", ready);
+    error_append_hint(errp, "Use delay:SECONDS, event:QMP-EVENT or "
+                      "log:FILE:TEXT.\n");
+    return false;
+}
+
+/* Save the stopped VM to @uri, printing progress. */
+static bool save_vm(Vm *vm, const char *uri, Error **errp)
+{
+    QDict *args = qdict_new();
+    int64_t last = 0;
+
+    qdict_put_str(args, "uri", uri);
+    if (!qmp_cmd_ok(vm, "migrate", args, errp)) {
+        return false;
+    }
+    for (;;) {
+        QObject *ret = qmp_cmd(vm, "query-migrate", NULL, errp);
+        QDict *d = qobject_to(QDict, ret);
+        const char *status = d ? qdict_get_try_str(d, "status") : NULL;
+        QDict *ram = d ? qdict_get_qdict(d, "ram") : NULL;
+
+        if (!ret) {
+            return false;
+        }
+        if (!g_strcmp0(status, "completed")) {
+            qobject_unref(ret);
+            return true;
+        }
+        if (!g_strcmp0(status, "failed") || !g_strcmp0(status, "cancelled")) {
+            error_setg(errp, "saving the template failed: %s",
+                       qdict_get_try_str(d, "error-desc") ?: status);
+            qobject_unref(ret);
+            return false;
+        }
+        if (ram && qdict_get_try_int(ram, "total", 0) && !opt_json &&
+            now_us() - last > G_USEC_PER_SEC) {
+            last = now_us();
+            fprintf(stderr, "qemu-template: saving: %" PRId64 " MiB of %"
+                    PRId64 " MiB\n",
+                    qdict_get_try_int(ram, "transferred", 0) >> 20,
+                    qdict_get_try_int(ram, "total", 0) >> 20);
+        }
+        qobject_unref(ret);
+        g_usleep(2 * 1000);
+    }
+}
+
+static void progress(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void progress(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fprintf(stderr, "qemu-template: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static bool do_create(const char *name, CreateOpts *o, char **user,
+                      Error **errp)
+{
+    ERRP_GUARD();
+    g_autofree char *templates = g_build_filename(top_dir, "templates", NULL);
+    g_autofree char *final = template_path(name, NULL);
+    g_autofree char *tmp = NULL;
+    g_autofree char *ram_path = NULL;
+    g_autofree char *state = NULL;
+    g_autofree char *uri = NULL;
+    g_autofree char *version = NULL;
+    g_autofree char *genid = new_uuid();
+    g_autofree char *uuid = new_uuid();
+    g_autofree char *qemu = NULL;
+    g_auto(GStrv) argv = NULL;
+    QDict *man = NULL, *files, *qdq, *ident;
+    QList *args;
+    uint64_t ram_size = 0;
+    int64_t t0, t_boot, t_ready;
+    bool ok = false;
+    Vm vm;
+    int i;
+
+    if (!valid_name(name)) {
+        error_setg(errp, "'%s' is not a valid template name (letters, "
+                   "digits, '.', '_', '-'; at most 64)", name);
+        return false;
+    }
+    if (!check_user_args(user, o->mode, errp) ||
+        (o->mode == MODE_BYPASS && !parse_ram_size(user, &ram_size, errp))) {
+        return false;
+    }
+    if (g_file_test(final, G_FILE_TEST_EXISTS)) {
+        error_setg(errp, "template '%s' already exists", name);
+        error_append_hint(errp, "Destroy it first, or choose another "
+                          "name.\n");
+        return false;
+    }
+    /* the absolute path of the binary goes into the manifest */
+    qemu = g_find_program_in_path(o->qemu);
+    if (!qemu) {
+        error_setg(errp, "QEMU binary '%s' not found", o->qemu);
+        error_append_hint(errp, "Pass the QEMU binary with --qemu PATH.\n");
+        return false;
+    }
+    if (g_mkdir_with_parents(templates, 0755) < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", templates);
+        return false;
+    }
+    /* built next to the final place, published by one rename */
+    tmp = g_strdup_printf("%s/.%s.tmp-%d", templates, name, getpid());
+    rmtree(tmp);
+    if (mkdir(tmp, 0755) < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", tmp);
+        return false;
+    }
+    vm_init(&vm, tmp);
+    state = g_build_filename(tmp, mode_state_file[o->mode], NULL);
+    uri = g_strdup_printf("file:%s", state);
+    ram_path = g_build_filename(tmp, MEMORY_FILE, NULL);
+    argv = build_argv(qemu, user, tmp, o->mode, ram_size, ram_path, false,
+                      NULL, genid, uuid, name);
+
+    t0 = now_us();
+    if (!opt_json) {
+        progress("booting template '%s' (%s)", name, mode_names[o->mode]);
+    }
+    if (!vm_spawn(&vm, argv, false, errp) || !qmp_connect(&vm, 30, errp)) {
+        goto out;
+    }
+    version = qmp_version(&vm, errp);
+    if (!version) {
+        goto out;
+    }
+    if (!qmp_has_capability(&vm, mode_capability[o->mode], errp)) {
+        error_setg(errp, "QEMU '%s' (%s) lacks the migration capability "
+                   "'%s' that mode %s needs", qemu, version,
+                   mode_capability[o->mode], mode_names[o->mode]);
+        error_append_hint(errp, "Use a QEMU built with the VM templating "
+                          "series (--qemu PATH).\n");
+        goto out;
+    }
+    t_boot = now_us();
+    if (!wait_ready(&vm, o->ready, o->timeout, errp)) {
+        error_prepend(errp, "template '%s' did not get ready: ", name);
+        goto out;
+    }
+    t_ready = now_us();
+    if (!opt_json) {
+        progress("ready after %.1f s; saving", (t_ready - t0) / 1e6);
+    }
+    {
+        QDict *cap = qdict_new(), *a = qdict_new();
+        QList *caps = qlist_new();
+
+        qdict_put_str(cap, "capability", mode_capability[o->mode]);
+        qdict_put_bool(cap, "state", true);
+        qlist_append(caps, cap);
+        qdict_put(a, "capabilities", caps);
+        /*
+         * No "stop" first: the saved run state is what clones start in,
+         * and the migration stops the VM when it completes.
+         */
+        if (!qmp_cmd_ok(&vm, "migrate-set-capabilities", a, errp)) {
+            goto out;
+        }
+    }
+    if (!save_vm(&vm, uri, errp)) {
+        goto out;
+    }
+    qmp_cmd_ok(&vm, "quit", NULL, NULL);
+    for (i = 0; i < 500 && !vm_exited(&vm); i++) {
+        g_usleep(10 * 1000);
+    }
+    vm_kill(&vm);
+
+    man = qdict_new();
+    qdict_put_int(man, "format", MANIFEST_FORMAT);
+    qdict_put_str(man, "name", name);
+    qdict_put_str(man, "mode", mode_names[o->mode]);
+    qdq = qdict_new();
+    qdict_put_str(qdq, "path", qemu);
+    qdict_put_str(qdq, "version", version);
+    qdict_put(man, "qemu", qdq);
+    args = qlist_new();
+    for (i = 0; user[i]; i++) {
+        qlist_append_str(args, user[i]);
+    }
+    qdict_put(man, "args", args);
+    if (ram_size) {
+        qdict_put_int(man, "ram-size", ram_size);
+    }
+    files = qdict_new();
+    for (i = 0; i < 2; i++) {
+        const char *f = i ? MEMORY_FILE : mode_state_file[o->mode];
+        g_autofree char *p = g_build_filename(tmp, f, NULL);
+        struct stat st;
+
+        if (i && o->mode != MODE_BYPASS) {
+            break;
+        }
+        if (stat(p, &st) < 0) {
+            error_setg_errno(errp, errno, "saved file '%s' missing", p);
+            qobject_unref(files);
+            goto out;
+        }
+        if (!fsync_path(p, errp)) {
+            qobject_unref(files);
+            goto out;
+        }
+        chmod(p, 0444);
+        qdict_put_int(files, f, st.st_size);
+    }
+    qdict_put(man, "files", files);
+    ident = qdict_new();
+    qdict_put_str(ident, "vmgenid", genid);
+    qdict_put_str(ident, "uuid", uuid);
+    qdict_put(man, "identity", ident);
+    {
+        g_autoptr(GDateTime) dt = g_date_time_new_now_utc();
+        g_autofree char *iso = g_date_time_format_iso8601(dt);
+        QDict *times = qdict_new();
+
+        qdict_put_str(man, "created", iso);
+        qdict_put_int(times, "qmp-ms", (t_boot - t0) / 1000);
+        qdict_put_int(times, "ready-ms", (t_ready - t0) / 1000);
+        qdict_put_int(times, "save-ms", (now_us() - t_ready) / 1000);
+        qdict_put(man, "times", times);
+    }
+    {
+        g_autofree char *mpath = g_build_filename(tmp, MANIFEST_FILE, NULL);
+
+        if (!write_json(mpath, QOBJECT(man), errp) ||
+            !fsync_path(mpath, errp)) {
+            goto out;
+        }
+        chmod(mpath, 0444);
+    }
+    /* what the template's run left (QMP socket, logs, user sockets) */
+    prune_dir(tmp, files);
+    if (rename(tmp, final) < 0) {
+        error_setg_errno(errp, errno, "cannot publish template '%s'", final);
+        goto out;
+    }
+    chmod(final, 0555);
+    fsync_path(templates, NULL);
+    ok = true;
+    if (opt_json) {
+        g_autoptr(GString) j = qobject_to_json_pretty(QOBJECT(man), true);
+
+        printf("%s\n", j->str);
+    } else {
+        printf("template %s: %s, made in %.1f s (ready after %.1f s)\n",
+               name, mode_names[o->mode], ms_since(t0) / 1000,
+               (t_ready - t0) / 1e6);
+    }
+
+out:
+    if (!ok) {
+        g_autofree char *tail = vm_log_tail(&vm);
+
+        vm_kill(&vm);
+        if (*errp && !strstr(error_get_pretty(*errp), "QEMU exited")) {
+            error_append_hint(errp, "QEMU's last output: %s\n", tail);
+        }
+        rmtree(tmp);
+    }
+    qobject_unref(man);
+    vm_close(&vm);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ */
+/* clone */
+
+/*
+ * Start one clone of @m.  Its record (clone.json) holds what list,
+ * status and destroy need; @out gets what is printed.
+ */
+static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
+                          Error **errp)
+{
+    ERRP_GUARD();
+    g_autofree char *rnd = new_uuid();
+    g_autofree char *id = g_strdup_printf("%s-%.8s", m->name, rnd);
+    g_autofree char *dir = clone_path(id, NULL);
+    g_autofree char *tdir = template_path(m->name, NULL);
+    g_autofree char *state = g_build_filename(tdir,
+                                              mode_state_file[m->mode], NULL);
+    g_autofree char *incoming = g_strdup_printf("file:%s", state);
+    g_autofree char *ram = g_build_filename(tdir, MEMORY_FILE, NULL);
+    g_autofree char *genid = new_uuid();
+    g_autofree char *uuid = new_uuid();
+    g_autofree char *version = NULL;
+    g_autofree char *record = NULL;
+    g_auto(GStrv) user = NULL;
+    g_auto(GStrv) argv = NULL;
+    QDict *c = NULL, *ident, *times;
+    int64_t t0, t_qmp = 0;
+    Vm vm;
+    int n, i;
+
+    if (g_mkdir_with_parents(dir, 0755) < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", dir);
+        return NULL;
+    }
+    /* the template's arguments, then the per-clone extra ones */
+    n = g_strv_length(m->args);
+    user = g_new0(char *, n + (extra ? g_strv_length(extra) : 0) + 1);
+    for (i = 0; i < n; i++) {
+        user[i] = g_strdup(m->args[i]);
+    }
+    for (i = 0; extra && extra[i]; i++) {
+        user[n + i] = g_strdup(extra[i]);
+    }
+    argv = build_argv(qemu, user, dir, m->mode, m->ram_size, ram, true,
+                      incoming, genid, uuid, id);
+    vm_init(&vm, dir);
+
+    t0 = now_us();
+    if (!vm_spawn(&vm, argv, true, errp) || !qmp_connect(&vm, 30, errp)) {
+        goto fail;
+    }
+    t_qmp = now_us();
+    for (;;) {
+        g_autofree char *status = qmp_str_member(&vm, "query-status",
+                                                 "status", errp);
+
+        if (!status) {
+            goto fail;
+        }
+        if (!strcmp(status, "running")) {
+            break;
+        }
+        if (strcmp(status, "inmigrate") && strcmp(status, "prelaunch")) {
+            g_autofree char *mig = qmp_str_member(&vm, "query-migrate",
+                                                  "error-desc", NULL);
+
+            error_setg(errp, "clone stopped in state '%s'%s%s", status,
+                       mig ? ": " : "", mig ?: "");
+            goto fail;
+        }
+        if (now_us() - t0 > 120 * G_USEC_PER_SEC) {
+            error_setg(errp, "clone did not start running in 120 s");
+            goto fail;
+        }
+        g_usleep(200);
+    }
+    times = qdict_new();
+    qdict_put(times, "qmp-ms", qnum_from_double((t_qmp - t0) / 1000.0));
+    qdict_put(times, "running-ms", qnum_from_double(ms_since(t0)));
+
+    /* after timing: a template made by another QEMU is refused */
+    version = qmp_version(&vm, errp);
+    if (!version) {
+        qobject_unref(times);
+        goto fail;
+    }
+    if (strcmp(version, m->version)) {
+        error_setg(errp, "template '%s' was made by QEMU %s, '%s' is %s",
+                   m->name, m->version, qemu, version);
+        error_append_hint(errp, "Clone with the QEMU that made the template "
+                          "(--qemu %s) or create the template again.\n",
+                          m->qemu);
+        qobject_unref(times);
+        goto fail;
+    }
+
+    c = qdict_new();
+    qdict_put_str(c, "id", id);
+    qdict_put_str(c, "template", m->name);
+    qdict_put_int(c, "pid", vm.pid);
+    qdict_put_str(c, "qmp", vm.qmp_path);
+    qdict_put_str(c, "dir", dir);
+    ident = qdict_new();
+    qdict_put_str(ident, "vmgenid", genid);
+    qdict_put_str(ident, "uuid", uuid);
+    qdict_put(c, "identity", ident);
+    qdict_put(c, "times", times);
+    record = g_build_filename(dir, CLONE_FILE, NULL);
+    if (!write_json(record, QOBJECT(c), errp)) {
+        goto fail;
+    }
+    vm_close(&vm);
+    return c;
+
+fail:
+    vm_kill(&vm);
+    if (*errp && !strstr(error_get_pretty(*errp), "QEMU exited")) {
+        g_autofree char *tail = vm_log_tail(&vm);
+
+        error_append_hint(errp, "QEMU's last output: %s\n", tail);
+    }
+    error_prepend(errp, "clone of '%s' failed: ", m->name);
+    qobject_unref(c);
+    vm_close(&vm);
+    rmtree(dir);
+    return NULL;
+}
+
+static bool do_clone(const char *name, int count, const char *qemu,
+                     char **extra, Error **errp)
+{
+    g_autoptr(Manifest) m = manifest_load(name, errp);
+    QList *all = qlist_new();
+    int i;
+
+    if (!m) {
+        qobject_unref(all);
+        return false;
+    }
+    for (i = 0; i < count; i++) {
+        QDict *c = start_clone(m, qemu ?: m->qemu, extra, errp);
+        QDict *id, *t;
+
+        if (!c) {
+            break;
+        }
+        id = qdict_get_qdict(c, "identity");
+        t = qdict_get_qdict(c, "times");
+        if (!opt_json) {
+            printf("%s pid=%" PRId64 " qmp=%s vmgenid=%s uuid=%s "
+                   "running=%.1fms\n", qdict_get_str(c, "id"),
+                   qdict_get_int(c, "pid"), qdict_get_str(c, "qmp"),
+                   qdict_get_str(id, "vmgenid"), qdict_get_str(id, "uuid"),
+                   qdict_get_double(t, "running-ms"));
+            fflush(stdout);
+        }
+        qlist_append(all, c);
+    }
+    if (opt_json) {
+        g_autoptr(GString) j = qobject_to_json_pretty(QOBJECT(all), true);
+
+        printf("%s\n", j->str);
+    }
+    qobject_unref(all);
+    return i == count;
+}
+
+/* ------------------------------------------------------------------ */
+/* list, status, destroy */
+
+/* The clone records under DIR/clones, live or not. */
+static QList *load_clones(const char *template)
+{
+    g_autofree char *cdir = g_build_filename(top_dir, "clones", NULL);
+    GDir *d = g_dir_open(cdir, 0, NULL);
+    QList *list = qlist_new();
+    const char *e;
+
+    while (d && (e = g_dir_read_name(d))) {
+        g_autofree char *path = clone_path(e, CLONE_FILE);
+        QDict *c = read_json_dict(path, NULL);
+        MemUse mu;
+        pid_t pid;
+        bool alive;
+
+        if (!c || g_strcmp0(qdict_get_try_str(c, "id"), e) ||
+            (template &&
+             g_strcmp0(qdict_get_try_str(c, "template"), template))) {
+            qobject_unref(c);
+            continue;
+        }
+        pid = qdict_get_try_int(c, "pid", 0);
+        alive = process_alive(pid, qdict_get_str(c, "dir"));
+        qdict_put_bool(c, "running", alive);
+        if (alive && mem_use(pid, &mu)) {
+            QDict *mem = qdict_new();
+
+            qdict_put_int(mem, "pss-kib", mu.pss);
+            qdict_put_int(mem, "private-kib", mu.private_kib);
+            qdict_put_int(mem, "shared-kib", mu.shared_kib);
+            qdict_put(c, "memory", mem);
+        }
+        qlist_append(list, c);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    return list;
+}
+
+static int count_running(QList *clones)
+{
+    QListEntry *e;
+    int n = 0;
+
+    QLIST_FOREACH_ENTRY(clones, e) {
+        n += qdict_get_bool(qobject_to(QDict, qlist_entry_obj(e)), "running");
+    }
+    return n;
+}
+
+static bool do_list(const char *only)
+{
+    g_autofree char *tdir = g_build_filename(top_dir, "templates", NULL);
+    GDir *d = g_dir_open(tdir, 0, NULL);
+    QList *out = qlist_new();
+    const char *e;
+
+    while (d && (e = g_dir_read_name(d))) {
+        Error *err = NULL;
+        Manifest *m;
+        QDict *t;
+        QList *clones;
+
+        if (e[0] == '.' || (only && strcmp(e, only))) {
+            continue;
+        }
+        t = qdict_new();
+        qdict_put_str(t, "name", e);
+        m = manifest_load(e, &err);
+        if (m) {
+            qdict_put_str(t, "mode", mode_names[m->mode]);
+            qdict_put_str(t, "created",
+                          qdict_get_try_str(m->dict, "created") ?: "");
+            qdict_put_str(t, "qemu", m->version);
+            manifest_free(m);
+        } else {
+            qdict_put_str(t, "error", error_get_pretty(err));
+            error_free(err);
+        }
+        clones = load_clones(e);
+        qdict_put_int(t, "running-clones", count_running(clones));
+        qdict_put(t, "clones", clones);
+        qlist_append(out, t);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    if (opt_json) {
+        g_autoptr(GString) j = qobject_to_json_pretty(QOBJECT(out), true);
+
+        printf("%s\n", j->str);
+    } else {
+        QListEntry *te, *ce;
+
+        QLIST_FOREACH_ENTRY(out, te) {
+            QDict *t = qobject_to(QDict, qlist_entry_obj(te));
+
+            if (qdict_haskey(t, "error")) {
+                printf("%s  BROKEN: %s\n", qdict_get_str(t, "name"),
+                       qdict_get_str(t, "error"));
+            } else {
+                printf("%s  %s  QEMU %s  created %s  %" PRId64
+                       " running clones\n", qdict_get_str(t, "name"),
+                       qdict_get_str(t, "mode"), qdict_get_str(t, "qemu"),
+                       qdict_get_str(t, "created"),
+                       qdict_get_int(t, "running-clones"));
+            }
+            QLIST_FOREACH_ENTRY(qdict_get_qlist(t, "clones"), ce) {
+                QDict *c = qobject_to(QDict, qlist_entry_obj(ce));
+                QDict *mem = qdict_get_qdict(c, "memory");
+
+                printf("  %s pid=%" PRId64 " %s", qdict_get_str(c, "id"),
+                       qdict_get_int(c, "pid"),
+                       qdict_get_bool(c, "running") ? "running" : "gone");
+                if (mem) {
+                    printf(" pss=%.1fMiB private=%.1fMiB shared=%.1fMiB",
+                           qdict_get_int(mem, "pss-kib") / 1024.0,
+                           qdict_get_int(mem, "private-kib") / 1024.0,
+                           qdict_get_int(mem, "shared-kib") / 1024.0);
+                }
+                printf("\n");
+            }
+        }
+    }
+    qobject_unref(out);
+    return true;
+}
+
+/* Processes other than recorded clones that map a file of @dir. */
+static GString *mappers_of(const char *dir)
+{
+    GDir *proc = g_dir_open("/proc", 0, NULL);
+    GString *pids = g_string_new("");
+    const char *e;
+
+    while (proc && (e = g_dir_read_name(proc))) {
+        g_autofree char *maps = NULL;
+        g_autofree char *path = NULL;
+        g_autofree char *needle = g_strdup_printf(" %s/", dir);
+
+        if (!g_ascii_isdigit(e[0])) {
+            continue;
+        }
+        path = g_strdup_printf("/proc/%s/maps", e);
+        if (g_file_get_contents(path, &maps, NULL, NULL) &&
+            strstr(maps, needle)) {
+            g_string_append_printf(pids, " %s", e);
+        }
+    }
+    if (proc) {
+        g_dir_close(proc);
+    }
+    return pids;
+}
+
+static bool destroy_clone(const char *id, Error **errp)
+{
+    g_autofree char *path = clone_path(id, CLONE_FILE);
+    g_autofree char *dir = clone_path(id, NULL);
+    QDict *c;
+    pid_t pid;
+
+    if (!valid_name(id) || !g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+        error_setg(errp, "no template or clone named '%s'", id);
+        return false;
+    }
+    c = read_json_dict(path, NULL);
+    pid = c ? qdict_get_try_int(c, "pid", 0) : 0;
+    if (pid && process_alive(pid, dir)) {
+        kill_pid(pid, false);
+    }
+    qobject_unref(c);
+    if (rmtree(dir) < 0) {
+        error_setg(errp, "cannot remove '%s'", dir);
+        return false;
+    }
+    return true;
+}
+
+static bool do_destroy(const char *name, Error **errp)
+{
+    g_autofree char *tdir = template_path(name, NULL);
+    g_autoptr(GString) others = NULL;
+    QList *clones;
+    QListEntry *e;
+    bool ok = true;
+
+    if (!valid_name(name) || !g_file_test(tdir, G_FILE_TEST_IS_DIR)) {
+        return destroy_clone(name, errp);
+    }
+    clones = load_clones(name);
+    if (count_running(clones)) {
+        error_setg(errp, "template '%s' has %d running clones", name,
+                   count_running(clones));
+        error_append_hint(errp, "Destroy them first:");
+        QLIST_FOREACH_ENTRY(clones, e) {
+            QDict *c = qobject_to(QDict, qlist_entry_obj(e));
+
+            if (qdict_get_bool(c, "running")) {
+                error_append_hint(errp, " %s", qdict_get_str(c, "id"));
+            }
+        }
+        error_append_hint(errp, "\n");
+        qobject_unref(clones);
+        return false;
+    }
+    others = mappers_of(tdir);
+    if (others->len) {
+        error_setg(errp, "template '%s' is mapped by processes%s", name,
+                   others->str);
+        error_append_hint(errp, "Stop them first.\n");
+        qobject_unref(clones);
+        return false;
+    }
+    /* records of clones that are gone */
+    QLIST_FOREACH_ENTRY(clones, e) {
+        QDict *c = qobject_to(QDict, qlist_entry_obj(e));
+
+        ok &= destroy_clone(qdict_get_str(c, "id"), errp);
+        if (!ok) {
+            break;
+        }
+    }
+    qobject_unref(clones);
+    if (ok && rmtree(tdir) < 0) {
+        error_setg(errp, "cannot remove '%s'", tdir);
+        ok = false;
+    }
+    return ok;
+}
+
+/* ------------------------------------------------------------------ */
+/* main */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: qemu-template [--dir DIR] [--json] COMMAND ...\n"
+"\n"
+"Make VM templates and start clones from them.\n"
+"\n"
+"  create NAME [--mode bypass|mapped-ram] [--qemu PATH]\n"
+"              [--ready delay:S|event:NAME|log:FILE:TEXT] [--timeout S]\n"
+"              -- QEMU-ARGS...\n"
+"        Boot a VM, wait until it is ready, save it as template NAME.\n"
+"  clone NAME [--count N] [--qemu PATH] [-- EXTRA-QEMU-ARGS...]\n"
+"        Start N clones of NAME; print their pid, QMP socket, identity\n"
+"        and time to running.\n"
+"  list | status [NAME]\n"
+"        Templates, their clones and the clones' memory.\n"
+"  destroy NAME|CLONE\n"
+"        Stop a clone and remove it, or remove a template that has no\n"
+"        running clones.\n"
+"\n"
+"In QEMU-ARGS, @DIR@ stands for the directory of each VM (the template\n"
+"while it is made, then each clone): put sockets and logs there.\n"
+"The template directory is --dir, else $QEMU_TEMPLATE_DIR, else\n"
+"$XDG_DATA_HOME/qemu-template.  See docs/tools/qemu-template.rst.\n");
+}
+
+/* One command line option; returns an exit code, or -1 to go on. */
+static int handle_option(int c, CreateOpts *co, const char **qemu,
+                         int *count)
+{
+    switch (c) {
+    case 'h':
+        usage(stdout);
+        return 0;
+    case 'd':
+        top_dir = optarg;
+        break;
+    case 'j':
+        opt_json = true;
+        break;
+    case 'm':
+        if (!strcmp(optarg, "bypass")) {
+            co->mode = MODE_BYPASS;
+        } else if (!strcmp(optarg, "mapped-ram")) {
+            co->mode = MODE_MAPPED_RAM;
+        } else {
+            error_report("--mode must be bypass or mapped-ram");
+            return 2;
+        }
+        break;
+    case 'q':
+        co->qemu = *qemu = optarg;
+        break;
+    case 'r':
+        co->ready = optarg;
+        break;
+    case 't':
+        co->timeout = atoi(optarg);
+        break;
+    case 'n':
+        *count = atoi(optarg);
+        if (*count < 1) {
+            error_report("--count must be at least 1");
+            return 2;
+        }
+        break;
+    default:
+        usage(stderr);
+        return 2;
+    }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
+        { "mode", required_argument, NULL, 'm' },
+        { "qemu", required_argument, NULL, 'q' },
+        { "ready", required_argument, NULL, 'r' },
+        { "timeout", required_argument, NULL, 't' },
+        { "count", required_argument, NULL, 'n' },
+        { NULL, 0, NULL, 0 }
+    };
+    CreateOpts co = {
+        .mode = MODE_BYPASS,
+        .qemu = "qemu-system-x86_64",
+        .ready = "delay:0",
+        .timeout = 300,
+    };
+    g_autofree char *default_dir = NULL;
+    const char *qemu = NULL, *cmd, *name = NULL;
+    Error *err = NULL;
+    int count = 1, c;
+    bool ok;
+
+    error_init(argv[0]);
+    signal(SIGPIPE, SIG_IGN);
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        int r = handle_option(c, &co, &qemu, &count);
+
+        if (r >= 0) {
+            return r;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    cmd = argv[optind++];
+    if (optind < argc && strcmp(argv[optind], "--")) {
+        name = argv[optind++];
+    }
+    /* the rest: options, then "--" and the QEMU arguments */
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        int r = handle_option(c, &co, &qemu, &count);
+
+        if (r >= 0) {
+            return r;
+        }
+    }
+    if (!top_dir) {
+        top_dir = g_getenv("QEMU_TEMPLATE_DIR");
+    }
+    if (!top_dir) {
+        default_dir = g_build_filename(g_get_user_data_dir(),
+                                       "qemu-template", NULL);
+        top_dir = default_dir;
+    }
+
+    if (!strcmp(cmd, "create")) {
+        if (!name) {
+            error_report("create needs a template name");
+            return 2;
+        }
+        ok = do_create(name, &co, argv + optind, &err);
+    } else if (!strcmp(cmd, "clone")) {
+        if (!name) {
+            error_report("clone needs a template name");
+            return 2;
+        }
+        ok = do_clone(name, count, qemu, argv + optind, &err);
+    } else if (!strcmp(cmd, "list") || !strcmp(cmd, "status")) {
+        ok = do_list(name);
+    } else if (!strcmp(cmd, "destroy")) {
+        if (!name) {
+            error_report("destroy needs a template or clone name");
+            return 2;
+        }
+        ok = do_destroy(name, &err);
+    } else if (!strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    } else {
+        error_report("unknown command '%s'", cmd);
+        usage(stderr);
+        return 2;
+    }
+    if (!ok) {
+        error_report_err(err);
+        return 1;
+    }
+    return 0;
+}
