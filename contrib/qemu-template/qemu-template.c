@@ -842,10 +842,18 @@ static bool check_user_args(char **args, TemplateMode mode, Error **errp)
     for (i = 0; args[i]; i++) {
         const char *a = args[i];
 
+        const char *next = args[i + 1] ?: "";
+        bool genid = !strcmp(a, "-device") &&
+            (g_str_has_prefix(next, "vmgenid") ||
+             strstr(next, "driver=vmgenid"));
+
         if (!strcmp(a, "-incoming") || !strcmp(a, "-uuid") ||
-            !strcmp(a, "-daemonize") ||
-            strstr(a, "vmgenid") || strstr(a, ID_PREFIX) ||
+            !strcmp(a, "-daemonize") || genid ||
+            strstr(a, "id=" ID_PREFIX) ||
             (mode == MODE_BYPASS && strstr(a, "memory-backend="))) {
+            if (genid) {
+                a = next;
+            }
             error_setg(errp, "the QEMU argument '%s' is managed by "
                        "qemu-template", a);
             error_append_hint(errp, "qemu-template adds -incoming, -uuid, "
@@ -1331,8 +1339,8 @@ static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
         g_usleep(200);
     }
     times = qdict_new();
-    qdict_put(times, "qmp-ms", qnum_from_double((t_qmp - t0) / 1000.0));
-    qdict_put(times, "running-ms", qnum_from_double(ms_since(t0)));
+    qdict_put_int(times, "qmp-us", t_qmp - t0);
+    qdict_put_int(times, "running-us", now_us() - t0);
 
     /* after timing: a template made by another QEMU is refused */
     version = qmp_version(&vm, errp);
@@ -1407,7 +1415,7 @@ static bool do_clone(const char *name, int count, const char *qemu,
                    "running=%.1fms\n", qdict_get_str(c, "id"),
                    qdict_get_int(c, "pid"), qdict_get_str(c, "qmp"),
                    qdict_get_str(id, "vmgenid"), qdict_get_str(id, "uuid"),
-                   qdict_get_double(t, "running-ms"));
+                   qdict_get_int(t, "running-us") / 1000.0);
             fflush(stdout);
         }
         qlist_append(all, c);
@@ -1774,7 +1782,14 @@ int main(int argc, char **argv)
     if (optind < argc && strcmp(argv[optind], "--")) {
         name = argv[optind++];
     }
-    /* the rest: options, then "--" and the QEMU arguments */
+    /*
+     * The rest: options, then "--" and the QEMU arguments.  getopt starts
+     * again (optind 0) on what follows, the last word read acting as
+     * argv[0].
+     */
+    argc -= optind - 1;
+    argv += optind - 1;
+    optind = 0;
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         int r = handle_option(c, &co, &qemu, &count);
 

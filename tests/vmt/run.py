@@ -20,8 +20,10 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 # test_e2e: the guest, templates with a shared RAM file (ignore-shared,
 # bypass); test_e2e_mapped: template from any VM (mapped-ram, map/copy);
-# test_e2e_load: 50 clones at once, failed saves, publishing by rename
-MODULES = ('test_e2e', 'test_e2e_mapped', 'test_e2e_load')
+# test_e2e_load: 50 clones at once, failed saves, publishing by rename;
+# test_template_tool: qemu-template (contrib/qemu-template)
+MODULES = ('test_e2e', 'test_e2e_mapped', 'test_e2e_load',
+           'test_template_tool')
 
 
 def main():

@@ -1,0 +1,340 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+End-to-end tests of qemu-template (contrib/qemu-template/): templates of
+the bundled guest made by the tool in both modes, clones started by it,
+each with its own identity as the guest sees it, and bad input: unknown
+or damaged templates, a QEMU without the capability, a guest that never
+gets ready, arguments the tool owns.  Run with tests/vmt/run.py.
+
+The guest is the generic-kernel build (build/guest-vmgenid), which has
+CONFIG_VMGENID: a clone's kernel reseeds its RNG when QEMU announces the
+clone's new generation ID.  Behaviour only; timings are never checked.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import unittest
+
+import vmt
+
+READY = 'log:@DIR@/console.log:vmt-init: crng ready'
+
+
+def tool_path():
+    """The qemu-template built next to the QEMU under test."""
+    env = os.environ.get('VMT_TEMPLATE_TOOL')
+    if env:
+        return env
+    qemu = vmt.qemu_binary()
+    return os.path.join(os.path.dirname(qemu), 'contrib', 'qemu-template',
+                        'qemu-template')
+
+
+def guest_args(guest):
+    kernel = os.path.join(guest, 'vmlinuz')
+    initrd = os.path.join(guest, 'initrd.img')
+    return ['-M', 'pc', '-m', vmt.GUEST_MEM, '-nodefaults',
+            '-no-user-config', '-display', 'none', '-no-reboot',
+            '-accel', vmt.select_accel(),
+            '-serial', 'file:@DIR@/console.log',
+            '-chardev', 'socket,id=agent,path=@DIR@/agent.sock,'
+                        'server=on,wait=off',
+            '-serial', 'chardev:agent',
+            '-kernel', kernel, '-initrd', initrd,
+            '-append', vmt.KERNEL_CMDLINE]
+
+
+def qmp(path, cmd):
+    """One QMP command on a fresh connection; returns its 'return'."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(path)
+        f = s.makefile('rw')
+        json.loads(f.readline())
+        for req in ({'execute': 'qmp_capabilities'}, {'execute': cmd}):
+            f.write(json.dumps(req) + '\n')
+            f.flush()
+            while True:
+                msg = json.loads(f.readline())
+                if 'return' in msg or 'error' in msg:
+                    break
+        if 'error' in msg:
+            raise vmt.VMTError(f'{cmd}: {msg["error"]}')
+        return msg['return']
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f'/proc/{pid}/stat') as f:
+        return f.read().split(') ')[1][0] != 'Z'
+
+
+class TemplateToolTest(unittest.TestCase):
+    """Templates 'b' (bypass) and 'm' (mapped-ram), made once."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tool = tool_path()
+        if not os.access(cls.tool, os.X_OK):
+            raise unittest.SkipTest(f'{cls.tool} not built (upstream QEMU?)')
+        cls.qemu = vmt.qemu_binary()
+        cls.guest = vmt.build_vmgenid_guest()
+        cls.tmp = vmt.TempDir(prefix='vmt-tool-')
+        cls.dir = cls.tmp.join('t')
+        cls.args = guest_args(cls.guest)
+        try:
+            for name, mode in (('b', 'bypass'), ('m', 'mapped-ram')):
+                r = cls.run_tool('create', name, '--mode', mode,
+                                 '--qemu', cls.qemu, '--ready', READY,
+                                 '--', *cls.args)
+                if r.returncode:
+                    raise vmt.VMTError(f'create {mode}: {r.stderr}')
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        # the tool's clones are not children of this process: stop them
+        # through their records, whatever the test left
+        cdir = os.path.join(cls.dir, 'clones')
+        for c in os.listdir(cdir) if os.path.isdir(cdir) else []:
+            try:
+                with open(os.path.join(cdir, c, 'clone.json')) as f:
+                    os.kill(json.load(f)['pid'], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+        for root, dirs, _ in os.walk(cls.dir):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+        cls.tmp.cleanup()
+
+    @classmethod
+    def run_tool(cls, *args, check=False):
+        r = subprocess.run([cls.tool, '--dir', cls.dir, *args],
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=300)
+        if check and r.returncode:
+            raise AssertionError(f'qemu-template {" ".join(args)}: '
+                                 f'{r.returncode}: {r.stderr}')
+        return r
+
+    def tool_json(self, *args):
+        return json.loads(self.run_tool('--json', *args, check=True).stdout)
+
+    def manifest(self, name):
+        with open(os.path.join(self.dir, 'templates', name,
+                               'manifest.json')) as f:
+            return json.load(f)
+
+    def assert_leftovers(self, name=None):
+        """No clone directory, no half-made template, no stray QEMU."""
+        cdir = os.path.join(self.dir, 'clones')
+        self.assertEqual(os.listdir(cdir) if os.path.isdir(cdir) else [], [])
+        tdir = os.path.join(self.dir, 'templates')
+        left = [e for e in os.listdir(tdir) if e.startswith('.')]
+        self.assertEqual(left, [])
+        if name:
+            self.assertFalse(os.path.exists(os.path.join(tdir, name)))
+        out = subprocess.run(['pgrep', '-f', self.dir], capture_output=True,
+                             text=True).stdout.split()
+        self.assertEqual([p for p in out if int(p) != os.getpid()], [])
+
+    def clones_of(self, name, count):
+        clones = self.tool_json('clone', name, '--count', str(count))
+        self.assertEqual(len(clones), count)
+        return clones
+
+    def destroy_all(self, clones):
+        for c in clones:
+            self.run_tool('destroy', c['id'], check=True)
+            self.assertFalse(os.path.exists(c['dir']))
+            self.assertFalse(pid_alive(c['pid']))
+
+    def check_clones(self, name, count):
+        template = self.manifest(name)
+        clones = self.clones_of(name, count)
+        try:
+            guids = set()
+            uuids = set()
+            rand = set()
+            for c in clones:
+                self.assertTrue(pid_alive(c['pid']))
+                st = qmp(c['qmp'], 'query-status')
+                self.assertEqual(st['status'], 'running')
+                # what QEMU gave the guest is what the tool printed
+                g = qmp(c['qmp'], 'query-vm-generation-id')['guid']
+                self.assertEqual(g, c['identity']['vmgenid'])
+                u = qmp(c['qmp'], 'query-uuid')['UUID']
+                self.assertEqual(u, c['identity']['uuid'])
+                guids.add(g)
+                uuids.add(u)
+                # the guest: its kernel saw a new generation ID and
+                # reseeded, and its random bytes are its own
+                agent = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
+                agent.connect()
+                try:
+                    gen = agent.genid()
+                    self.assertEqual(gen['driver'], '1', gen)
+                    self.assertGreaterEqual(int(gen['reseeds']), 1, gen)
+                    rand.add(agent.rand(32))
+                finally:
+                    agent.close()
+            self.assertEqual(len(guids), count)
+            self.assertEqual(len(uuids), count)
+            self.assertEqual(len(rand), count)
+            self.assertNotIn(template['identity']['vmgenid'], guids)
+            self.assertNotIn(template['identity']['uuid'], uuids)
+
+            # list: the running clones with their memory
+            listed = self.tool_json('list', name)
+            self.assertEqual(len(listed), 1)
+            self.assertEqual(listed[0]['running-clones'], count)
+            for c in listed[0]['clones']:
+                self.assertTrue(c['running'])
+                self.assertGreater(c['memory']['pss-kib'], 0)
+
+            # a template with running clones is not removed
+            r = self.run_tool('destroy', name)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('running clones', r.stderr)
+            self.assertTrue(os.path.isfile(os.path.join(
+                self.dir, 'templates', name, 'manifest.json')))
+        finally:
+            self.destroy_all(clones)
+        self.assert_leftovers()
+
+    def test_bypass_clones(self):
+        self.check_clones('b', 3)
+
+    def test_mapped_ram_clones(self):
+        self.check_clones('m', 2)
+
+    def test_template_read_only(self):
+        for name in ('b', 'm'):
+            d = os.path.join(self.dir, 'templates', name)
+            m = self.manifest(name)
+            self.assertEqual(sorted(os.listdir(d)),
+                             sorted(list(m['files']) + ['manifest.json']))
+            for f in os.listdir(d):
+                self.assertEqual(os.stat(os.path.join(d, f)).st_mode & 0o222,
+                                 0, f)
+
+    # -- bad input
+
+    def damaged_copy(self, src, name):
+        """A copy of template src under name (files copied, not linked)."""
+        d = os.path.join(self.dir, 'templates', name)
+        shutil.copytree(os.path.join(self.dir, 'templates', src), d)
+        os.chmod(d, 0o755)
+        for f in os.listdir(d):
+            os.chmod(os.path.join(d, f), 0o644)
+        m = self.manifest(src)
+        m['name'] = name
+        with open(os.path.join(d, 'manifest.json'), 'w') as f:
+            json.dump(m, f)
+        return d
+
+    def expect_clone_error(self, name, text):
+        r = self.run_tool('clone', name)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn(text, r.stderr)
+        self.assert_leftovers()
+
+    def test_unknown_template(self):
+        self.expect_clone_error('nosuch', "no template 'nosuch'")
+        r = self.run_tool('destroy', 'nosuch')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no template or clone named 'nosuch'", r.stderr)
+
+    def test_damaged_templates(self):
+        d = self.damaged_copy('b', 'x')
+        try:
+            # an exact copy (same bytes, same mtime) is a good template
+            c = self.clones_of('x', 1)
+            self.destroy_all(c)
+            # a memory file written after the save (its mtime moves) is
+            # refused by the clone's load (identity check); nothing is left
+            os.utime(os.path.join(d, 'memory'))
+            self.expect_clone_error('x', 'modified')
+
+            os.truncate(os.path.join(d, 'state'), 100)
+            self.expect_clone_error('x', "/state' has 100 bytes, the "
+                                    "manifest says")
+            os.unlink(os.path.join(d, 'state'))
+            self.expect_clone_error('x', 'cannot use')
+            with open(os.path.join(d, 'manifest.json'), 'w') as f:
+                f.write('{"format": 1, "name": "x", garbage')
+            self.expect_clone_error('x', 'is not valid JSON')
+            with open(os.path.join(d, 'manifest.json'), 'w') as f:
+                json.dump({'format': 99, 'name': 'x'}, f)
+            self.expect_clone_error('x', 'is not a format 1 manifest')
+            # list shows it as broken; destroy removes it
+            listed = self.tool_json('list', 'x')
+            self.assertIn('error', listed[0])
+        finally:
+            self.run_tool('destroy', 'x', check=True)
+        self.assertFalse(os.path.exists(d))
+
+    def test_create_refusals(self):
+        # the name is taken
+        r = self.run_tool('create', 'b', '--qemu', self.qemu, '--',
+                          *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("template 'b' already exists", r.stderr)
+        # arguments the tool owns
+        for extra in (['-incoming', 'defer'], ['-device', 'vmgenid'],
+                      ['-uuid', '00000000-0000-0000-0000-000000000001']):
+            r = self.run_tool('create', 'y', '--qemu', self.qemu, '--',
+                              *self.args, *extra)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('is managed by qemu-template', r.stderr)
+        # bypass needs -m
+        args = list(self.args)
+        i = args.index('-m')
+        del args[i:i + 2]
+        r = self.run_tool('create', 'y', '--qemu', self.qemu, '--', *args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('add -m SIZE', r.stderr)
+        # no such QEMU
+        r = self.run_tool('create', 'y', '--qemu', '/nonexistent/qemu',
+                          '--', *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("QEMU binary '/nonexistent/qemu' not found", r.stderr)
+        self.assert_leftovers('y')
+
+    def test_create_not_ready(self):
+        """A guest that never gets ready: no template, no QEMU left."""
+        r = self.run_tool('create', 'y', '--qemu', self.qemu,
+                          '--ready', 'log:@DIR@/console.log:NEVER',
+                          '--timeout', '2', '--', *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("did not get ready: 'NEVER' did not appear", r.stderr)
+        self.assert_leftovers('y')
+
+    def test_create_qemu_exits(self):
+        """QEMU refuses its command line: its error is shown."""
+        r = self.run_tool('create', 'y', '--qemu', self.qemu, '--',
+                          *self.args, '-device', 'no-such-device')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("'no-such-device' is not a valid device", r.stderr)
+        self.assert_leftovers('y')
+
+    def test_upstream_qemu(self):
+        """A QEMU without the series lacks the capability."""
+        up = os.path.join(vmt.BUILDDIR, 'qemu-upstream',
+                          'qemu-system-x86_64')
+        if not os.access(up, os.X_OK):
+            self.skipTest(f'{up} not built')
+        r = self.run_tool('create', 'y', '--qemu', up, '--', *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("lacks the migration capability 'bypass-shared-memory'",
+                      r.stderr)
+        self.assert_leftovers('y')
