@@ -295,6 +295,9 @@ cmd_check() {
         tests="$(step_upstream_qtests) $(step_qtests)"
         mtests=$(step_migration_tests)
         targets="tests/qtest/migration-test"
+        # the template tool, once a patch adds it
+        [ -f "$GITDIR/contrib/qemu-template/meson.build" ] &&
+            targets="$targets contrib/qemu-template/qemu-template"
         for t in $tests; do targets="$targets tests/qtest/$t"; done
         if ! EXTRA_TARGETS="$targets" sh "$TOP/build-aux/build.sh" \
                 "$GITDIR" "$obj" >> "$logs/$name.log" 2>&1; then
