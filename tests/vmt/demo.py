@@ -51,6 +51,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import vmt  # noqa: E402
+import demo_tool  # noqa: E402
 
 # every VM gets a VM generation ID device: each clone sees a new ID
 DEVICES = ['-device', 'vmgenid']
@@ -303,6 +304,8 @@ def main():
                     help='MiB the template guest writes before the save')
     ap.add_argument('--seed', type=int, default=7)
     ap.add_argument('--no-build-guest', action='store_true')
+    ap.add_argument('--no-tool', action='store_true',
+                    help='leave out the qemu-template part')
     opts = ap.parse_args()
     if opts.clones < 1:
         ap.error('--clones must be at least 1')
@@ -345,7 +348,12 @@ def main():
     if len(runs) > 1:
         print_summary(runs)
     ok = all(r.ok for r in runs)
-    print(f'demo: {"ok" if ok else "FAILED"} (paths {", ".join(modes)}; '
+    tool = None
+    if not opts.no_tool and not opts.mode:
+        tool = demo_tool.run(binary, accel, opts.clones)
+        ok = ok and tool is not False
+    print(f'demo: {"ok" if ok else "FAILED"} (paths {", ".join(modes)}'
+          f'{", qemu-template" if tool is not None else ""}; '
           f'{opts.clones} clones each, accel {accel})')
     return 0 if ok else 1
 

@@ -21,33 +21,6 @@ import unittest
 
 import vmt
 
-READY = 'log:@DIR@/console.log:vmt-init: crng ready'
-
-
-def tool_path():
-    """The qemu-template built next to the QEMU under test."""
-    env = os.environ.get('VMT_TEMPLATE_TOOL')
-    if env:
-        return env
-    qemu = vmt.qemu_binary()
-    return os.path.join(os.path.dirname(qemu), 'contrib', 'qemu-template',
-                        'qemu-template')
-
-
-def guest_args(guest):
-    kernel = os.path.join(guest, 'vmlinuz')
-    initrd = os.path.join(guest, 'initrd.img')
-    return ['-M', 'pc', '-m', vmt.GUEST_MEM, '-nodefaults',
-            '-no-user-config', '-display', 'none', '-no-reboot',
-            '-accel', vmt.select_accel(),
-            '-serial', 'file:@DIR@/console.log',
-            '-chardev', 'socket,id=agent,path=@DIR@/agent.sock,'
-                        'server=on,wait=off',
-            '-serial', 'chardev:agent',
-            '-kernel', kernel, '-initrd', initrd,
-            '-append', vmt.KERNEL_CMDLINE]
-
-
 def qmp(path, cmd):
     """One QMP command on a fresh connection; returns its 'return'."""
     with socket.socket(socket.AF_UNIX) as s:
@@ -81,19 +54,19 @@ class TemplateToolTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tool = tool_path()
+        cls.tool = vmt.template_tool()
         if not os.access(cls.tool, os.X_OK):
             raise unittest.SkipTest(f'{cls.tool} not built (upstream QEMU?)')
         cls.qemu = vmt.qemu_binary()
         cls.guest = vmt.build_vmgenid_guest()
         cls.tmp = vmt.TempDir(prefix='vmt-tool-')
         cls.dir = cls.tmp.join('t')
-        cls.args = guest_args(cls.guest)
+        cls.args = vmt.tool_guest_args(cls.guest, vmt.select_accel())
         try:
             for name, mode in (('b', 'bypass'), ('m', 'mapped-ram')):
                 r = cls.run_tool('create', name, '--mode', mode,
-                                 '--qemu', cls.qemu, '--ready', READY,
-                                 '--', *cls.args)
+                                 '--qemu', cls.qemu,
+                                 '--ready', vmt.TOOL_READY, '--', *cls.args)
                 if r.returncode:
                     raise vmt.VMTError(f'create {mode}: {r.stderr}')
         except BaseException:

@@ -146,6 +146,35 @@ def build_vmgenid_guest():
     return vmgenid_guest_dir()
 
 
+def template_tool(binary=None):
+    """qemu-template (contrib/qemu-template/) built next to the QEMU."""
+    env = os.environ.get('VMT_TEMPLATE_TOOL')
+    if env:
+        return env
+    return os.path.join(os.path.dirname(qemu_binary(binary)), 'contrib',
+                        'qemu-template', 'qemu-template')
+
+
+# qemu-template: the template is ready when the guest's crng is (so that a
+# clone's reseed shows); @DIR@ is each VM's directory
+TOOL_READY = 'log:@DIR@/console.log:vmt-init: crng ready'
+
+
+def tool_guest_args(guest, accel):
+    """QEMU arguments of the bundled guest for qemu-template create: the
+    console in @DIR@/console.log, the agent on @DIR@/agent.sock."""
+    return ['-M', 'pc', '-m', GUEST_MEM, '-nodefaults',
+            '-no-user-config', '-display', 'none', '-no-reboot',
+            '-accel', accel,
+            '-serial', 'file:@DIR@/console.log',
+            '-chardev', 'socket,id=agent,path=@DIR@/agent.sock,'
+                        'server=on,wait=off',
+            '-serial', 'chardev:agent',
+            '-kernel', os.path.join(guest, 'vmlinuz'),
+            '-initrd', os.path.join(guest, 'initrd.img'),
+            '-append', KERNEL_CMDLINE]
+
+
 def guest_files(guestdir=None):
     d = guest_dir(guestdir)
     kernel = os.path.join(d, 'vmlinuz')
