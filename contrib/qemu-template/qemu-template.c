@@ -61,6 +61,7 @@ static const char *const mode_state_file[] = {
 
 static const char *top_dir;
 static bool opt_json;
+static bool opt_no_pool;
 
 /* ------------------------------------------------------------------ */
 /* small helpers */
@@ -568,29 +569,52 @@ static bool qmp_cmd_ok(Vm *vm, const char *cmd, QDict *args, Error **errp)
 }
 
 /* Connect to the VM's QMP socket (retrying until QEMU listens). */
+/*
+ * A UNIX socket address for @path (bound or connected to); false if the
+ * path does not fit.
+ */
+static bool unix_addr(const char *path, struct sockaddr_un *sa, Error **errp)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa->sun_path)) {
+        error_setg(errp, "socket path '%s' is too long; use a shorter "
+                   "--dir", path);
+        return false;
+    }
+    strcpy(sa->sun_path, path);
+    return true;
+}
+
+/* Connect to the UNIX socket @sa; returns the fd or -1 (errno set). */
+static int unix_connect(struct sockaddr_un *sa)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd >= 0 && connect(fd, (struct sockaddr *)sa, sizeof(*sa)) < 0) {
+        int e = errno;
+
+        close(fd);
+        errno = e;
+        fd = -1;
+    }
+    return fd;
+}
+
 static bool qmp_connect(Vm *vm, int timeout_s, Error **errp)
 {
     int64_t deadline = now_us() + timeout_s * G_USEC_PER_SEC;
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct sockaddr_un sa;
     QDict *greeting;
 
-    if (strlen(vm->qmp_path) >= sizeof(sa.sun_path)) {
-        error_setg(errp, "socket path '%s' is too long; use a shorter "
-                   "--dir", vm->qmp_path);
+    if (!unix_addr(vm->qmp_path, &sa, errp)) {
         return false;
     }
-    strcpy(sa.sun_path, vm->qmp_path);
     for (;;) {
-        vm->qmp_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (vm->qmp_fd < 0) {
-            error_setg_errno(errp, errno, "cannot create a socket");
-            return false;
-        }
-        if (connect(vm->qmp_fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        vm->qmp_fd = unix_connect(&sa);
+        if (vm->qmp_fd >= 0) {
             break;
         }
-        close(vm->qmp_fd);
-        vm->qmp_fd = -1;
         if (vm->pid > 0 && vm_exited(vm)) {
             vm_set_exit_error(vm, errp);
             return false;
@@ -1266,35 +1290,70 @@ out:
 /* clone */
 
 /*
- * Start one clone of @m.  Its record (clone.json) holds what list,
- * status and destroy need; @out gets what is printed.
+ * A clone being started: its process runs, its record is not written yet.
+ * A pooled clone (@defer) waits with -incoming defer until it is taken.
  */
-static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
-                          Error **errp)
+typedef struct Clone {
+    Vm vm;
+    char *id;
+    char *genid;
+    char *uuid;
+    int64_t t_exec;
+    int64_t t_qmp;
+    bool defer;
+} Clone;
+
+static void clone_free(Clone *c)
 {
-    ERRP_GUARD();
+    vm_close(&c->vm);
+    g_free(c->id);
+    g_free(c->genid);
+    g_free(c->uuid);
+    g_free(c);
+}
+
+/* Stop a clone that was not handed out, and remove its directory. */
+static void clone_discard(Clone *c)
+{
+    g_autofree char *dir = g_strdup(c->vm.dir);
+
+    vm_kill(&c->vm);
+    rmtree(dir);
+    clone_free(c);
+}
+
+#define POOLED_MARK "pooled"
+
+static Clone *clone_spawn(Manifest *m, const char *qemu, char **extra,
+                          bool defer, Error **errp)
+{
     g_autofree char *rnd = new_uuid();
-    g_autofree char *id = g_strdup_printf("%s-%.8s", m->name, rnd);
-    g_autofree char *dir = clone_path(id, NULL);
     g_autofree char *tdir = template_path(m->name, NULL);
     g_autofree char *state = g_build_filename(tdir,
                                               mode_state_file[m->mode], NULL);
     g_autofree char *incoming = g_strdup_printf("file:%s", state);
     g_autofree char *ram = g_build_filename(tdir, MEMORY_FILE, NULL);
-    g_autofree char *genid = new_uuid();
-    g_autofree char *uuid = new_uuid();
-    g_autofree char *version = NULL;
-    g_autofree char *record = NULL;
+    g_autofree char *dir = NULL;
     g_auto(GStrv) user = NULL;
     g_auto(GStrv) argv = NULL;
-    QDict *c = NULL, *ident, *times;
-    int64_t t0, t_qmp = 0;
-    Vm vm;
+    Clone *c = g_new0(Clone, 1);
     int n, i;
 
+    c->id = g_strdup_printf("%s-%.8s", m->name, rnd);
+    c->genid = new_uuid();
+    c->uuid = new_uuid();
+    c->defer = defer;
+    dir = clone_path(c->id, NULL);
+    vm_init(&c->vm, dir);
     if (g_mkdir_with_parents(dir, 0755) < 0) {
         error_setg_errno(errp, errno, "cannot create '%s'", dir);
+        clone_free(c);
         return NULL;
+    }
+    if (defer) {
+        g_autofree char *mark = g_build_filename(dir, POOLED_MARK, NULL);
+
+        g_file_set_contents(mark, "", 0, NULL);
     }
     /* the template's arguments, then the per-clone extra ones */
     n = g_strv_length(m->args);
@@ -1306,16 +1365,59 @@ static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
         user[n + i] = g_strdup(extra[i]);
     }
     argv = build_argv(qemu, user, dir, m->mode, m->ram_size, ram, true,
-                      incoming, genid, uuid, id);
-    vm_init(&vm, dir);
+                      defer ? "defer" : incoming, c->genid, c->uuid, c->id);
+    c->t_exec = now_us();
+    if (!vm_spawn(&c->vm, argv, true, errp)) {
+        clone_discard(c);
+        return NULL;
+    }
+    return c;
+}
 
-    t0 = now_us();
-    if (!vm_spawn(&vm, argv, true, errp) || !qmp_connect(&vm, 30, errp)) {
+static bool clone_connect(Clone *c, Error **errp)
+{
+    if (c->vm.qmp_fd >= 0) {
+        return true;
+    }
+    if (!qmp_connect(&c->vm, 30, errp)) {
+        return false;
+    }
+    c->t_qmp = now_us();
+    return true;
+}
+
+/*
+ * Finish a clone of @m: load the state (a pooled clone) and wait until the
+ * guest runs, check the QEMU version, write the record.  On failure the
+ * clone is discarded.  @t_req is when it was asked for.
+ */
+static QDict *clone_finish(Manifest *m, Clone *c, int64_t t_req,
+                           Error **errp)
+{
+    ERRP_GUARD();
+    g_autofree char *version = NULL;
+    g_autofree char *record = NULL;
+    QDict *rec = NULL, *ident, *times;
+
+    if (!clone_connect(c, errp)) {
         goto fail;
     }
-    t_qmp = now_us();
+    if (c->defer) {
+        g_autofree char *tdir = template_path(m->name, NULL);
+        g_autofree char *mark = g_build_filename(c->vm.dir, POOLED_MARK,
+                                                 NULL);
+        g_autofree char *uri = g_strdup_printf("file:%s/%s", tdir,
+                                               mode_state_file[m->mode]);
+        QDict *args = qdict_new();
+
+        qdict_put_str(args, "uri", uri);
+        if (!qmp_cmd_ok(&c->vm, "migrate-incoming", args, errp)) {
+            goto fail;
+        }
+        unlink(mark);
+    }
     for (;;) {
-        g_autofree char *status = qmp_str_member(&vm, "query-status",
+        g_autofree char *status = qmp_str_member(&c->vm, "query-status",
                                                  "status", errp);
 
         if (!status) {
@@ -1325,73 +1427,483 @@ static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
             break;
         }
         if (strcmp(status, "inmigrate") && strcmp(status, "prelaunch")) {
-            g_autofree char *mig = qmp_str_member(&vm, "query-migrate",
+            g_autofree char *mig = qmp_str_member(&c->vm, "query-migrate",
                                                   "error-desc", NULL);
 
             error_setg(errp, "clone stopped in state '%s'%s%s", status,
                        mig ? ": " : "", mig ?: "");
             goto fail;
         }
-        if (now_us() - t0 > 120 * G_USEC_PER_SEC) {
+        if (now_us() - t_req > 120 * G_USEC_PER_SEC) {
             error_setg(errp, "clone did not start running in 120 s");
             goto fail;
         }
-        g_usleep(200);
+        g_usleep(100);
     }
     times = qdict_new();
-    qdict_put_int(times, "qmp-us", t_qmp - t0);
-    qdict_put_int(times, "running-us", now_us() - t0);
+    if (c->defer) {
+        qdict_put_int(times, "request-us", now_us() - t_req);
+    } else {
+        qdict_put_int(times, "qmp-us", c->t_qmp - c->t_exec);
+        qdict_put_int(times, "running-us", now_us() - c->t_exec);
+    }
 
+    rec = qdict_new();
+    qdict_put(rec, "times", times);
     /* after timing: a template made by another QEMU is refused */
-    version = qmp_version(&vm, errp);
+    version = qmp_version(&c->vm, errp);
     if (!version) {
-        qobject_unref(times);
         goto fail;
     }
     if (strcmp(version, m->version)) {
-        error_setg(errp, "template '%s' was made by QEMU %s, '%s' is %s",
-                   m->name, m->version, qemu, version);
+        error_setg(errp, "template '%s' was made by QEMU %s, this QEMU is %s",
+                   m->name, m->version, version);
         error_append_hint(errp, "Clone with the QEMU that made the template "
                           "(--qemu %s) or create the template again.\n",
                           m->qemu);
-        qobject_unref(times);
         goto fail;
     }
-
-    c = qdict_new();
-    qdict_put_str(c, "id", id);
-    qdict_put_str(c, "template", m->name);
-    qdict_put_int(c, "pid", vm.pid);
-    qdict_put_str(c, "qmp", vm.qmp_path);
-    qdict_put_str(c, "dir", dir);
+    qdict_put_str(rec, "id", c->id);
+    qdict_put_str(rec, "template", m->name);
+    qdict_put_int(rec, "pid", c->vm.pid);
+    qdict_put_str(rec, "qmp", c->vm.qmp_path);
+    qdict_put_str(rec, "dir", c->vm.dir);
+    qdict_put_bool(rec, "pooled", c->defer);
     ident = qdict_new();
-    qdict_put_str(ident, "vmgenid", genid);
-    qdict_put_str(ident, "uuid", uuid);
-    qdict_put(c, "identity", ident);
-    qdict_put(c, "times", times);
-    record = g_build_filename(dir, CLONE_FILE, NULL);
-    if (!write_json(record, QOBJECT(c), errp)) {
+    qdict_put_str(ident, "vmgenid", c->genid);
+    qdict_put_str(ident, "uuid", c->uuid);
+    qdict_put(rec, "identity", ident);
+    record = g_build_filename(c->vm.dir, CLONE_FILE, NULL);
+    if (!write_json(record, QOBJECT(rec), errp)) {
         goto fail;
     }
-    vm_close(&vm);
-    return c;
+    clone_free(c);
+    return rec;
 
 fail:
-    vm_kill(&vm);
     if (*errp && !strstr(error_get_pretty(*errp), "QEMU exited")) {
-        g_autofree char *tail = vm_log_tail(&vm);
+        g_autofree char *tail = vm_log_tail(&c->vm);
 
         error_append_hint(errp, "QEMU's last output: %s\n", tail);
     }
     error_prepend(errp, "clone of '%s' failed: ", m->name);
-    qobject_unref(c);
-    vm_close(&vm);
-    rmtree(dir);
+    qobject_unref(rec);
+    clone_discard(c);
     return NULL;
 }
 
+/* Start one clone of @m, not through a pool. */
+static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
+                          Error **errp)
+{
+    Clone *c = clone_spawn(m, qemu, extra, false, errp);
+
+    return c ? clone_finish(m, c, c->t_exec, errp) : NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* the pool */
+
+/*
+ * "qemu-template pool NAME --size N" keeps N clones started with
+ * -incoming defer and connected on QMP; a request takes the oldest, loads
+ * the state with migrate-incoming, and the pool starts a new one.  It
+ * answers on DIR/pools/NAME.sock, one JSON object per line:
+ * {"execute": "clone"}, {"execute": "status"}, {"execute": "quit"}.
+ */
+
+typedef struct Pool {
+    Manifest *m;
+    const char *qemu;
+    char **extra;
+    int size;
+    GQueue clones;
+    int served;
+    int failed;
+    char *error;        /* the last failure to start a pooled clone */
+} Pool;
+
+typedef struct PoolClient {
+    int fd;
+    GString *in;
+} PoolClient;
+
+static volatile sig_atomic_t pool_stop;
+
+static void pool_signal(int sig)
+{
+    pool_stop = 1;
+}
+
+static char *pool_socket(const char *name)
+{
+    g_autofree char *file = g_strdup_printf("%s.sock", name);
+
+    return g_build_filename(top_dir, "pools", file, NULL);
+}
+
+/* Pooled clones a killed pool left: stop them, remove their directories. */
+static void pool_reap_stale(const char *name)
+{
+    g_autofree char *cdir = g_build_filename(top_dir, "clones", NULL);
+    g_autofree char *prefix = g_strdup_printf("%s-", name);
+    GDir *d = g_dir_open(cdir, 0, NULL);
+    const char *e;
+
+    while (d && (e = g_dir_read_name(d))) {
+        g_autofree char *dir = clone_path(e, NULL);
+        g_autofree char *mark = clone_path(e, POOLED_MARK);
+        GDir *proc;
+        const char *pe;
+
+        if (!g_str_has_prefix(e, prefix) ||
+            !g_file_test(mark, G_FILE_TEST_EXISTS)) {
+            continue;
+        }
+        proc = g_dir_open("/proc", 0, NULL);
+        while (proc && (pe = g_dir_read_name(proc))) {
+            if (g_ascii_isdigit(pe[0]) && process_alive(atoi(pe), dir)) {
+                kill_pid(atoi(pe), false);
+            }
+        }
+        if (proc) {
+            g_dir_close(proc);
+        }
+        rmtree(dir);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+}
+
+static int pool_ready(Pool *p)
+{
+    GList *l;
+    int n = 0;
+
+    for (l = p->clones.head; l; l = l->next) {
+        n += ((Clone *)l->data)->vm.qmp_fd >= 0;
+    }
+    return n;
+}
+
+/* Start one pooled clone and wait for its QMP monitor. */
+static bool pool_add(Pool *p, Error **errp)
+{
+    Clone *c = clone_spawn(p->m, p->qemu, p->extra, true, errp);
+
+    if (!c) {
+        return false;
+    }
+    if (!clone_connect(c, errp)) {
+        clone_discard(c);
+        return false;
+    }
+    g_queue_push_tail(&p->clones, c);
+    return true;
+}
+
+static QDict *pool_take(Pool *p, Error **errp)
+{
+    int64_t t_req = now_us();
+    Clone *c = g_queue_pop_head(&p->clones);
+    QDict *rec;
+
+    if (!c) {
+        /* empty: start one now (the request waits for QEMU's start) */
+        c = clone_spawn(p->m, p->qemu, p->extra, true, errp);
+        if (!c) {
+            return NULL;
+        }
+    }
+    rec = clone_finish(p->m, c, t_req, errp);
+    if (rec) {
+        p->served++;
+    }
+    return rec;
+}
+
+static QDict *pool_status(Pool *p)
+{
+    QDict *st = qdict_new();
+
+    qdict_put_str(st, "template", p->m->name);
+    qdict_put_int(st, "pid", getpid());
+    qdict_put_int(st, "size", p->size);
+    qdict_put_int(st, "ready", pool_ready(p));
+    qdict_put_int(st, "served", p->served);
+    qdict_put_int(st, "failed", p->failed);
+    if (p->error) {
+        qdict_put_str(st, "last-error", p->error);
+    }
+    return st;
+}
+
+static void pool_reply(PoolClient *pc, QObject *ret, Error *err)
+{
+    QDict *msg = qdict_new();
+    g_autoptr(GString) json = NULL;
+    size_t off = 0;
+
+    if (err) {
+        QDict *e = qdict_new();
+
+        qdict_put_str(e, "desc", error_get_pretty(err));
+        qdict_put(msg, "error", e);
+        error_free(err);
+    } else {
+        qdict_put_obj(msg, "return", ret);
+    }
+    json = qobject_to_json(QOBJECT(msg));
+    qobject_unref(msg);
+    g_string_append_c(json, '\n');
+    while (off < json->len) {
+        ssize_t n = send(pc->fd, json->str + off, json->len - off,
+                         MSG_NOSIGNAL);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        off += n;
+    }
+}
+
+/* Handle one request line; false when the pool should stop. */
+static bool pool_request(Pool *p, PoolClient *pc, const char *line)
+{
+    QObject *obj = qobject_from_json(line, NULL);
+    QDict *req = qobject_to(QDict, obj);
+    const char *cmd = req ? qdict_get_try_str(req, "execute") : NULL;
+    Error *err = NULL;
+    bool go_on = true;
+
+    if (!cmd) {
+        error_setg(&err, "expected {\"execute\": COMMAND}");
+        pool_reply(pc, NULL, err);
+    } else if (!strcmp(cmd, "clone")) {
+        QDict *rec = pool_take(p, &err);
+
+        pool_reply(pc, QOBJECT(rec), err);
+    } else if (!strcmp(cmd, "status")) {
+        pool_reply(pc, QOBJECT(pool_status(p)), NULL);
+    } else if (!strcmp(cmd, "quit")) {
+        pool_reply(pc, QOBJECT(qdict_new()), NULL);
+        go_on = false;
+    } else {
+        error_setg(&err, "unknown command '%s' (clone, status, quit)", cmd);
+        pool_reply(pc, NULL, err);
+    }
+    qobject_unref(obj);
+    return go_on;
+}
+
+static void pool_client_free(gpointer data)
+{
+    PoolClient *pc = data;
+
+    close(pc->fd);
+    g_string_free(pc->in, true);
+    g_free(pc);
+}
+
+/* Read what a client sent; false when it is gone or the pool must stop. */
+static bool pool_client_read(Pool *p, PoolClient *pc, bool *stop)
+{
+    char buf[4096];
+    ssize_t n = read(pc->fd, buf, sizeof(buf));
+    char *nl;
+
+    if (n <= 0) {
+        return n < 0 && errno == EINTR;
+    }
+    g_string_append_len(pc->in, buf, n);
+    while ((nl = strchr(pc->in->str, '\n'))) {
+        g_autofree char *line = g_strndup(pc->in->str, nl - pc->in->str);
+
+        g_string_erase(pc->in, 0, nl - pc->in->str + 1);
+        if (!pool_request(p, pc, line)) {
+            *stop = true;
+            return false;
+        }
+    }
+    if (pc->in->len > 65536) {
+        return false;
+    }
+    return true;
+}
+
+static bool do_pool(const char *name, int size, const char *qemu,
+                    char **extra, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(Manifest) m = manifest_load(name, errp);
+    g_autofree char *path = NULL;
+    g_autofree char *pools = g_build_filename(top_dir, "pools", NULL);
+    g_autoptr(GPtrArray) clients = g_ptr_array_new_with_free_func(
+        pool_client_free);
+    struct sockaddr_un sa;
+    struct sigaction act = { .sa_handler = pool_signal };
+    Pool p = { .m = m, .extra = extra, .size = size };
+    bool announced = false, stop = false;
+    int lfd, fd;
+
+    if (!m) {
+        return false;
+    }
+    p.qemu = qemu ?: m->qemu;
+    path = pool_socket(name);
+    if (g_mkdir_with_parents(pools, 0755) < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", pools);
+        return false;
+    }
+    if (!unix_addr(path, &sa, errp)) {
+        return false;
+    }
+    fd = unix_connect(&sa);
+    if (fd >= 0) {
+        close(fd);
+        error_setg(errp, "a pool of '%s' already runs on '%s'", name, path);
+        return false;
+    }
+    unlink(path);
+    pool_reap_stale(name);
+    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(lfd, 16) < 0) {
+        error_setg_errno(errp, errno, "cannot listen on '%s'", path);
+        if (lfd >= 0) {
+            close(lfd);
+        }
+        return false;
+    }
+    sigaction(SIGTERM, &act, NULL);
+    sigaction(SIGINT, &act, NULL);
+    sigaction(SIGHUP, &act, NULL);
+    g_queue_init(&p.clones);
+
+    while (!stop && !pool_stop) {
+        g_autofree struct pollfd *pfd = g_new0(struct pollfd,
+                                               clients->len + 1);
+        bool full = (int)g_queue_get_length(&p.clones) >= p.size;
+        int i;
+
+        if (full && !announced) {
+            printf("pool %s: %d clones ready on %s\n", name, p.size, path);
+            fflush(stdout);
+            announced = true;
+        }
+        pfd[0].fd = lfd;
+        pfd[0].events = POLLIN;
+        for (i = 0; i < clients->len; i++) {
+            pfd[i + 1].fd = ((PoolClient *)clients->pdata[i])->fd;
+            pfd[i + 1].events = POLLIN;
+        }
+        /* when not full, refill between requests */
+        if (poll(pfd, clients->len + 1, full ? 1000 : 0) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            error_setg_errno(errp, errno, "poll failed");
+            break;
+        }
+        for (i = clients->len - 1; i >= 0; i--) {
+            if (pfd[i + 1].revents &&
+                !pool_client_read(&p, clients->pdata[i], &stop)) {
+                g_ptr_array_remove_index(clients, i);
+            }
+        }
+        if (pfd[0].revents & POLLIN) {
+            fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0) {
+                PoolClient *pc = g_new0(PoolClient, 1);
+
+                pc->fd = fd;
+                pc->in = g_string_new("");
+                g_ptr_array_add(clients, pc);
+            }
+        }
+        if (!full && !stop) {
+            Error *err = NULL;
+
+            if (!pool_add(&p, &err)) {
+                /* a template that cannot be cloned: say so and stop */
+                p.failed++;
+                g_free(p.error);
+                p.error = g_strdup(error_get_pretty(err));
+                error_propagate(errp, err);
+                break;
+            }
+        }
+    }
+    while (!g_queue_is_empty(&p.clones)) {
+        clone_discard(g_queue_pop_head(&p.clones));
+    }
+    close(lfd);
+    unlink(path);
+    g_free(p.error);
+    return !*errp;
+}
+
+/*
+ * Ask the pool of @name, if one runs, for a clone; NULL with *used false
+ * when no pool answers.
+ */
+static QDict *pool_clone(const char *name, bool *used, Error **errp)
+{
+    g_autofree char *path = pool_socket(name);
+    static const char req[] = "{\"execute\": \"clone\"}\n";
+    g_autoptr(GString) in = g_string_new("");
+    struct sockaddr_un sa;
+    QObject *obj;
+    QDict *msg, *ret;
+    char buf[4096];
+    int fd;
+
+    *used = false;
+    if (!unix_addr(path, &sa, NULL) || (fd = unix_connect(&sa)) < 0) {
+        return NULL;
+    }
+    *used = true;
+    if (send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) < 0) {
+        error_setg_errno(errp, errno, "cannot ask the pool '%s'", path);
+        close(fd);
+        return NULL;
+    }
+    while (!strchr(in->str, '\n')) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            error_setg(errp, "the pool '%s' closed the connection", path);
+            close(fd);
+            return NULL;
+        }
+        g_string_append_len(in, buf, n);
+    }
+    close(fd);
+    obj = qobject_from_json(in->str, NULL);
+    msg = qobject_to(QDict, obj);
+    ret = msg ? qdict_get_qdict(msg, "return") : NULL;
+    if (!ret) {
+        QDict *err = msg ? qdict_get_qdict(msg, "error") : NULL;
+
+        error_setg(errp, "pool: %s", err && qdict_get_try_str(err, "desc") ?
+                   qdict_get_str(err, "desc") : "malformed answer");
+        qobject_unref(obj);
+        return NULL;
+    }
+    qobject_ref(ret);
+    qobject_unref(obj);
+    return ret;
+}
+
 static bool do_clone(const char *name, int count, const char *qemu,
-                     char **extra, Error **errp)
+                     char **extra, bool no_pool, Error **errp)
 {
     g_autoptr(Manifest) m = manifest_load(name, errp);
     QList *all = qlist_new();
@@ -1402,9 +1914,16 @@ static bool do_clone(const char *name, int count, const char *qemu,
         return false;
     }
     for (i = 0; i < count; i++) {
-        QDict *c = start_clone(m, qemu ?: m->qemu, extra, errp);
+        bool pooled = false;
+        QDict *c = NULL;
         QDict *id, *t;
 
+        if (!no_pool && !extra[0] && !qemu) {
+            c = pool_clone(name, &pooled, errp);
+        }
+        if (!pooled) {
+            c = start_clone(m, qemu ?: m->qemu, extra, errp);
+        }
         if (!c) {
             break;
         }
@@ -1412,10 +1931,12 @@ static bool do_clone(const char *name, int count, const char *qemu,
         t = qdict_get_qdict(c, "times");
         if (!opt_json) {
             printf("%s pid=%" PRId64 " qmp=%s vmgenid=%s uuid=%s "
-                   "running=%.1fms\n", qdict_get_str(c, "id"),
+                   "%s=%.1fms\n", qdict_get_str(c, "id"),
                    qdict_get_int(c, "pid"), qdict_get_str(c, "qmp"),
                    qdict_get_str(id, "vmgenid"), qdict_get_str(id, "uuid"),
-                   qdict_get_int(t, "running-us") / 1000.0);
+                   pooled ? "request-to-running" : "running",
+                   qdict_get_try_int(t, pooled ? "request-us" : "running-us",
+                                     0) / 1000.0);
             fflush(stdout);
         }
         qlist_append(all, c);
@@ -1678,9 +2199,13 @@ static void usage(FILE *f)
 "              [--ready delay:S|event:NAME|log:FILE:TEXT] [--timeout S]\n"
 "              -- QEMU-ARGS...\n"
 "        Boot a VM, wait until it is ready, save it as template NAME.\n"
-"  clone NAME [--count N] [--qemu PATH] [-- EXTRA-QEMU-ARGS...]\n"
-"        Start N clones of NAME; print their pid, QMP socket, identity\n"
-"        and time to running.\n"
+"  clone NAME [--count N] [--no-pool] [--qemu PATH] [-- EXTRA-ARGS...]\n"
+"        Start N clones of NAME (from its pool when one runs); print\n"
+"        their pid, QMP socket, identity and time to running.\n"
+"  pool NAME [--size N] [--qemu PATH] [-- EXTRA-QEMU-ARGS...]\n"
+"        Keep N clones of NAME started and waiting for their state;\n"
+"        serve clone requests on DIR/pools/NAME.sock.  Runs until\n"
+"        SIGTERM or a \"quit\" request.\n"
 "  list | status [NAME]\n"
 "        Templates, their clones and the clones' memory.\n"
 "  destroy NAME|CLONE\n"
@@ -1727,11 +2252,16 @@ static int handle_option(int c, CreateOpts *co, const char **qemu,
         co->timeout = atoi(optarg);
         break;
     case 'n':
+    case 's':
         *count = atoi(optarg);
         if (*count < 1) {
-            error_report("--count must be at least 1");
+            error_report("--%s must be at least 1",
+                         c == 'n' ? "count" : "size");
             return 2;
         }
+        break;
+    case 'P':
+        opt_no_pool = true;
         break;
     default:
         usage(stderr);
@@ -1751,6 +2281,8 @@ int main(int argc, char **argv)
         { "ready", required_argument, NULL, 'r' },
         { "timeout", required_argument, NULL, 't' },
         { "count", required_argument, NULL, 'n' },
+        { "size", required_argument, NULL, 's' },
+        { "no-pool", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 }
     };
     CreateOpts co = {
@@ -1817,7 +2349,13 @@ int main(int argc, char **argv)
             error_report("clone needs a template name");
             return 2;
         }
-        ok = do_clone(name, count, qemu, argv + optind, &err);
+        ok = do_clone(name, count, qemu, argv + optind, opt_no_pool, &err);
+    } else if (!strcmp(cmd, "pool")) {
+        if (!name) {
+            error_report("pool needs a template name");
+            return 2;
+        }
+        ok = do_pool(name, count, qemu, argv + optind, &err);
     } else if (!strcmp(cmd, "list") || !strcmp(cmd, "status")) {
         ok = do_list(name);
     } else if (!strcmp(cmd, "destroy")) {
