@@ -1542,6 +1542,19 @@ static char *pool_socket(const char *name)
     return g_build_filename(top_dir, "pools", file, NULL);
 }
 
+static bool pool_running(const char *name)
+{
+    g_autofree char *path = pool_socket(name);
+    struct sockaddr_un sa;
+    int fd;
+
+    if (!unix_addr(path, &sa, NULL) || (fd = unix_connect(&sa)) < 0) {
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
 /* Pooled clones a killed pool left: stop them, remove their directories. */
 static void pool_reap_stale(const char *name)
 {
@@ -1762,9 +1775,7 @@ static bool do_pool(const char *name, int size, const char *qemu,
     if (!unix_addr(path, &sa, errp)) {
         return false;
     }
-    fd = unix_connect(&sa);
-    if (fd >= 0) {
-        close(fd);
+    if (pool_running(name)) {
         error_setg(errp, "a pool of '%s' already runs on '%s'", name, path);
         return false;
     }
@@ -2143,6 +2154,12 @@ static bool do_destroy(const char *name, Error **errp)
 
     if (!valid_name(name) || !g_file_test(tdir, G_FILE_TEST_IS_DIR)) {
         return destroy_clone(name, errp);
+    }
+    if (pool_running(name)) {
+        error_setg(errp, "a pool of template '%s' runs", name);
+        error_append_hint(errp, "Stop it first (SIGTERM, or a \"quit\" "
+                          "request on its socket).\n");
+        return false;
     }
     clones = load_clones(name);
     if (count_running(clones)) {

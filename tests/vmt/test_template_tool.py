@@ -132,40 +132,11 @@ class TemplateToolTest(unittest.TestCase):
             self.assertFalse(pid_alive(c['pid']))
 
     def check_clones(self, name, count):
-        template = self.manifest(name)
         clones = self.clones_of(name, count)
         try:
-            guids = set()
-            uuids = set()
-            rand = set()
             for c in clones:
-                self.assertTrue(pid_alive(c['pid']))
-                st = qmp(c['qmp'], 'query-status')
-                self.assertEqual(st['status'], 'running')
-                # what QEMU gave the guest is what the tool printed
-                g = qmp(c['qmp'], 'query-vm-generation-id')['guid']
-                self.assertEqual(g, c['identity']['vmgenid'])
-                u = qmp(c['qmp'], 'query-uuid')['UUID']
-                self.assertEqual(u, c['identity']['uuid'])
-                guids.add(g)
-                uuids.add(u)
-                # the guest: its kernel saw a new generation ID and
-                # reseeded, and its random bytes are its own
-                agent = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
-                agent.connect()
-                try:
-                    gen = agent.genid()
-                    self.assertEqual(gen['driver'], '1', gen)
-                    self.assertGreaterEqual(int(gen['reseeds']), 1, gen)
-                    rand.add(agent.rand(32))
-                finally:
-                    agent.close()
-            self.assertEqual(len(guids), count)
-            self.assertEqual(len(uuids), count)
-            self.assertEqual(len(rand), count)
-            self.assertNotIn(template['identity']['vmgenid'], guids)
-            self.assertNotIn(template['identity']['uuid'], uuids)
-
+                self.assertFalse(c['pooled'])
+            self.check_identities(name, clones)
             # list: the running clones with their memory
             listed = self.tool_json('list', name)
             self.assertEqual(len(listed), 1)
@@ -184,6 +155,42 @@ class TemplateToolTest(unittest.TestCase):
             self.destroy_all(clones)
         self.assert_leftovers()
 
+    def check_identities(self, name, clones):
+        """Each clone runs with the identity the tool printed; its guest
+        saw a new generation ID and has random bytes of its own."""
+        template = self.manifest(name)
+        count = len(clones)
+        guids = set()
+        uuids = set()
+        rand = set()
+        for c in clones:
+            self.assertTrue(pid_alive(c['pid']))
+            st = qmp(c['qmp'], 'query-status')
+            self.assertEqual(st['status'], 'running')
+            # what QEMU gave the guest is what the tool printed
+            g = qmp(c['qmp'], 'query-vm-generation-id')['guid']
+            self.assertEqual(g, c['identity']['vmgenid'])
+            u = qmp(c['qmp'], 'query-uuid')['UUID']
+            self.assertEqual(u, c['identity']['uuid'])
+            guids.add(g)
+            uuids.add(u)
+            # the guest: its kernel saw a new generation ID and
+            # reseeded, and its random bytes are its own
+            agent = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
+            agent.connect()
+            try:
+                gen = agent.genid()
+                self.assertEqual(gen['driver'], '1', gen)
+                self.assertGreaterEqual(int(gen['reseeds']), 1, gen)
+                rand.add(agent.rand(32))
+            finally:
+                agent.close()
+        self.assertEqual(len(guids), count)
+        self.assertEqual(len(uuids), count)
+        self.assertEqual(len(rand), count)
+        self.assertNotIn(template['identity']['vmgenid'], guids)
+        self.assertNotIn(template['identity']['uuid'], uuids)
+
     def test_bypass_clones(self):
         self.check_clones('b', 3)
 
@@ -199,6 +206,99 @@ class TemplateToolTest(unittest.TestCase):
             for f in os.listdir(d):
                 self.assertEqual(os.stat(os.path.join(d, f)).st_mode & 0o222,
                                  0, f)
+
+    # -- the pool
+
+    def start_pool(self, name, size):
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
+                              '--size', str(size)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(self.stop_pool, p)
+        line = p.stdout.readline()
+        self.assertIn(f'pool {name}: {size} clones ready', line)
+        return p
+
+    def stop_pool(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        p.stdout.close()
+
+    def pool_request(self, name, req):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(60)
+            s.connect(os.path.join(self.dir, 'pools', f'{name}.sock'))
+            f = s.makefile('rw')
+            f.write(json.dumps(req) + '\n')
+            f.flush()
+            return json.loads(f.readline())
+
+    def pooled_dirs(self):
+        cdir = os.path.join(self.dir, 'clones')
+        return [d for d in os.listdir(cdir)
+                if os.path.exists(os.path.join(cdir, d, 'pooled'))]
+
+    def check_pool(self, name):
+        pool = self.start_pool(name, 2)
+        self.assertEqual(len(self.pooled_dirs()), 2)
+        # clone takes from the pool: 3 requests for a pool of 2 (refilled)
+        clones = self.clones_of(name, 3)
+        try:
+            for c in clones:
+                self.assertTrue(c['pooled'])
+                self.assertIn('request-us', c['times'])
+            self.check_identities(name, clones)
+            st = self.pool_request(name, {'execute': 'status'})['return']
+            self.assertEqual(st['served'], 3)
+            self.assertEqual(st['size'], 2)
+            err = self.pool_request(name, {'execute': 'nosuch'})['error']
+            self.assertIn("unknown command 'nosuch'", err['desc'])
+            # the pool's clones map the template
+            r = self.run_tool('destroy', name)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("a pool of template", r.stderr)
+            # quit: the waiting clones go, the clones handed out stay
+            self.assertEqual(self.pool_request(name, {'execute': 'quit'}),
+                             {'return': {}})
+            self.assertEqual(pool.wait(30), 0)
+            self.assertEqual(self.pooled_dirs(), [])
+            self.assertFalse(os.path.exists(
+                os.path.join(self.dir, 'pools', f'{name}.sock')))
+            for c in clones:
+                self.assertTrue(pid_alive(c['pid']))
+        finally:
+            self.destroy_all(clones)
+        self.assert_leftovers()
+
+    def test_pool_bypass(self):
+        self.check_pool('b')
+
+    def test_pool_mapped_ram(self):
+        self.check_pool('m')
+
+    def test_pool_killed(self):
+        """A pool killed with SIGKILL leaves waiting clones; the next pool
+        of the template stops them; a second pool is refused."""
+        pool = self.start_pool('b', 2)
+        left = self.pooled_dirs()
+        r = self.run_tool('pool', 'b')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("a pool of 'b' already runs", r.stderr)
+        pool.kill()
+        pool.wait()
+        self.assertEqual(sorted(self.pooled_dirs()), sorted(left))
+        pool = self.start_pool('b', 1)
+        now = self.pooled_dirs()
+        self.assertEqual(len(now), 1)
+        self.assertFalse(set(now) & set(left))
+        self.stop_pool(pool)
+        self.assertEqual(self.pooled_dirs(), [])
+        self.assert_leftovers()
 
     # -- bad input
 
