@@ -1542,13 +1542,20 @@ static char *pool_socket(const char *name)
     return g_build_filename(top_dir, "pools", file, NULL);
 }
 
-static bool pool_running(const char *name)
+/* A connection to the pool of @name, or -1 when none runs. */
+static int pool_connect(const char *name)
 {
     g_autofree char *path = pool_socket(name);
     struct sockaddr_un sa;
-    int fd;
 
-    if (!unix_addr(path, &sa, NULL) || (fd = unix_connect(&sa)) < 0) {
+    return unix_addr(path, &sa, NULL) ? unix_connect(&sa) : -1;
+}
+
+static bool pool_running(const char *name)
+{
+    int fd = pool_connect(name);
+
+    if (fd < 0) {
         return false;
     }
     close(fd);
@@ -1867,14 +1874,13 @@ static QDict *pool_clone(const char *name, bool *used, Error **errp)
     g_autofree char *path = pool_socket(name);
     static const char req[] = "{\"execute\": \"clone\"}\n";
     g_autoptr(GString) in = g_string_new("");
-    struct sockaddr_un sa;
     QObject *obj;
     QDict *msg, *ret;
     char buf[4096];
-    int fd;
+    int fd = pool_connect(name);
 
     *used = false;
-    if (!unix_addr(path, &sa, NULL) || (fd = unix_connect(&sa)) < 0) {
+    if (fd < 0) {
         return NULL;
     }
     *used = true;

@@ -300,6 +300,21 @@ class TemplateToolTest(unittest.TestCase):
         self.assertEqual(self.pooled_dirs(), [])
         self.assert_leftovers()
 
+    def test_pool_files_deleted(self):
+        """Template files deleted under a running pool: requests fail with
+        the reason, the pool stops, nothing is left."""
+        d = self.damaged_copy('m', 'z')
+        pool = self.start_pool('z', 1)
+        os.unlink(os.path.join(d, 'template.fixed'))
+        r = self.run_tool('clone', 'z')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('template.fixed', r.stderr)
+        r = self.pool_request('z', {'execute': 'clone'})
+        self.assertIn('template.fixed', r['error']['desc'])
+        self.stop_pool(pool)
+        self.run_tool('destroy', 'z', check=True)
+        self.assert_leftovers('z')
+
     # -- bad input
 
     def damaged_copy(self, src, name):
