@@ -271,6 +271,7 @@ static bool process_alive(pid_t pid, const char *needle)
 typedef struct Vm {
     pid_t pid;
     bool reaped;
+    bool resumed;       /* a RESUME event was read */
     int status;
     char *dir;
     char *log;
@@ -367,6 +368,20 @@ static void vm_set_exit_error(Vm *vm, Error **errp)
                                        : WEXITSTATUS(vm->status), tail);
 }
 
+/* Has @pid exited (gone, or a zombie its parent did not reap yet)? */
+static bool pid_gone(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+    g_autofree char *stat = NULL;
+    const char *p;
+
+    if (kill(pid, 0) < 0 || !g_file_get_contents(path, &stat, NULL, NULL)) {
+        return true;
+    }
+    p = strrchr(stat, ')');
+    return p && p[1] == ' ' && p[2] == 'Z';
+}
+
 /* Stop a process that may not be our child. */
 static void kill_pid(pid_t pid, bool child)
 {
@@ -376,7 +391,7 @@ static void kill_pid(pid_t pid, bool child)
         return;
     }
     for (i = 0; i < 300; i++) {
-        if (child ? waitpid(pid, NULL, WNOHANG) == pid : kill(pid, 0) < 0) {
+        if (child ? waitpid(pid, NULL, WNOHANG) == pid : pid_gone(pid)) {
             return;
         }
         g_usleep(10 * 1000);
@@ -427,7 +442,8 @@ static void vm_init(Vm *vm, const char *dir)
  * Read one QMP message (one JSON object per line) before @deadline.
  * A child that dies is reported with its last output.
  */
-static QDict *qmp_read(Vm *vm, int64_t deadline, Error **errp)
+static QDict *qmp_read_until(Vm *vm, int64_t deadline, bool *timed_out,
+                             Error **errp)
 {
     for (;;) {
         char *nl = strchr(vm->in->str, '\n');
@@ -443,14 +459,24 @@ static QDict *qmp_read(Vm *vm, int64_t deadline, Error **errp)
             g_string_erase(vm->in, 0, nl - vm->in->str + 1);
             obj = qobject_from_json(line, NULL);
             if (qobject_to(QDict, obj)) {
-                return qobject_to(QDict, obj);
+                QDict *msg = qobject_to(QDict, obj);
+
+                /* remembered whoever reads it: the guest runs */
+                if (!g_strcmp0(qdict_get_try_str(msg, "event"), "RESUME")) {
+                    vm->resumed = true;
+                }
+                return msg;
             }
             qobject_unref(obj);
             continue;
         }
         left = deadline - now_us();
         if (left <= 0) {
-            error_setg(errp, "QEMU did not answer on QMP in time");
+            if (timed_out) {
+                *timed_out = true;
+            } else {
+                error_setg(errp, "QEMU did not answer on QMP in time");
+            }
             return NULL;
         }
         if (poll(&pfd, 1, MIN(left / 1000 + 1, 100)) < 0 && errno != EINTR) {
@@ -486,6 +512,11 @@ static QDict *qmp_read(Vm *vm, int64_t deadline, Error **errp)
         }
         g_string_append_len(vm->in, buf, n);
     }
+}
+
+static QDict *qmp_read(Vm *vm, int64_t deadline, Error **errp)
+{
+    return qmp_read_until(vm, deadline, NULL, errp);
 }
 
 /* Wait for the QMP event @name (other messages are dropped). */
@@ -1416,10 +1447,20 @@ static QDict *clone_finish(Manifest *m, Clone *c, int64_t t_req,
         }
         unlink(mark);
     }
-    for (;;) {
-        g_autofree char *status = qmp_str_member(&c->vm, "query-status",
-                                                 "status", errp);
+    /*
+     * Running once the RESUME event comes: polling query-status would wait
+     * for the BQL, which a running TCG vCPU holds most of the time.  The
+     * status is asked too, in case the event came before QMP connected,
+     * and every 20 ms, to see a failed load.
+     */
+    for (bool ask = !c->defer; !c->vm.resumed; ask = true) {
+        g_autofree char *status = NULL;
+        bool timed_out = false;
+        QDict *msg;
 
+        /* a pooled clone was connected before its load: wait first */
+        status = ask ? qmp_str_member(&c->vm, "query-status", "status",
+                                      errp) : g_strdup("inmigrate");
         if (!status) {
             goto fail;
         }
@@ -1438,7 +1479,11 @@ static QDict *clone_finish(Manifest *m, Clone *c, int64_t t_req,
             error_setg(errp, "clone did not start running in 120 s");
             goto fail;
         }
-        g_usleep(100);
+        msg = qmp_read_until(&c->vm, now_us() + 20 * 1000, &timed_out, errp);
+        if (!msg && !timed_out) {
+            goto fail;
+        }
+        qobject_unref(msg);
     }
     times = qdict_new();
     if (c->defer) {
@@ -1520,6 +1565,7 @@ typedef struct Pool {
     GQueue clones;
     int served;
     int failed;
+    GArray *handed;     /* pids of the clones handed out, to reap */
     char *error;        /* the last failure to start a pooled clone */
 } Pool;
 
@@ -1638,9 +1684,27 @@ static QDict *pool_take(Pool *p, Error **errp)
     }
     rec = clone_finish(p->m, c, t_req, errp);
     if (rec) {
+        pid_t pid = qdict_get_int(rec, "pid");
+
+        g_array_append_val(p->handed, pid);
         p->served++;
     }
     return rec;
+}
+
+/* Reap the clones handed out that exited (they are our children). */
+static void pool_reap_handed(Pool *p)
+{
+    int i;
+
+    for (i = p->handed->len - 1; i >= 0; i--) {
+        pid_t pid = g_array_index(p->handed, pid_t, i);
+        pid_t r = waitpid(pid, NULL, WNOHANG);
+
+        if (r == pid || (r < 0 && errno == ECHILD)) {
+            g_array_remove_index_fast(p->handed, i);
+        }
+    }
 }
 
 static QDict *pool_status(Pool *p)
@@ -1801,6 +1865,7 @@ static bool do_pool(const char *name, int size, const char *qemu,
     sigaction(SIGINT, &act, NULL);
     sigaction(SIGHUP, &act, NULL);
     g_queue_init(&p.clones);
+    p.handed = g_array_new(false, false, sizeof(pid_t));
 
     while (!stop && !pool_stop) {
         g_autofree struct pollfd *pfd = g_new0(struct pollfd,
@@ -1819,8 +1884,9 @@ static bool do_pool(const char *name, int size, const char *qemu,
             pfd[i + 1].fd = ((PoolClient *)clients->pdata[i])->fd;
             pfd[i + 1].events = POLLIN;
         }
+        pool_reap_handed(&p);
         /* when not full, refill between requests */
-        if (poll(pfd, clients->len + 1, full ? 1000 : 0) < 0) {
+        if (poll(pfd, clients->len + 1, full ? 200 : 0) < 0) {
             if (errno == EINTR) {
                 continue;
             }
@@ -1861,6 +1927,7 @@ static bool do_pool(const char *name, int size, const char *qemu,
     }
     close(lfd);
     unlink(path);
+    g_array_free(p.handed, true);
     g_free(p.error);
     return !*errp;
 }

@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import vmt  # noqa: E402
 import bench_report  # noqa: E402
+import bench_tool  # noqa: E402
 
 OURS = os.path.join(vmt.BUILDDIR, 'qemu', 'qemu-system-x86_64')
 UPSTREAM = os.path.join(vmt.BUILDDIR, 'qemu-upstream', 'qemu-system-x86_64')
@@ -48,7 +49,8 @@ TEMPLATE_SEED = 7
 TEMPLATE_MIB = 4        # written by every template before its save
 DENSITY_MIB = 4         # written by every VM of the density scenario
 WARM_BYTES = 256 << 20  # touched and freed before each timed VM start
-SCENARIOS = ('floor', 'boot', 'clone', 'save', 'restore', 'density')
+SCENARIOS = ('floor', 'boot', 'clone', 'save', 'restore', 'density',
+             'tool')
 
 # clone flows: (id, mode, binary, template id).  Templates: shared RAM
 # file saved with x-ignore-shared or bypass-shared-memory, or one
@@ -973,6 +975,16 @@ class Bench:
                 v.kill()
 
     # =======================================================================
+    # g. qemu-template: clones, pool requests, pooled memory, refill
+
+    def run_tool(self):
+        q = self.o.quick
+        self.res['tool'] = bench_tool.run(self, stats,
+                                          requests=10 if q else 50,
+                                          clones=3 if q else 10,
+                                          refill=3 if q else 5)
+
+    # =======================================================================
 
     def run(self):
         o = self.o
@@ -1013,7 +1025,8 @@ class Bench:
                 stages.append(('save', self.make_templates))
             stages += [('clone', self.run_clone),
                        ('restore', self.run_restore),
-                       ('density', self.run_density)]
+                       ('density', self.run_density),
+                       ('tool', self.run_tool)]
             for name, fn in stages:
                 if name not in want and fn != self.make_templates:
                     continue

@@ -22,6 +22,7 @@ SECTIONS = (
     ('save', 'd. Save'),
     ('restore', 'e. Restore cost vs RAM size'),
     ('density', 'f. Density'),
+    ('tool', 'g. qemu-template'),
     ('plots', 'Plots'),
     ('notes', 'Notes'),
 )
@@ -405,6 +406,41 @@ def table_density_cmp(res):
 # ---------------------------------------------------------------------------
 # summary
 
+TOOL_ROWS = (
+    ('clone_running', 'clone, no pool: exec -> running (clone record)'),
+    ('clone_pong', 'clone, no pool: exec -> agent pong'),
+    ('pool_request', 'pool: request -> running (measured by the pool)'),
+    ('pool_rtt', 'pool: request sent -> record received (client)'),
+    ('pool_pong', 'pool: request sent -> agent pong'),
+)
+
+
+def table_tool(res):
+    t = Table('qemu-template: clone and pool latency (ms)', [
+        'measure', 'mode', 'median (ms)', 'p90 (ms)', 'min (ms)',
+        'max (ms)', 'n (count)'])
+    for mode, r in res['modes'].items():
+        for key, label in TOOL_ROWS:
+            st = r.get(key) or {}
+            t.add(label, mode, fnum(st.get('median'), 2),
+                  fnum(st.get('p90'), 2), fnum(st.get('min'), 2),
+                  fnum(st.get('max'), 2), st.get('n', 0))
+    return t
+
+
+def table_tool_mem(res):
+    t = Table('qemu-template: pooled clones and templates', [
+        'mode', 'pooled idle clone Pss (MiB)', 'pooled idle clone private '
+        '(MiB)', 'refill (clones/s)', 'template ready (ms)',
+        'template save (ms)'])
+    for mode, r in res['modes'].items():
+        t.add(mode, fmib(r.get('pooled_pss_kib')),
+              fmib(r.get('pooled_private_kib')), fnum(r.get('refill_per_s')),
+              fnum(r.get('create_ready_ms'), 0),
+              fnum(r.get('create_save_ms'), 0))
+    return t
+
+
 def summary_table(res):
     t = Table('summary', [
         'scenario', 'ours: flow', 'ours (value)', 'upstream: flow',
@@ -498,6 +534,18 @@ def summary_table(res):
         t.add(f'density: host memory per VM vs {n} cold-booted (MiB)',
               'bypass/ours', fmib(a) if a is not None else NA,
               'cold/upstream', fmib(b) if b is not None else NA, ratio(a, b))
+    tl = res.get('tool')
+    if tl:
+        # a clone that answers: from the pool's request vs upstream's
+        # template flow from exec
+        b = sget(res, 'clone', 'flows', 'ignore-shared/upstream', 'stats',
+                 'pong', 'median')
+        for mode, r in tl['modes'].items():
+            a = sget(r, 'pool_pong', 'median')
+            t.add('qemu-template pool request -> pong vs exec -> pong (ms)',
+                  f'pool {mode}/ours', fnum(a) if a else NA,
+                  'ignore-shared/upstream', fnum(b) if b else NA,
+                  ratio(a, b))
     return t
 
 
@@ -814,6 +862,27 @@ def write_report(res, out, made_plots):
                               f'{fmib_b(b)} MiB allocated'
                               for n, (a, b) in r['template_files'].items()))
         md.append('')
+    if 'tool' in res:
+        section('tool')
+        tl = res['tool']
+        md += ['`qemu-template` (contrib/qemu-template) makes one template '
+               'per mode of the generic-kernel guest (it has '
+               '`CONFIG_VMGENID`: each clone gets a new generation ID).  '
+               f'No pool: {tl["clones"]} clones, one at a time, each '
+               'destroyed before the next.  Pool: a pool of '
+               f'{tl["pool_size"]} clones waiting with `-incoming defer`; '
+               f'{tl["requests"]} requests, each sent once the pool is '
+               'full again, each clone destroyed before the next request.  '
+               '"request -> running" is timed by the pool (from the '
+               'request to the `RESUME` event: `migrate-incoming` and the '
+               'load, with its identity check for bypass).  '
+               'Pooled clone memory: `smaps_rollup` of the waiting clones '
+               'after 2 s idle.  Refill: a pool of '
+               f'{tl["modes"].get("bypass", {}).get("refill_n", "-")} '
+               'started from empty, clones per second until it is full.',
+               '']
+        table(table_tool(tl))
+        table(table_tool_mem(tl))
     section('plots')
     for name, what in PLOTS:
         if name in made_plots:
@@ -977,7 +1046,8 @@ def check(out):
     for key, title in SECTIONS:
         if f'\n## {title}\n' not in text:
             return False, f'section "{title}" missing', 0, 0
-        if key in ('floor', 'boot', 'clone', 'save', 'restore', 'density') \
+        if key in ('floor', 'boot', 'clone', 'save', 'restore', 'density',
+                   'tool') \
                 and key not in res:
             return False, f'no results for {key}', 0, 0
     tables = parse_tables(text)
