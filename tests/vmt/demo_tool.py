@@ -2,9 +2,9 @@
 """
 The qemu-template part of the demo (tests/vmt/demo.py): the tool makes a
 template of the bundled guest (generic kernel, build/guest-vmgenid, which
-has CONFIG_VMGENID), starts clones, and each clone shows its identity as
-QEMU and the guest see it, its start time and its memory; then the tool
-removes everything.
+has CONFIG_VMGENID), starts clones, then starts a pool and takes clones
+from it; each clone shows its identity as QEMU and the guest see it, its
+start time and its memory; then the tool removes everything.
 """
 
 import json
@@ -46,13 +46,34 @@ class ToolRun:
               f'{man["times"]["save-ms"]} ms; template identity vmgenid '
               f'{man["identity"]["vmgenid"][:8]}… uuid '
               f'{man["identity"]["uuid"][:8]}…')
+        self.show_clones(name, 'clone', 'running-us', 'exec to running')
+        pool = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
+                                 '--size', str(self.clones)],
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            line = pool.stdout.readline().strip()
+            if 'clones ready' not in line:
+                raise vmt.VMTError(f'pool: {line}')
+            print(f'qemu-template pool {name} --size {self.clones}: {line}')
+            self.show_clones(name, 'clone (from the pool)', 'request-us',
+                             'request to running')
+        finally:
+            pool.terminate()
+            pool.wait(60)
+            pool.stdout.close()
+        self.run_tool('destroy', name)
+        print()
+
+    def show_clones(self, name, what, key, label):
         clones = self.run_tool('clone', name, '--count', str(self.clones))
         try:
             listed = {c['id']: c for c in self.run_tool('list', name)[0]
                       ['clones']}
-            print(f'qemu-template clone {name} --count {self.clones}:')
+            print(f'qemu-template {what} {name} --count {self.clones}:')
             print(f'  {"clone":<26} {"vmgenid":<9} {"uuid":<9} '
-                  f'{"running":>9} {"reseeds":>7} {"rand (guest)":<17} '
+                  f'{"ms":>9} {"reseeds":>7} {"rand (guest)":<17} '
                   f'{"PSS":>7} {"private":>8}')
             times = []
             for c in clones:
@@ -64,20 +85,18 @@ class ToolRun:
                 finally:
                     agent.close()
                 mem = listed.get(c['id'], {}).get('memory', {})
-                t = c['times']['running-us'] / 1000
+                t = c['times'][key] / 1000
                 times.append(t)
                 print(f'  {c["id"]:<26} {c["identity"]["vmgenid"][:8]:<9} '
                       f'{c["identity"]["uuid"][:8]:<9} {t:>7.1f}ms '
                       f'{gen["reseeds"]:>7} {rnd:<17} '
                       f'{mem.get("pss-kib", 0) / 1024:>5.1f}Mi '
                       f'{mem.get("private-kib", 0) / 1024:>6.1f}Mi')
-            print(f'  median exec to running: {statistics.median(times):.1f}'
+            print(f'  median {label}: {statistics.median(times):.1f}'
                   f' ms ({len(times)} clones)')
         finally:
             for c in clones:
                 self.run_tool('destroy', c['id'])
-        self.run_tool('destroy', name)
-        print()
 
     def run(self):
         try:
