@@ -79,12 +79,11 @@ fuzz-regress: build asan
 	@sh build-aux/fuzz.sh regress
 
 # build/guest: Debian's cloud kernel (fast boot); build/guest-vmgenid:
-# the generic kernel, which has CONFIG_VMGENID (qemu-template's identity
-# tests and demo)
+# the generic kernel, which has CONFIG_VMGENID, and virtio-net
+# (qemu-template's identity tests and demo)
 guest: deps
 	@sh tests/guest/build-guest.sh $(GUEST)
-	@VMT_GUEST_KERNEL_META=linux-image-amd64 \
-	    sh tests/guest/build-guest.sh $(GUEST)-vmgenid
+	@VMT_GUEST_FLAVOUR=vmgenid sh tests/guest/build-guest.sh $(GUEST)-vmgenid
 
 check: build upstream guest asan series
 	@sh build-aux/check.sh

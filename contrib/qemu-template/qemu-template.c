@@ -62,6 +62,8 @@ static const char *const mode_state_file[] = {
 static const char *top_dir;
 static bool opt_json;
 static bool opt_no_pool;
+/* --nic NETDEV: a virtio-net NIC with a new MAC, hotplugged into clones */
+static GPtrArray *opt_nics;
 
 /* ------------------------------------------------------------------ */
 /* small helpers */
@@ -1332,6 +1334,7 @@ typedef struct Clone {
     int64_t t_exec;
     int64_t t_qmp;
     bool defer;
+    char **nics;        /* netdev ids to give a NIC once the clone runs */
 } Clone;
 
 static void clone_free(Clone *c)
@@ -1340,6 +1343,7 @@ static void clone_free(Clone *c)
     g_free(c->id);
     g_free(c->genid);
     g_free(c->uuid);
+    g_strfreev(c->nics);
     g_free(c);
 }
 
@@ -1356,7 +1360,7 @@ static void clone_discard(Clone *c)
 #define POOLED_MARK "pooled"
 
 static Clone *clone_spawn(Manifest *m, const char *qemu, char **extra,
-                          bool defer, Error **errp)
+                          char **nics, bool defer, Error **errp)
 {
     g_autofree char *rnd = new_uuid();
     g_autofree char *tdir = template_path(m->name, NULL);
@@ -1374,6 +1378,7 @@ static Clone *clone_spawn(Manifest *m, const char *qemu, char **extra,
     c->genid = new_uuid();
     c->uuid = new_uuid();
     c->defer = defer;
+    c->nics = g_strdupv(nics);
     dir = clone_path(c->id, NULL);
     vm_init(&c->vm, dir);
     if (g_mkdir_with_parents(dir, 0755) < 0) {
@@ -1415,6 +1420,56 @@ static bool clone_connect(Clone *c, Error **errp)
     }
     c->t_qmp = now_us();
     return true;
+}
+
+/* A random locally administered unicast MAC address. */
+static char *new_mac(void)
+{
+    guint8 b[6];
+    int i;
+
+    for (i = 0; i < 6; i++) {
+        b[i] = g_random_int_range(0, 256);
+    }
+    b[0] = (b[0] & 0xfc) | 0x02;
+    return g_strdup_printf("%02x:%02x:%02x:%02x:%02x:%02x",
+                           b[0], b[1], b[2], b[3], b[4], b[5]);
+}
+
+/*
+ * Give the running clone a virtio-net NIC with a new MAC on each netdev
+ * of c->nics.  A NIC in the template would keep the template's MAC (its
+ * migrated state carries it); a NIC added after the clone runs is new to
+ * the guest, which reads its MAC when it probes it.
+ */
+static QList *clone_add_nics(Clone *c, Error **errp)
+{
+    QList *nics = qlist_new();
+    int i;
+
+    for (i = 0; c->nics && c->nics[i]; i++) {
+        g_autofree char *mac = new_mac();
+        g_autofree char *id = g_strdup_printf(ID_PREFIX "nic%d", i);
+        QDict *args = qdict_new();
+        QDict *nic;
+
+        qdict_put_str(args, "driver", "virtio-net-pci");
+        qdict_put_str(args, "id", id);
+        qdict_put_str(args, "netdev", c->nics[i]);
+        qdict_put_str(args, "mac", mac);
+        if (!qmp_cmd_ok(&c->vm, "device_add", args, errp)) {
+            error_prepend(errp, "cannot add a NIC on netdev '%s': ",
+                          c->nics[i]);
+            qobject_unref(nics);
+            return NULL;
+        }
+        nic = qdict_new();
+        qdict_put_str(nic, "id", id);
+        qdict_put_str(nic, "netdev", c->nics[i]);
+        qdict_put_str(nic, "mac", mac);
+        qlist_append(nics, nic);
+    }
+    return nics;
 }
 
 /*
@@ -1495,6 +1550,18 @@ static QDict *clone_finish(Manifest *m, Clone *c, int64_t t_req,
 
     rec = qdict_new();
     qdict_put(rec, "times", times);
+    {
+        int64_t t_nic = now_us();
+        QList *nics = clone_add_nics(c, errp);
+
+        if (!nics) {
+            goto fail;
+        }
+        qdict_put(rec, "nics", nics);
+        if (c->nics && c->nics[0]) {
+            qdict_put_int(times, "nics-us", now_us() - t_nic);
+        }
+    }
     /* after timing: a template made by another QEMU is refused */
     version = qmp_version(&c->vm, errp);
     if (!version) {
@@ -1539,9 +1606,9 @@ fail:
 
 /* Start one clone of @m, not through a pool. */
 static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
-                          Error **errp)
+                          char **nics, Error **errp)
 {
-    Clone *c = clone_spawn(m, qemu, extra, false, errp);
+    Clone *c = clone_spawn(m, qemu, extra, nics, false, errp);
 
     return c ? clone_finish(m, c, c->t_exec, errp) : NULL;
 }
@@ -1561,6 +1628,7 @@ typedef struct Pool {
     Manifest *m;
     const char *qemu;
     char **extra;
+    char **nics;
     int size;
     GQueue clones;
     int served;
@@ -1656,7 +1724,7 @@ static int pool_ready(Pool *p)
 /* Start one pooled clone and wait for its QMP monitor. */
 static bool pool_add(Pool *p, Error **errp)
 {
-    Clone *c = clone_spawn(p->m, p->qemu, p->extra, true, errp);
+    Clone *c = clone_spawn(p->m, p->qemu, p->extra, p->nics, true, errp);
 
     if (!c) {
         return false;
@@ -1677,7 +1745,7 @@ static QDict *pool_take(Pool *p, Error **errp)
 
     if (!c) {
         /* empty: start one now (the request waits for QEMU's start) */
-        c = clone_spawn(p->m, p->qemu, p->extra, true, errp);
+        c = clone_spawn(p->m, p->qemu, p->extra, p->nics, true, errp);
         if (!c) {
             return NULL;
         }
@@ -1820,7 +1888,7 @@ static bool pool_client_read(Pool *p, PoolClient *pc, bool *stop)
 }
 
 static bool do_pool(const char *name, int size, const char *qemu,
-                    char **extra, Error **errp)
+                    char **extra, char **nics, Error **errp)
 {
     ERRP_GUARD();
     g_autoptr(Manifest) m = manifest_load(name, errp);
@@ -1830,7 +1898,7 @@ static bool do_pool(const char *name, int size, const char *qemu,
         pool_client_free);
     struct sockaddr_un sa;
     struct sigaction act = { .sa_handler = pool_signal };
-    Pool p = { .m = m, .extra = extra, .size = size };
+    Pool p = { .m = m, .extra = extra, .nics = nics, .size = size };
     bool announced = false, stop = false;
     int lfd, fd;
 
@@ -1987,7 +2055,7 @@ static QDict *pool_clone(const char *name, bool *used, Error **errp)
 }
 
 static bool do_clone(const char *name, int count, const char *qemu,
-                     char **extra, bool no_pool, Error **errp)
+                     char **extra, char **nics, bool no_pool, Error **errp)
 {
     g_autoptr(Manifest) m = manifest_load(name, errp);
     QList *all = qlist_new();
@@ -2002,11 +2070,12 @@ static bool do_clone(const char *name, int count, const char *qemu,
         QDict *c = NULL;
         QDict *id, *t;
 
-        if (!no_pool && !extra[0] && !qemu) {
+        /* a pool's clones were started with the pool's options */
+        if (!no_pool && !extra[0] && !nics[0] && !qemu) {
             c = pool_clone(name, &pooled, errp);
         }
         if (!pooled) {
-            c = start_clone(m, qemu ?: m->qemu, extra, errp);
+            c = start_clone(m, qemu ?: m->qemu, extra, nics, errp);
         }
         if (!c) {
             break;
@@ -2014,13 +2083,21 @@ static bool do_clone(const char *name, int count, const char *qemu,
         id = qdict_get_qdict(c, "identity");
         t = qdict_get_qdict(c, "times");
         if (!opt_json) {
+            QListEntry *e;
+
             printf("%s pid=%" PRId64 " qmp=%s vmgenid=%s uuid=%s "
-                   "%s=%.1fms\n", qdict_get_str(c, "id"),
+                   "%s=%.1fms", qdict_get_str(c, "id"),
                    qdict_get_int(c, "pid"), qdict_get_str(c, "qmp"),
                    qdict_get_str(id, "vmgenid"), qdict_get_str(id, "uuid"),
                    pooled ? "request-to-running" : "running",
                    qdict_get_try_int(t, pooled ? "request-us" : "running-us",
                                      0) / 1000.0);
+            QLIST_FOREACH_ENTRY(qdict_get_qlist(c, "nics"), e) {
+                QDict *nic = qobject_to(QDict, qlist_entry_obj(e));
+
+                printf(" mac=%s", qdict_get_str(nic, "mac"));
+            }
+            printf("\n");
             fflush(stdout);
         }
         qlist_append(all, c);
@@ -2289,10 +2366,12 @@ static void usage(FILE *f)
 "              [--ready delay:S|event:NAME|log:FILE:TEXT] [--timeout S]\n"
 "              -- QEMU-ARGS...\n"
 "        Boot a VM, wait until it is ready, save it as template NAME.\n"
-"  clone NAME [--count N] [--no-pool] [--qemu PATH] [-- EXTRA-ARGS...]\n"
+"  clone NAME [--count N] [--no-pool] [--nic NETDEV]... [--qemu PATH]\n"
+"             [-- EXTRA-QEMU-ARGS...]\n"
 "        Start N clones of NAME (from its pool when one runs); print\n"
 "        their pid, QMP socket, identity and time to running.\n"
-"  pool NAME [--size N] [--qemu PATH] [-- EXTRA-QEMU-ARGS...]\n"
+"  pool NAME [--size N] [--nic NETDEV]... [--qemu PATH]\n"
+"            [-- EXTRA-QEMU-ARGS...]\n"
 "        Keep N clones of NAME started and waiting for their state;\n"
 "        serve clone requests on DIR/pools/NAME.sock.  Runs until\n"
 "        SIGTERM or a \"quit\" request.\n"
@@ -2302,6 +2381,8 @@ static void usage(FILE *f)
 "        Stop a clone and remove it, or remove a template that has no\n"
 "        running clones.\n"
 "\n"
+"--nic NETDEV gives each clone, once it runs, a virtio-net NIC with a new\n"
+"MAC address on NETDEV (a -netdev of the extra arguments).\n"
 "In QEMU-ARGS, @DIR@ stands for the directory of each VM (the template\n"
 "while it is made, then each clone): put sockets and logs there.\n"
 "The template directory is --dir, else $QEMU_TEMPLATE_DIR, else\n"
@@ -2353,6 +2434,9 @@ static int handle_option(int c, CreateOpts *co, const char **qemu,
     case 'P':
         opt_no_pool = true;
         break;
+    case 'N':
+        g_ptr_array_insert(opt_nics, opt_nics->len - 1, g_strdup(optarg));
+        break;
     default:
         usage(stderr);
         return 2;
@@ -2373,6 +2457,7 @@ int main(int argc, char **argv)
         { "count", required_argument, NULL, 'n' },
         { "size", required_argument, NULL, 's' },
         { "no-pool", no_argument, NULL, 'P' },
+        { "nic", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
     CreateOpts co = {
@@ -2389,6 +2474,9 @@ int main(int argc, char **argv)
 
     error_init(argv[0]);
     signal(SIGPIPE, SIG_IGN);
+    /* kept NULL-terminated: passed on as a string vector */
+    opt_nics = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(opt_nics, NULL);
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         int r = handle_option(c, &co, &qemu, &count);
 
@@ -2439,13 +2527,15 @@ int main(int argc, char **argv)
             error_report("clone needs a template name");
             return 2;
         }
-        ok = do_clone(name, count, qemu, argv + optind, opt_no_pool, &err);
+        ok = do_clone(name, count, qemu, argv + optind,
+                      (char **)opt_nics->pdata, opt_no_pool, &err);
     } else if (!strcmp(cmd, "pool")) {
         if (!name) {
             error_report("pool needs a template name");
             return 2;
         }
-        ok = do_pool(name, count, qemu, argv + optind, &err);
+        ok = do_pool(name, count, qemu, argv + optind,
+                     (char **)opt_nics->pdata, &err);
     } else if (!strcmp(cmd, "list") || !strcmp(cmd, "status")) {
         ok = do_list(name);
     } else if (!strcmp(cmd, "destroy")) {

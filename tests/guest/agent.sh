@@ -66,6 +66,17 @@ do_genid() {
     reply "genid driver=$drv device=$dev reseeds=${n:-0} crng=$crng"
 }
 
+# net: the guest's network interfaces (not lo) and their MAC addresses
+do_net() {
+    out=""
+    for d in /sys/class/net/*; do
+        n=${d##*/}
+        [ "$n" = lo ] || [ ! -e "$d/address" ] && continue
+        out="$out $n=$(cat "$d/address")"
+    done
+    reply "net${out:- none}"
+}
+
 reply "READY $version"
 
 while IFS= read -r line; do
@@ -109,6 +120,9 @@ while IFS= read -r line; do
         ;;
     genid)
         do_genid
+        ;;
+    net)
+        do_net
         ;;
     *)
         reply "err unknown $line"

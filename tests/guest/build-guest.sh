@@ -21,6 +21,8 @@
 #   VMT_GUEST_MODULES      kernel modules wanted in the guest if the kernel
 #                          has them as modules, each NAME or NAME=CONFIG_OPT
 #                          (default: "vmgenid", i.e. CONFIG_VMGENID)
+#   VMT_GUEST_FLAVOUR      "vmgenid": the generic kernel (linux-image-amd64)
+#                          and the modules vmgenid, virtio_pci, virtio_net
 #   BUSYBOX                static busybox binary (default: /bin/busybox)
 
 set -eu
@@ -35,6 +37,13 @@ out=$(cd "$1" && pwd)
 
 # OUTDIR remembers the meta package it was built with, so that a plain
 # re-run keeps the kernel flavour chosen earlier.
+# VMT_GUEST_FLAVOUR=vmgenid: Debian's generic kernel, which has
+# CONFIG_VMGENID, with the virtio-net driver (qemu-template's identity
+# tests: a clone's new generation ID and hotplugged NIC)
+if [ "${VMT_GUEST_FLAVOUR:-}" = vmgenid ]; then
+    VMT_GUEST_KERNEL_META=linux-image-amd64
+    VMT_GUEST_MODULES=${VMT_GUEST_MODULES:-vmgenid virtio_pci virtio_net}
+fi
 if [ -n "${VMT_GUEST_KERNEL_META:-}" ]; then
     meta=$VMT_GUEST_KERNEL_META
 elif [ -s "$out/kernel-meta" ]; then

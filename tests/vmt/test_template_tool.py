@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import unittest
 
 import vmt
@@ -120,8 +121,8 @@ class TemplateToolTest(unittest.TestCase):
                              text=True).stdout.split()
         self.assertEqual([p for p in out if int(p) != os.getpid()], [])
 
-    def clones_of(self, name, count):
-        clones = self.tool_json('clone', name, '--count', str(count))
+    def clones_of(self, name, count, *extra):
+        clones = self.tool_json('clone', name, '--count', str(count), *extra)
         self.assertEqual(len(clones), count)
         return clones
 
@@ -131,8 +132,8 @@ class TemplateToolTest(unittest.TestCase):
             self.assertFalse(os.path.exists(c['dir']))
             self.assertFalse(pid_alive(c['pid']))
 
-    def check_clones(self, name, count):
-        clones = self.clones_of(name, count)
+    def check_clones(self, name, count, *extra):
+        clones = self.clones_of(name, count, *extra)
         try:
             for c in clones:
                 self.assertFalse(c['pooled'])
@@ -190,9 +191,39 @@ class TemplateToolTest(unittest.TestCase):
         self.assertEqual(len(rand), count)
         self.assertNotIn(template['identity']['vmgenid'], guids)
         self.assertNotIn(template['identity']['uuid'], uuids)
+        self.check_nics(clones)
+
+    def check_nics(self, clones):
+        """Each NIC the tool added is in the guest with its new MAC."""
+        macs = set()
+        for c in clones:
+            want = {n['mac'] for n in c['nics']}
+            macs |= want
+            if not want:
+                continue
+            agent = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
+            agent.connect()
+            try:
+                # the hotplugged device is probed by the guest in its time
+                end = time.monotonic() + 60
+                while True:
+                    ans = agent.request('net')
+                    seen = {f.split('=', 1)[1] for f in ans.split()[1:]
+                            if '=' in f}
+                    if want <= seen or time.monotonic() > end:
+                        break
+                    time.sleep(0.2)
+                self.assertEqual(seen, want, ans)
+            finally:
+                agent.close()
+            for m in want:
+                # locally administered, unicast
+                self.assertEqual(int(m.split(':')[0], 16) & 3, 2, m)
+        self.assertEqual(len(macs), sum(len(c['nics']) for c in clones))
 
     def test_bypass_clones(self):
-        self.check_clones('b', 3)
+        self.check_clones('b', 3, '--nic', 'n0', '--',
+                          '-netdev', 'hubport,id=n0,hubid=0')
 
     def test_mapped_ram_clones(self):
         self.check_clones('m', 2)
@@ -209,9 +240,9 @@ class TemplateToolTest(unittest.TestCase):
 
     # -- the pool
 
-    def start_pool(self, name, size):
+    def start_pool(self, name, size, *extra):
         p = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
-                              '--size', str(size)],
+                              '--size', str(size), *extra],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
         self.addCleanup(self.stop_pool, p)
@@ -243,8 +274,8 @@ class TemplateToolTest(unittest.TestCase):
         return [d for d in os.listdir(cdir)
                 if os.path.exists(os.path.join(cdir, d, 'pooled'))]
 
-    def check_pool(self, name):
-        pool = self.start_pool(name, 2)
+    def check_pool(self, name, *extra):
+        pool = self.start_pool(name, 2, *extra)
         self.assertEqual(len(self.pooled_dirs()), 2)
         # clone takes from the pool: 3 requests for a pool of 2 (refilled)
         clones = self.clones_of(name, 3)
@@ -279,7 +310,8 @@ class TemplateToolTest(unittest.TestCase):
         self.check_pool('b')
 
     def test_pool_mapped_ram(self):
-        self.check_pool('m')
+        self.check_pool('m', '--nic', 'n0', '--',
+                        '-netdev', 'hubport,id=n0,hubid=0')
 
     def test_pool_killed(self):
         """A pool killed with SIGKILL leaves waiting clones; the next pool
@@ -397,6 +429,13 @@ class TemplateToolTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("QEMU binary '/nonexistent/qemu' not found", r.stderr)
         self.assert_leftovers('y')
+
+    def test_nic_unknown_netdev(self):
+        """A NIC on a netdev that does not exist: the clone is refused."""
+        r = self.run_tool('clone', 'b', '--nic', 'nosuch')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot add a NIC on netdev 'nosuch'", r.stderr)
+        self.assert_leftovers()
 
     def test_create_not_ready(self):
         """A guest that never gets ready: no template, no QEMU left."""
