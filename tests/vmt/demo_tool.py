@@ -3,18 +3,22 @@
 The qemu-template part of the demo (tests/vmt/demo.py): the tool makes a
 template of the bundled guest (generic kernel, build/guest-vmgenid, which
 has CONFIG_VMGENID), starts clones, then starts a pool and takes clones
-from it; each clone shows its identity as QEMU and the guest see it, its
-start time and its memory; then the tool removes everything.
+from it; each clone gets a NIC with a new MAC (--nic) and shows its
+identity as QEMU and the guest see it, its start time and its memory;
+then the tool removes everything.
 """
 
 import json
 import os
 import statistics
 import subprocess
+import time
 
 import vmt
 
 TOOL_MODES = ('bypass', 'mapped-ram')
+# each clone gets a NIC with its own MAC, on a netdev of its own
+NIC = ['--nic', 'n0', '--', '-netdev', 'hubport,id=n0,hubid=0']
 
 
 class ToolRun:
@@ -46,9 +50,10 @@ class ToolRun:
               f'{man["times"]["save-ms"]} ms; template identity vmgenid '
               f'{man["identity"]["vmgenid"][:8]}… uuid '
               f'{man["identity"]["uuid"][:8]}…')
-        self.show_clones(name, 'clone', 'running-us', 'exec to running')
+        self.show_clones(name, 'clone', 'running-us', 'exec to running',
+                         NIC)
         pool = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
-                                 '--size', str(self.clones)],
+                                 '--size', str(self.clones), *NIC],
                                 stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -58,7 +63,7 @@ class ToolRun:
                 raise vmt.VMTError(f'pool: {line}')
             print(f'qemu-template pool {name} --size {self.clones}: {line}')
             self.show_clones(name, 'clone (from the pool)', 'request-us',
-                             'request to running')
+                             'request to running', [])
         finally:
             pool.terminate()
             pool.wait(60)
@@ -66,15 +71,28 @@ class ToolRun:
         self.run_tool('destroy', name)
         print()
 
-    def show_clones(self, name, what, key, label):
-        clones = self.run_tool('clone', name, '--count', str(self.clones))
+    @staticmethod
+    def guest_mac(agent, timeout=30.0):
+        """The guest's eth0 MAC once it probed the hotplugged NIC."""
+        end = time.monotonic() + timeout
+        while True:
+            ans = agent.request('net')
+            if 'eth0=' in ans or time.monotonic() > end:
+                return ans.split('eth0=')[1].split()[0] \
+                    if 'eth0=' in ans else '-'
+            time.sleep(0.2)
+
+    def show_clones(self, name, what, key, label, extra):
+        clones = self.run_tool('clone', name, '--count', str(self.clones),
+                               *extra)
         try:
             listed = {c['id']: c for c in self.run_tool('list', name)[0]
                       ['clones']}
-            print(f'qemu-template {what} {name} --count {self.clones}:')
+            print(f'qemu-template {what} {name} --count {self.clones}'
+                  f'{" " + " ".join(extra) if extra else ""}:')
             print(f'  {"clone":<26} {"vmgenid":<9} {"uuid":<9} '
                   f'{"ms":>9} {"reseeds":>7} {"rand (guest)":<17} '
-                  f'{"PSS":>7} {"private":>8}')
+                  f'{"MAC (guest)":<17} {"PSS":>7} {"private":>8}')
             times = []
             for c in clones:
                 agent = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
@@ -82,6 +100,7 @@ class ToolRun:
                 try:
                     gen = agent.genid()
                     rnd = agent.rand(8)
+                    mac = self.guest_mac(agent)
                 finally:
                     agent.close()
                 mem = listed.get(c['id'], {}).get('memory', {})
@@ -89,7 +108,7 @@ class ToolRun:
                 times.append(t)
                 print(f'  {c["id"]:<26} {c["identity"]["vmgenid"][:8]:<9} '
                       f'{c["identity"]["uuid"][:8]:<9} {t:>7.1f}ms '
-                      f'{gen["reseeds"]:>7} {rnd:<17} '
+                      f'{gen["reseeds"]:>7} {rnd:<17} {mac:<17} '
                       f'{mem.get("pss-kib", 0) / 1024:>5.1f}Mi '
                       f'{mem.get("private-kib", 0) / 1024:>6.1f}Mi')
             print(f'  median {label}: {statistics.median(times):.1f}'
