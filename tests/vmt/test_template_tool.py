@@ -137,6 +137,7 @@ class TemplateToolTest(unittest.TestCase):
         try:
             for c in clones:
                 self.assertFalse(c['pooled'])
+                self.check_kernel_mapped(c['pid'])
             self.check_identities(name, clones)
             # list: the running clones with their memory
             listed = self.tool_json('list', name)
@@ -155,6 +156,16 @@ class TemplateToolTest(unittest.TestCase):
         finally:
             self.destroy_all(clones)
         self.assert_leftovers()
+
+    def check_kernel_mapped(self, pid):
+        """-kernel is mapped from its file, not copied (patch 19): the
+        clone's maps show the file."""
+        kernel = os.path.join(self.guest, 'vmlinuz')
+        with open(f'/proc/{pid}/maps') as f:
+            maps = [ln.split(None, 5) for ln in f]
+        self.assertTrue(any(len(m) == 6 and m[5].strip() == kernel and
+                            m[1] == 'r--p' for m in maps),
+                        f'{kernel} is not mapped by the clone')
 
     def check_identities(self, name, clones):
         """Each clone runs with the identity the tool printed; its guest
