@@ -50,7 +50,7 @@ TEMPLATE_MIB = 4        # written by every template before its save
 DENSITY_MIB = 4         # written by every VM of the density scenario
 WARM_BYTES = 256 << 20  # touched and freed before each timed VM start
 SCENARIOS = ('floor', 'boot', 'clone', 'save', 'restore', 'density',
-             'tool')
+             'tool', 'breakdown')
 
 # clone flows: (id, mode, binary, template id).  Templates: shared RAM
 # file saved with x-ignore-shared or bypass-shared-memory, or one
@@ -985,6 +985,23 @@ class Bench:
                                           refill=3 if q else 5)
 
     # =======================================================================
+    # h. an idle clone's memory by cause, ours against upstream
+
+    BREAKDOWN_FLOWS = (('bypass', 'ours'), ('ignore-shared', 'upstream'),
+                       ('map', 'ours'), ('copy', 'upstream'))
+
+    def run_breakdown(self):
+        import breakdown
+        idle = 3.0 if self.o.quick else 10.0
+        res = {'idle_s': idle, 'flows': {}}
+        self.res['breakdown'] = res
+        for i, (mode, b) in enumerate(self.BREAKDOWN_FLOWS):
+            self.step('breakdown', i + 1, len(self.BREAKDOWN_FLOWS),
+                      f'{mode}/{b}')
+            res['flows'][f'{mode}/{b}'] = breakdown.clone_breakdown(
+                self.bins[b], mode, idle, self.tmp)
+
+    # =======================================================================
 
     def run(self):
         o = self.o
@@ -1026,7 +1043,8 @@ class Bench:
             stages += [('clone', self.run_clone),
                        ('restore', self.run_restore),
                        ('density', self.run_density),
-                       ('tool', self.run_tool)]
+                       ('tool', self.run_tool),
+                       ('breakdown', self.run_breakdown)]
             for name, fn in stages:
                 if name not in want and fn != self.make_templates:
                     continue

@@ -23,6 +23,7 @@ SECTIONS = (
     ('restore', 'e. Restore cost vs RAM size'),
     ('density', 'f. Density'),
     ('tool', 'g. qemu-template'),
+    ('breakdown', 'h. Idle clone memory by cause'),
     ('plots', 'Plots'),
     ('notes', 'Notes'),
 )
@@ -428,6 +429,32 @@ def table_tool(res):
     return t
 
 
+def table_breakdown(res):
+    flows = list(res['flows'])
+    t = Table('idle clone: anonymous memory by cause (MiB)',
+              ['class'] + [f'{f} (MiB)' for f in flows])
+    classes = list(next(iter(res['flows'].values())))
+    for c in classes + ['total']:
+        row = []
+        for f in flows:
+            r = res['flows'][f]
+            v = sum(x['Anonymous'] for x in r.values()) if c == 'total' \
+                else r[c]['Anonymous']
+            row.append(fmib(v))
+        t.add(c, *row)
+    t2 = Table('idle clone: Pss by cause (MiB)',
+               ['class'] + [f'{f} (MiB)' for f in flows])
+    for c in classes + ['total']:
+        row = []
+        for f in flows:
+            r = res['flows'][f]
+            v = sum(x['Pss'] for x in r.values()) if c == 'total' \
+                else r[c]['Pss']
+            row.append(fmib(v))
+        t2.add(c, *row)
+    return t, t2
+
+
 def table_tool_mem(res):
     t = Table('qemu-template: pooled clones and templates', [
         'mode', 'pooled idle clone Pss (MiB)', 'pooled idle clone private '
@@ -534,6 +561,16 @@ def summary_table(res):
         t.add(f'density: host memory per VM vs {n} cold-booted (MiB)',
               'bypass/ours', fmib(a) if a is not None else NA,
               'cold/upstream', fmib(b) if b is not None else NA, ratio(a, b))
+    bd = res.get('breakdown')
+    if bd:
+        for ours, up in (('bypass/ours', 'ignore-shared/upstream'),
+                         ('map/ours', 'copy/upstream')):
+            a = sget(bd, 'flows', ours)
+            b = sget(bd, 'flows', up)
+            a = sum(x['Anonymous'] for x in a.values()) if a else None
+            b = sum(x['Anonymous'] for x in b.values()) if b else None
+            t.add('idle clone anonymous memory (MiB)', ours, fmib(a), up,
+                  fmib(b), ratio(a, b))
     tl = res.get('tool')
     if tl:
         # a clone that answers: from the pool's request vs upstream's
@@ -883,6 +920,19 @@ def write_report(res, out, made_plots):
                '']
         table(table_tool(tl))
         table(table_tool_mem(tl))
+    if 'breakdown' in res:
+        section('breakdown')
+        bd = res['breakdown']
+        md += ['One clone per flow (ours: bypass and map; upstream: its '
+               'template flow and the mapped-ram copy load), idle '
+               f'{bd["idle_s"]:g} s after the agent answers, every mapping '
+               'of `/proc/PID/smaps` put in one class by '
+               '`tests/vmt/breakdown.py` (see `docs/devel/vmt-density.rst`)'
+               '.  Anonymous memory is what each further clone costs; Pss '
+               'of a single clone also holds file pages (template RAM, '
+               'QEMU code) that more clones would share.', '']
+        for tb in table_breakdown(bd):
+            table(tb)
     section('plots')
     for name, what in PLOTS:
         if name in made_plots:
@@ -1047,7 +1097,7 @@ def check(out):
         if f'\n## {title}\n' not in text:
             return False, f'section "{title}" missing', 0, 0
         if key in ('floor', 'boot', 'clone', 'save', 'restore', 'density',
-                   'tool') \
+                   'tool', 'breakdown') \
                 and key not in res:
             return False, f'no results for {key}', 0, 0
     tables = parse_tables(text)
