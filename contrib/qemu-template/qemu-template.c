@@ -15,6 +15,7 @@
 
 #include "qemu/osdep.h"
 #include <getopt.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -60,6 +61,8 @@ static const char *const mode_state_file[] = {
 #define CLONE_FILE "clone.json"
 
 static const char *top_dir;
+/* SIGINT, SIGTERM or SIGHUP while a template is made */
+static volatile sig_atomic_t interrupted;
 static bool opt_json;
 static bool opt_no_pool;
 /* --nic NETDEV: a virtio-net NIC with a new MAC, hotplugged into clones */
@@ -308,6 +311,9 @@ static bool vm_spawn(Vm *vm, char **argv, bool detach, Error **errp)
 
         if (detach) {
             setsid();
+        } else {
+            /* the template's QEMU does not outlive a killed tool */
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
         }
         dup2(nullfd, 0);
         dup2(logfd, 1);
@@ -471,6 +477,10 @@ static QDict *qmp_read_until(Vm *vm, int64_t deadline, bool *timed_out,
             }
             qobject_unref(obj);
             continue;
+        }
+        if (interrupted) {
+            error_setg(errp, "interrupted");
+            return NULL;
         }
         left = deadline - now_us();
         if (left <= 0) {
@@ -716,6 +726,51 @@ static char *qmp_str_member(Vm *vm, const char *cmd, const char *member,
 
     qobject_unref(ret);
     return s;
+}
+
+/*
+ * The VM's RAM blocks, {name: used bytes}, from "info ramblock": the RAM
+ * layout a clone must have.
+ */
+static QDict *qmp_ram_blocks(Vm *vm, Error **errp)
+{
+    QDict *args = qdict_new();
+    QObject *ret;
+    QString *text;
+    QDict *blocks;
+    g_auto(GStrv) lines = NULL;
+    int i;
+
+    qdict_put_str(args, "command-line", "info ramblock");
+    ret = qmp_cmd(vm, "human-monitor-command", args, errp);
+    text = qobject_to(QString, ret);
+    if (!text) {
+        if (ret) {
+            error_setg(errp, "'info ramblock' answered no text");
+        }
+        qobject_unref(ret);
+        return NULL;
+    }
+    blocks = qdict_new();
+    lines = g_strsplit(qstring_get_str(text), "\n", -1);
+    for (i = 1; lines[i]; i++) {
+        g_auto(GStrv) f = g_strsplit_set(g_strstrip(lines[i]), " ", -1);
+        uint64_t v[4];
+        int n = 0, j;
+
+        /* name, page size, then offset, used, total, HVA in hex */
+        for (j = 1; f[0] && f[j] && n < 4; j++) {
+            if (g_str_has_prefix(f[j], "0x") &&
+                !qemu_strtou64(f[j], NULL, 16, &v[n])) {
+                n++;
+            }
+        }
+        if (n == 4) {
+            qdict_put_int(blocks, f[0], v[1]);
+        }
+    }
+    qobject_unref(ret);
+    return blocks;
 }
 
 /* ------------------------------------------------------------------ */
@@ -996,6 +1051,45 @@ typedef struct CreateOpts {
     int timeout;
 } CreateOpts;
 
+/*
+ * Does a guest agent (qemu-ga) answer guest-ping on the UNIX socket
+ * @path within a second?
+ */
+static bool ga_ping(const char *path)
+{
+    static const char req[] = "{\"execute\": \"guest-ping\"}\n";
+    struct sockaddr_un sa;
+    struct pollfd pfd = { .events = POLLIN };
+    char buf[256];
+    int64_t deadline = now_us() + G_USEC_PER_SEC;
+    g_autoptr(GString) in = g_string_new("");
+    bool ok = false;
+
+    if (!unix_addr(path, &sa, NULL)) {
+        return false;
+    }
+    pfd.fd = unix_connect(&sa);
+    if (pfd.fd < 0) {
+        return false;
+    }
+    if (send(pfd.fd, req, sizeof(req) - 1, MSG_NOSIGNAL) < 0) {
+        close(pfd.fd);
+        return false;
+    }
+    while (!ok && now_us() < deadline &&
+           poll(&pfd, 1, (deadline - now_us()) / 1000 + 1) > 0) {
+        ssize_t n = read(pfd.fd, buf, sizeof(buf));
+
+        if (n <= 0) {
+            break;
+        }
+        g_string_append_len(in, buf, n);
+        ok = strstr(in->str, "\"return\"") != NULL;
+    }
+    close(pfd.fd);
+    return ok;
+}
+
 /* Wait until the template's guest is ready, as --ready says. */
 static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
 {
@@ -1010,12 +1104,40 @@ static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
                 vm_set_exit_error(vm, errp);
                 return false;
             }
+            if (interrupted) {
+                error_setg(errp, "interrupted");
+                return false;
+            }
             g_usleep(MIN(until - now_us(), 50 * 1000));
         }
         return true;
     }
     if (g_str_has_prefix(ready, "event:")) {
         return qmp_wait_event(vm, ready + 6, deadline, errp);
+    }
+    if (g_str_has_prefix(ready, "ga:")) {
+        /* ga:SOCKET: the guest agent on SOCKET answers guest-ping */
+        g_autofree char *path = subst_dir(ready + 3, vm->dir);
+
+        for (;;) {
+            if (ga_ping(path)) {
+                return true;
+            }
+            if (vm_exited(vm)) {
+                vm_set_exit_error(vm, errp);
+                return false;
+            }
+            if (interrupted) {
+                error_setg(errp, "interrupted");
+                return false;
+            }
+            if (now_us() > deadline) {
+                error_setg(errp, "the guest agent on '%s' did not answer "
+                           "guest-ping within %d s", path, timeout);
+                return false;
+            }
+            g_usleep(100 * 1000);
+        }
     }
     if (g_str_has_prefix(ready, "log:")) {
         /* log:FILE:TEXT: FILE (e.g. a chardev logfile) contains TEXT */
@@ -1039,6 +1161,10 @@ static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
                 vm_set_exit_error(vm, errp);
                 return false;
             }
+            if (interrupted) {
+                error_setg(errp, "interrupted");
+                return false;
+            }
             if (now_us() > deadline) {
                 error_setg(errp, "'%s' did not appear in '%s' within %d s",
                            colon + 1, file, timeout);
@@ -1048,8 +1174,8 @@ static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
         }
     }
     error_setg(errp, "unknown --ready '%s'", ready);
-    error_append_hint(errp, "Use delay:SECONDS, event:QMP-EVENT or "
-                      "log:FILE:TEXT.\n");
+    error_append_hint(errp, "Use delay:SECONDS, event:QMP-EVENT, "
+                      "log:FILE:TEXT or ga:SOCKET.\n");
     return false;
 }
 
@@ -1107,6 +1233,31 @@ static void progress(const char *fmt, ...)
     va_end(ap);
 }
 
+/* Half-made templates of @name whose tool process is gone. */
+static void remove_stale_tmp(const char *templates, const char *name)
+{
+    g_autofree char *prefix = g_strdup_printf(".%s.tmp-", name);
+    GDir *d = g_dir_open(templates, 0, NULL);
+    const char *e;
+
+    while (d && (e = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(templates, e, NULL);
+
+        if (g_str_has_prefix(e, prefix) &&
+            pid_gone(atoi(e + strlen(prefix)))) {
+            rmtree(path);
+        }
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+}
+
+static void create_signal(int sig)
+{
+    interrupted = 1;
+}
+
 static bool do_create(const char *name, CreateOpts *o, char **user,
                       Error **errp)
 {
@@ -1122,7 +1273,7 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
     g_autofree char *uuid = new_uuid();
     g_autofree char *qemu = NULL;
     g_auto(GStrv) argv = NULL;
-    QDict *man = NULL, *files, *qdq, *ident;
+    QDict *man = NULL, *files, *qdq, *ident, *ram_blocks = NULL;
     QList *args;
     uint64_t ram_size = 0;
     int64_t t0, t_boot, t_ready;
@@ -1145,6 +1296,7 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
                           "name.\n");
         return false;
     }
+    remove_stale_tmp(templates, name);
     /* the absolute path of the binary goes into the manifest */
     qemu = g_find_program_in_path(o->qemu);
     if (!qemu) {
@@ -1164,6 +1316,13 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
         return false;
     }
     vm_init(&vm, tmp);
+    {
+        struct sigaction act = { .sa_handler = create_signal };
+
+        sigaction(SIGINT, &act, NULL);
+        sigaction(SIGTERM, &act, NULL);
+        sigaction(SIGHUP, &act, NULL);
+    }
     state = g_build_filename(tmp, mode_state_file[o->mode], NULL);
     uri = g_strdup_printf("file:%s", state);
     ram_path = g_build_filename(tmp, MEMORY_FILE, NULL);
@@ -1214,7 +1373,8 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
             goto out;
         }
     }
-    if (!save_vm(&vm, uri, errp)) {
+    ram_blocks = qmp_ram_blocks(&vm, errp);
+    if (!ram_blocks || !save_vm(&vm, uri, errp)) {
         goto out;
     }
     qmp_cmd_ok(&vm, "quit", NULL, NULL);
@@ -1239,6 +1399,8 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
     if (ram_size) {
         qdict_put_int(man, "ram-size", ram_size);
     }
+    qdict_put(man, "ram-blocks", ram_blocks);
+    ram_blocks = NULL;
     files = qdict_new();
     for (i = 0; i < 2; i++) {
         const char *f = i ? MEMORY_FILE : mode_state_file[o->mode];
@@ -1315,6 +1477,7 @@ out:
         rmtree(tmp);
     }
     qobject_unref(man);
+    qobject_unref(ram_blocks);
     vm_close(&vm);
     return ok;
 }
@@ -1574,6 +1737,12 @@ static QDict *clone_finish(Manifest *m, Clone *c, int64_t t_req,
                           "(--qemu %s) or create the template again.\n",
                           m->qemu);
         goto fail;
+    }
+    {
+        g_autoptr(GDateTime) dt = g_date_time_new_now_utc();
+        g_autofree char *iso = g_date_time_format_iso8601(dt);
+
+        qdict_put_str(rec, "started", iso);
     }
     qdict_put_str(rec, "id", c->id);
     qdict_put_str(rec, "template", m->name);
@@ -2363,7 +2532,8 @@ static void usage(FILE *f)
 "Make VM templates and start clones from them.\n"
 "\n"
 "  create NAME [--mode bypass|mapped-ram] [--qemu PATH]\n"
-"              [--ready delay:S|event:NAME|log:FILE:TEXT] [--timeout S]\n"
+"              [--ready delay:S|event:NAME|log:FILE:TEXT|ga:SOCKET]\n"
+"              [--timeout S]\n"
 "              -- QEMU-ARGS...\n"
 "        Boot a VM, wait until it is ready, save it as template NAME.\n"
 "  clone NAME [--count N] [--no-pool] [--nic NETDEV]... [--qemu PATH]\n"

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -137,6 +138,7 @@ class TemplateToolTest(unittest.TestCase):
         try:
             for c in clones:
                 self.assertFalse(c['pooled'])
+                self.assertIn('started', c)
                 self.check_kernel_mapped(c['pid'])
             self.check_identities(name, clones)
             # list: the running clones with their memory
@@ -455,6 +457,95 @@ class TemplateToolTest(unittest.TestCase):
                           '--timeout', '2', '--', *self.args)
         self.assertEqual(r.returncode, 1)
         self.assertIn("did not get ready: 'NEVER' did not appear", r.stderr)
+        self.assert_leftovers('y')
+
+    def test_create_ready_guest_agent(self):
+        """--ready ga:SOCKET: ready once a guest agent answers guest-ping
+        (a stand-in agent here: the bundled guest has no qemu-ga)."""
+        path = self.tmp.join('ga.sock')
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+        srv.listen(4)
+        pings = []
+
+        def serve():
+            while len(pings) < 3:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    req = conn.recv(4096)
+                    pings.append(req)
+                    if len(pings) == 3:     # not ready twice, then ready
+                        conn.sendall(b'{"return": {}}\n')
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        try:
+            r = self.run_tool('create', 'ga', '--qemu', self.qemu,
+                              '--ready', f'ga:{path}', '--timeout', '60',
+                              '--', *self.args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(len(pings), 3)
+            self.assertIn(b'guest-ping', pings[0])
+            man = self.manifest('ga')
+            self.assertEqual(man['ram-blocks']['qemu-template-ram'],
+                             vmt.parse_size(vmt.GUEST_MEM))
+        finally:
+            srv.close()
+            th.join(10)
+            self.run_tool('destroy', 'ga')
+        # an agent that never answers
+        r = self.run_tool('create', 'y', '--qemu', self.qemu,
+                          '--ready', f'ga:{path}', '--timeout', '2', '--',
+                          *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('did not answer guest-ping within 2 s', r.stderr)
+        self.assert_leftovers('y')
+
+    def start_create(self, name):
+        """A create that waits forever; returns once QEMU runs."""
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'create', name,
+                              '--qemu', self.qemu, '--ready',
+                              'log:@DIR@/console.log:NEVER', '--',
+                              *self.args], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        tdir = os.path.join(self.dir, 'templates')
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            tmps = [e for e in os.listdir(tdir) if e.startswith(f'.{name}.')]
+            if tmps and os.path.exists(os.path.join(tdir, tmps[0],
+                                                    'console.log')):
+                return p, os.path.join(tdir, tmps[0])
+            time.sleep(0.05)
+        self.fail('create did not start QEMU')
+
+    def test_create_interrupted(self):
+        """SIGTERM: the tool stops QEMU and removes what it made."""
+        p, _ = self.start_create('y')
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 1)
+        self.assertIn('interrupted', p.stderr.read())
+        self.assert_leftovers('y')
+
+    def test_create_killed(self):
+        """SIGKILL: QEMU dies with the tool; the next create of the name
+        removes the half-made template."""
+        p, tmpdir = self.start_create('y')
+        p.kill()
+        p.wait()
+        end = time.monotonic() + 30
+        while time.monotonic() < end and subprocess.run(
+                ['pgrep', '-f', tmpdir], capture_output=True).returncode == 0:
+            time.sleep(0.1)
+        self.assertTrue(os.path.isdir(tmpdir))
+        r = self.run_tool('create', 'y', '--qemu', '/nonexistent/qemu',
+                          '--', *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertFalse(os.path.exists(tmpdir))
         self.assert_leftovers('y')
 
     def test_create_qemu_exits(self):
