@@ -1773,15 +1773,6 @@ fail:
     return NULL;
 }
 
-/* Start one clone of @m, not through a pool. */
-static QDict *start_clone(Manifest *m, const char *qemu, char **extra,
-                          char **nics, Error **errp)
-{
-    Clone *c = clone_spawn(m, qemu, extra, nics, false, errp);
-
-    return c ? clone_finish(m, c, c->t_exec, errp) : NULL;
-}
-
 /* ------------------------------------------------------------------ */
 /* the pool */
 
@@ -2223,53 +2214,108 @@ static QDict *pool_clone(const char *name, bool *used, Error **errp)
     return ret;
 }
 
+static void clone_print(QDict *c, bool pooled)
+{
+    QDict *id = qdict_get_qdict(c, "identity");
+    QDict *t = qdict_get_qdict(c, "times");
+    QListEntry *e;
+
+    printf("%s pid=%" PRId64 " qmp=%s vmgenid=%s uuid=%s %s=%.1fms",
+           qdict_get_str(c, "id"), qdict_get_int(c, "pid"),
+           qdict_get_str(c, "qmp"), qdict_get_str(id, "vmgenid"),
+           qdict_get_str(id, "uuid"),
+           pooled ? "request-to-running" : "running",
+           qdict_get_try_int(t, pooled ? "request-us" : "running-us",
+                             0) / 1000.0);
+    QLIST_FOREACH_ENTRY(qdict_get_qlist(c, "nics"), e) {
+        QDict *nic = qobject_to(QDict, qlist_entry_obj(e));
+
+        printf(" mac=%s", qdict_get_str(nic, "mac"));
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+/*
+ * Clones not taken from a pool are started CLONE_BATCH at a time: the
+ * QEMUs of a batch are all spawned, then each is finished in turn, so
+ * their start-ups overlap (a clone's "running" time counts from its own
+ * exec).
+ */
+#define CLONE_BATCH 8
+
+/*
+ * Start up to @n clones of @m at once into @all; false (with @errp set)
+ * when one failed, after stopping the others that were not finished.
+ */
+static bool clone_batch(Manifest *m, int n, const char *qemu, char **extra,
+                        char **nics, QList *all, Error **errp)
+{
+    Clone *batch[CLONE_BATCH];
+    int spawned, j;
+    bool ok = true;
+
+    for (spawned = 0; spawned < n; spawned++) {
+        batch[spawned] = clone_spawn(m, qemu, extra, nics, false, errp);
+        if (!batch[spawned]) {
+            ok = false;
+            break;
+        }
+    }
+    for (j = 0; j < spawned; j++) {
+        QDict *c;
+
+        if (!ok) {
+            clone_discard(batch[j]);
+            continue;
+        }
+        c = clone_finish(m, batch[j], batch[j]->t_exec, errp);
+        if (!c) {
+            ok = false;
+            continue;
+        }
+        if (!opt_json) {
+            clone_print(c, false);
+        }
+        qlist_append(all, c);
+    }
+    return ok;
+}
+
 static bool do_clone(const char *name, int count, const char *qemu,
                      char **extra, char **nics, bool no_pool, Error **errp)
 {
     g_autoptr(Manifest) m = manifest_load(name, errp);
     QList *all = qlist_new();
-    int i;
+    int done = 0;
+    bool ok = true;
 
     if (!m) {
         qobject_unref(all);
         return false;
     }
-    for (i = 0; i < count; i++) {
+    while (ok && done < count) {
         bool pooled = false;
-        QDict *c = NULL;
-        QDict *id, *t;
 
         /* a pool's clones were started with the pool's options */
         if (!no_pool && !extra[0] && !nics[0] && !qemu) {
-            c = pool_clone(name, &pooled, errp);
-        }
-        if (!pooled) {
-            c = start_clone(m, qemu ?: m->qemu, extra, nics, errp);
-        }
-        if (!c) {
-            break;
-        }
-        id = qdict_get_qdict(c, "identity");
-        t = qdict_get_qdict(c, "times");
-        if (!opt_json) {
-            QListEntry *e;
+            QDict *c = pool_clone(name, &pooled, errp);
 
-            printf("%s pid=%" PRId64 " qmp=%s vmgenid=%s uuid=%s "
-                   "%s=%.1fms", qdict_get_str(c, "id"),
-                   qdict_get_int(c, "pid"), qdict_get_str(c, "qmp"),
-                   qdict_get_str(id, "vmgenid"), qdict_get_str(id, "uuid"),
-                   pooled ? "request-to-running" : "running",
-                   qdict_get_try_int(t, pooled ? "request-us" : "running-us",
-                                     0) / 1000.0);
-            QLIST_FOREACH_ENTRY(qdict_get_qlist(c, "nics"), e) {
-                QDict *nic = qobject_to(QDict, qlist_entry_obj(e));
-
-                printf(" mac=%s", qdict_get_str(nic, "mac"));
+            if (pooled) {
+                ok = c != NULL;
+                if (c && !opt_json) {
+                    clone_print(c, true);
+                }
+                if (c) {
+                    qlist_append(all, c);
+                    done++;
+                }
+                continue;
             }
-            printf("\n");
-            fflush(stdout);
         }
-        qlist_append(all, c);
+        ok = clone_batch(m, MIN(CLONE_BATCH, count - done), qemu ?: m->qemu,
+                         extra, nics, all, errp);
+        done = qlist_size(all);
     }
     if (opt_json) {
         g_autoptr(GString) j = qobject_to_json_pretty(QOBJECT(all), true);
@@ -2277,7 +2323,7 @@ static bool do_clone(const char *name, int count, const char *qemu,
         printf("%s\n", j->str);
     }
     qobject_unref(all);
-    return i == count;
+    return ok;
 }
 
 /* ------------------------------------------------------------------ */

@@ -15,6 +15,10 @@ the same accelerator.  Scenarios (docs/devel/vmt-benchmarks.rst):
   save     template save (device state) and fixed-ram (mapped-ram) save
   restore  migrate-incoming -> running vs RAM size, copy vs map
   density  N clones (and N cold-booted VMs) at once: memory per VM
+  tool     qemu-template: clone, pool requests, pooled memory, refill
+  breakdown  an idle clone's memory by cause, ours against upstream
+  scale    up to 500 idle clones at once (qemu-template) against
+           upstream's x-ignore-shared clones and cold boots
 
 Writes report.md, results.json and PNG plots to build/bench (--quick:
 build/bench-quick) and prints a summary table.  With --check the report
@@ -50,7 +54,7 @@ TEMPLATE_MIB = 4        # written by every template before its save
 DENSITY_MIB = 4         # written by every VM of the density scenario
 WARM_BYTES = 256 << 20  # touched and freed before each timed VM start
 SCENARIOS = ('floor', 'boot', 'clone', 'save', 'restore', 'density',
-             'tool', 'breakdown')
+             'tool', 'breakdown', 'scale')
 
 # clone flows: (id, mode, binary, template id).  Templates: shared RAM
 # file saved with x-ignore-shared or bypass-shared-memory, or one
@@ -985,6 +989,15 @@ class Bench:
                                           refill=3 if q else 5)
 
     # =======================================================================
+    # i. many idle clones at once (tests/vmt/bench_scale.py)
+
+    def run_scale(self):
+        import bench_scale
+        self.res['scale'] = bench_scale.run(
+            self, sys.modules[__name__], self.o.scale,
+            3.0 if self.o.quick else 10.0)
+
+    # =======================================================================
     # h. an idle clone's memory by cause, ours against upstream
 
     BREAKDOWN_FLOWS = (('bypass', 'ours'), ('ignore-shared', 'upstream'),
@@ -1044,7 +1057,8 @@ class Bench:
                        ('restore', self.run_restore),
                        ('density', self.run_density),
                        ('tool', self.run_tool),
-                       ('breakdown', self.run_breakdown)]
+                       ('breakdown', self.run_breakdown),
+                       ('scale', self.run_scale)]
             for name, fn in stages:
                 if name not in want and fn != self.make_templates:
                     continue
@@ -1120,6 +1134,10 @@ def parse_args(argv=None):
                     help='restore: fraction of the RAM the guest writes '
                     'before the save (default 0.25, quick 0.125; at most '
                     '1024 MiB)')
+    ap.add_argument('--scale', type=int,
+                    help='scale: idle clones at once per mode of ours '
+                    '(default 500, quick 4; upstream flows at most 50 '
+                    'and 20)')
     ap.add_argument('--parallel', type=int, default=2,
                     help='density: VMs started at once (default 2)')
     ap.add_argument('--mem-budget', type=float, default=16.0,
@@ -1149,6 +1167,8 @@ def parse_args(argv=None):
         o.reps = 3 if q else 20
     if o.clones is None:
         o.clones = 3 if q else 50
+    if o.scale is None:
+        o.scale = 4 if q else 500
     if o.restore_fill is None:
         o.restore_fill = 0.125 if q else 0.25
     if not 0 < o.restore_fill <= 0.5:
@@ -1159,8 +1179,9 @@ def parse_args(argv=None):
     for s in o.only:
         if s not in SCENARIOS:
             ap.error(f'--only: unknown scenario {s}')
-    if o.clones < 1 or o.reps < 1 or o.parallel < 1:
-        ap.error('--clones, --reps and --parallel must be at least 1')
+    if o.clones < 1 or o.reps < 1 or o.parallel < 1 or o.scale < 1:
+        ap.error('--clones, --reps, --scale and --parallel must be at '
+                 'least 1')
     for s in o.sizes:
         try:
             vmt.parse_size(s)

@@ -24,6 +24,7 @@ SECTIONS = (
     ('density', 'f. Density'),
     ('tool', 'g. qemu-template'),
     ('breakdown', 'h. Idle clone memory by cause'),
+    ('scale', 'i. Density at scale'),
     ('plots', 'Plots'),
     ('notes', 'Notes'),
 )
@@ -455,6 +456,63 @@ def table_breakdown(res):
     return t, t2
 
 
+SCALE_TARGETS = (
+    # (measure, result key, target, its unit, True if higher is better)
+    ('Pss per idle clone', 'pss_kib', 20, 'MiB', False),
+    ('Pss per idle clone without the TCG cache', 'pss_without_tcg_kib', 10,
+     'MiB', False),
+    ('host memory per idle clone', 'host_per_vm_kib', 15, 'MiB', False),
+    ('clones running at once', 'started', 500, 'clones', True),
+    ('start rate', 'per_s', 20, 'clones/s', True),
+)
+
+
+def _scale_cell(r, key):
+    if r is None:
+        return None
+    v = r.get(key)
+    return v / 1024 if v is not None and key.endswith('_kib') else v
+
+
+def table_scale(res):
+    t = Table(f'scale: idle VMs at once, {res["settle_s"]:g} s idle (per VM: '
+              'means)', [
+                  'flow', 'asked (VMs)', 'running (VMs)', 'answering (VMs)',
+                  'start rate (VMs/s)', 'Pss (MiB)', 'anonymous (MiB)',
+                  'TCG cache (MiB)', 'Pss without TCG (MiB)',
+                  'MemAvailable drop (MiB)', 'given back (MiB)',
+                  'host memory (MiB)', 'idle CPU (% of a core)'])
+    for fid, r in res['flows'].items():
+        if r.get('error'):
+            t.add(fid, *([f'{NA} (failed)'] * 12))
+            continue
+        t.add(fid, r['asked'], r['started'], r.get('answered', 0),
+              fnum(r.get('per_s')), fmib(r.get('pss_kib')),
+              fmib(r.get('anon_kib')), fmib(r.get('tcg_kib')),
+              fmib(r.get('pss_without_tcg_kib')),
+              fmib(r.get('avail_drop_per_vm_kib')),
+              fmib(r.get('released_per_vm_kib')),
+              fmib(r.get('host_per_vm_kib')), fnum(r.get('idle_cpu_pct'), 2))
+    t2 = Table('scale: issue targets and upstream, this run', [
+        'measure', 'target', 'bypass/ours (value)', 'mapped-ram/ours (value)',
+        'ignore-shared/upstream (value)', 'cold/upstream (value)',
+        'ratio (bypass/ignore-shared)'])
+    f = res['flows']
+    for label, key, target, unit, higher in SCALE_TARGETS:
+        vals = [_scale_cell(f.get(fid), key) for fid in (
+            'bypass/ours', 'mapped-ram/ours', 'ignore-shared/upstream',
+            'cold/upstream')]
+        cells = [fnum(v) if v is not None else NA for v in vals]
+        if key == 'started':
+            # upstream flows are capped (bench_scale.py): no ratio
+            rt = DASH
+        else:
+            rt = ratio(vals[0], vals[2])
+        t2.add(f'{label} ({unit})',
+               f'{">=" if higher else "<="} {target}', *cells, rt)
+    return t, t2
+
+
 def table_tool_mem(res):
     t = Table('qemu-template: pooled clones and templates', [
         'mode', 'pooled idle clone Pss (MiB)', 'pooled idle clone private '
@@ -583,6 +641,20 @@ def summary_table(res):
                   f'pool {mode}/ours', fnum(a) if a else NA,
                   'ignore-shared/upstream', fnum(b) if b else NA,
                   ratio(a, b))
+    sc = res.get('scale')
+    if sc:
+        f = sc['flows']
+        up = f.get('ignore-shared/upstream') or {}
+        for ours in ('bypass/ours', 'mapped-ram/ours'):
+            r = f.get(ours) or {}
+            for key, label in (('pss_kib', 'Pss'),
+                               ('host_per_vm_kib', 'host memory')):
+                a, b = r.get(key), up.get(key)
+                t.add(f'scale, {r.get("started", 0)} idle clones: {label} '
+                      'per clone (MiB)', ours,
+                      fmib(a) if a is not None else NA,
+                      f'ignore-shared/upstream ({up.get("started", 0)})',
+                      fmib(b) if b is not None else NA, ratio(a, b))
     return t
 
 
@@ -933,6 +1005,30 @@ def write_report(res, out, made_plots):
                'QEMU code) that more clones would share.', '']
         for tb in table_breakdown(bd):
             table(tb)
+    if 'scale' in res:
+        section('scale')
+        sc = res['scale']
+        md += ['`tests/vmt/bench_scale.py`: up to '
+               f'{sc["n"]} idle clones per mode of ours at once, started '
+               'with `qemu-template clone --no-pool --count '
+               f'{sc["batch"]}` calls (the tool spawns 8 QEMUs at once), '
+               "against upstream's x-ignore-shared clones and cold boots "
+               '(at most 50 and 20: their per-VM figures are steady long '
+               'before).  Every flow runs the generic-kernel guest with '
+               'the same command line and a vmgenid device.  Per VM: '
+               '`smaps_rollup` means; host memory is the mean of the '
+               'MemAvailable drop with all running and what stopping them '
+               'gave back.  The start rate counts from the first start to '
+               'the last guest running (cold boots: to the agent\'s '
+               'answer).  Idle CPU: the VMs\' CPU time during the idle '
+               'period, per VM.  The memory guard, or a batch that takes '
+               'over 20 s to start (the CPUs are saturated), may stop a '
+               'flow early: '
+               + ('; '.join(f'{k}: {v["stopped"]}' for k, v in
+                            sc['flows'].items() if v.get('stopped'))
+                  or 'it did not') + '.', '']
+        for tb in table_scale(sc):
+            table(tb)
     section('plots')
     for name, what in PLOTS:
         if name in made_plots:
@@ -1097,7 +1193,7 @@ def check(out):
         if f'\n## {title}\n' not in text:
             return False, f'section "{title}" missing', 0, 0
         if key in ('floor', 'boot', 'clone', 'save', 'restore', 'density',
-                   'tool', 'breakdown') \
+                   'tool', 'breakdown', 'scale') \
                 and key not in res:
             return False, f'no results for {key}', 0, 0
     tables = parse_tables(text)

@@ -212,6 +212,53 @@ class TemplateCloneTest(unittest.TestCase):
             self.assertEqual(g['reseeds'], '1', c.name)
 
 
+    def test_h_small_ram_blocks_no_huge_pages(self):
+        """RAM blocks smaller than a huge page opt out of transparent huge
+        pages, larger ones still ask for them (patch 20): VmFlags 'nh'
+        and 'hg' of the mappings that hold each block."""
+        if not os.path.isdir('/sys/kernel/mm/transparent_hugepage'):
+            self.skipTest('the host kernel has no transparent huge pages')
+        c = self.clones[0]
+        blocks = ram_blocks(c)
+        self.assertIn('/rom@etc/acpi/tables', blocks)
+        flags = vmflags(c.pid)
+        for name, (hva, used) in blocks.items():
+            got = [f for (start, end), f in flags.items()
+                   if start <= hva < end]
+            self.assertEqual(len(got), 1, name)
+            if used >= 2 << 20:
+                self.assertIn('hg', got[0], name)
+            else:
+                self.assertIn('nh', got[0], name)
+                self.assertNotIn('hg', got[0], name)
+
+
+def ram_blocks(vm):
+    """{name: (host address, used length)} from 'info ramblock'."""
+    out = vm.cmd('human-monitor-command', **{'command-line': 'info ramblock'})
+    blocks = {}
+    for line in out.splitlines()[1:]:
+        # name, page size ("4 KiB"), offset, used, total, HVA, RO
+        f = line.split()
+        if len(f) >= 8:
+            blocks[f[0]] = (int(f[6], 16), int(f[4], 16))
+    return blocks
+
+
+def vmflags(pid):
+    """{(start, end): set of VmFlags} of every mapping of pid."""
+    out = {}
+    cur = None
+    with open(f'/proc/{pid}/smaps') as f:
+        for line in f:
+            first = line.split(' ', 1)[0]
+            if '-' in first and not first.endswith(':'):
+                cur = tuple(int(x, 16) for x in first.split('-'))
+            elif line.startswith('VmFlags:'):
+                out[cur] = set(line.split()[1:])
+    return out
+
+
 class BypassCloneTest(TemplateCloneTest):
     """The same with the bypass-shared-memory capability: set on the
     template only; clones start with a plain -incoming "exec:cat STATE".

@@ -1,0 +1,290 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Benchmark scenario "scale" (tests/vmt/bench.py): many idle VMs at once.
+
+All flows run the generic-kernel guest (build/guest-vmgenid) with the same
+command line and a vmgenid device, so their QEMUs differ only in how they
+start:
+
+- ours, bypass and mapped-ram: qemu-template makes a template, then
+  "clone --no-pool --count BATCH" calls start clones (the tool spawns 8
+  QEMUs at once) until --scale of them run (default 500);
+- upstream, x-ignore-shared: the bench makes a template of the same guest
+  with upstream QEMU and starts its clones (share=off backend, -incoming
+  defer, x-ignore-shared, migrate-incoming exec:cat), BATCH at a time, at
+  most UPSTREAM_MAX;
+- upstream, cold boot: the guest booted from scratch, at most COLD_MAX
+  (each costs seconds of CPU; per-VM memory is steady long before).
+
+Before every batch the bench's memory guard (--mem-budget, --mem-floor)
+may stop a flow early; the report says where.  Once a flow's VMs run
+they idle for SETTLE seconds, then every one must answer the agent;
+then: MemAvailable drop per VM (all running against before the first),
+Pss, anonymous memory and TCG cache per VM (smaps_rollup, mean), the
+start rate (VMs per second from the first start to the last running;
+cold boots: to the agent's answer), and the memory that stopping them
+all gives back.  Measures only; nothing here asserts a figure.
+"""
+
+import os
+import signal
+import subprocess
+import json
+import time
+
+import vmt
+
+TOOL_MODES = ('bypass', 'mapped-ram')
+BATCH = 16
+UPSTREAM_MAX = 50
+COLD_MAX = 20
+# A flow stops starting VMs once a batch takes longer than this: the VMs
+# already running use the CPUs (idle TCG guests cost about 1 % of a core
+# each here), and further starts only measure the overload.
+SLOW_BATCH_S = 20.0
+
+
+def cpu_ticks(pids):
+    """utime + stime of the processes, in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def rollup(pid):
+    out = {}
+    with open(f'/proc/{pid}/smaps_rollup') as f:
+        for line in f:
+            k, _, rest = line.partition(':')
+            if rest.strip().endswith('kB'):
+                out[k] = int(rest.split()[0])
+    return out
+
+
+class Scale:
+    def __init__(self, bench, bm, n, settle):
+        self.b = bench
+        self.bm = bm            # bench.py's module: memory and VM helpers
+        self.n = n
+        self.settle = settle
+        self.tool = vmt.template_tool(bench.bins['ours'])
+        self.dir = bench.tmp.join('scale')
+        self.guest = vmt.vmgenid_guest_dir()
+
+    def run_tool(self, *args):
+        r = subprocess.run([self.tool, '--dir', self.dir, '--json', *args],
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=600)
+        if r.returncode:
+            raise vmt.VMTError(f'qemu-template {args[0]}: {r.stderr.strip()}')
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+    # -- one flow: start, idle, ask, measure, stop
+
+    def flow(self, fid, n, start, stop):
+        """start(k) -> list of {'pid', 'ping', ...}, ping() asks the
+        guest's agent (raises VMTError without an answer); stop(list)."""
+        b, bm = self.b, self.bm
+        r = {'asked': n, 'started': 0}
+        vms = []
+        base = bm.settle_memory()
+        est = 64 * 1024             # KiB per VM until measured
+        t0 = time.monotonic()
+        try:
+            while len(vms) < n:
+                k = min(BATCH, n - len(vms))
+                ok, why = b.memory_ok(int(est * k * 1.25))
+                if not ok:
+                    r['stopped'] = f'stopped at {len(vms)} of {n}: {why}'
+                    b.say(f'scale {fid}: {r["stopped"]}')
+                    break
+                t_batch = time.monotonic()
+                vms += start(k)
+                t_batch = time.monotonic() - t_batch
+                est = max(4096, (base - bm.mem_available_kib()) // len(vms))
+                if t_batch > SLOW_BATCH_S and len(vms) < n:
+                    r['stopped'] = (f'stopped at {len(vms)} of {n}: the CPUs '
+                                    f'are saturated (the last {k} took '
+                                    f'{t_batch:.0f} s to start)')
+                    b.say(f'scale {fid}: {r["stopped"]}')
+                    break
+                if len(vms) % 100 < k or len(vms) == n:
+                    b.say(f'scale {fid}: {len(vms)}/{n} running, '
+                          f'{est / 1024:.1f} MiB each so far')
+            r['started'] = len(vms)
+            r['start_s'] = round(time.monotonic() - t0, 2)
+            if not vms:
+                return r
+            r['per_s'] = round(len(vms) / r['start_s'], 2)
+            pids = [v['pid'] for v in vms]
+            ticks = cpu_ticks(pids)
+            time.sleep(self.settle)
+            # CPU time of the idle VMs, in % of one core per VM
+            r['idle_cpu_pct'] = round(
+                (cpu_ticks(pids) - ticks) / os.sysconf('SC_CLK_TCK') /
+                self.settle / len(pids) * 100, 2)
+            answered = 0
+            for v in vms:
+                try:
+                    v['ping']()
+                    answered += 1
+                except vmt.VMTError as e:
+                    b.say(f'scale {fid}: pid {v["pid"]}: no answer: {e}')
+            r['answered'] = answered
+            avail = bm.mem_available_kib()
+            r['avail_drop_per_vm_kib'] = (base - avail) / len(vms)
+            ru = [rollup(v['pid']) for v in vms]
+            tcg = [bm.tcg_memory(v['pid'])[0] for v in vms]
+            for key, name in (('Pss', 'pss'), ('Anonymous', 'anon')):
+                r[f'{name}_kib'] = sum(x[key] for x in ru) / len(ru)
+            r['tcg_kib'] = sum(tcg) / len(tcg)
+            r['pss_without_tcg_kib'] = r['pss_kib'] - r['tcg_kib']
+            stop(vms)
+            vms = []
+            r['released_per_vm_kib'] = (bm.settle_memory() - avail) / \
+                r['started']
+            r['host_per_vm_kib'] = (r['avail_drop_per_vm_kib'] +
+                                    r['released_per_vm_kib']) / 2
+            b.say(f'scale {fid}: {r["started"]} VMs at {r["per_s"]:.1f}/s, '
+                  f'{answered} answered; per VM: Pss '
+                  f'{r["pss_kib"] / 1024:.1f} MiB, host '
+                  f'{r["host_per_vm_kib"] / 1024:.1f} MiB')
+            return r
+        finally:
+            stop(vms)
+
+    # -- ours: qemu-template
+
+    def tool_flow(self, mode):
+        name = f'scale-{mode}'
+        self.run_tool('create', name, '--mode', mode, '--qemu',
+                      self.b.bins['ours'], '--ready', vmt.TOOL_READY, '--',
+                      *vmt.tool_guest_args(self.guest, self.b.accel))
+
+        def start(k):
+            recs = self.run_tool('clone', name, '--no-pool', '--count',
+                                 str(k))
+            return [{'pid': c['pid'], 'id': c['id'],
+                     'ping': lambda c=c: ping(c)} for c in recs]
+
+        def ping(c):
+            a = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
+            try:
+                a.connect()
+                a.ping(timeout=120)
+            finally:
+                a.close()
+
+        def stop(vms):
+            for v in vms:
+                try:
+                    os.kill(v['pid'], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for v in vms:
+                self.run_tool('destroy', v['id'])
+            vms.clear()
+
+        try:
+            return self.flow(f'{mode}/ours', self.n, start, stop)
+        finally:
+            self.run_tool('destroy', name)
+
+    # -- upstream: the bench's own VMs
+
+    def upstream_template(self):
+        b, bm = self.b, self.bm
+        tpl = type('Tpl', (), {})()
+        tpl.ram = b.tmp.join('scale-upstream.ram')
+        tpl.state = b.tmp.join('scale-upstream.state')
+        v = b.vm('upstream', 'scale-template',
+                 vmt.ram_backend_args(tpl.ram, share=True) + bm.DEVICES,
+                 guest=self.guest)
+        try:
+            v.launch()
+            v.wait_banner(timeout=600)
+            bm.pong(v, timeout=600)
+            b.save(v, 'ignore-shared', tpl.state)
+        finally:
+            v.kill()
+        return tpl
+
+    def vm_flow(self, fid, n, mode, tpl=None):
+        b, bm = self.b, self.bm
+
+        def start(k):
+            batch = []
+            try:
+                for _ in range(k):
+                    extra = (b.clone_args(mode, tpl) if tpl else []) + \
+                        bm.DEVICES
+                    v = b.vm('upstream', 'scale', extra, guest=self.guest)
+                    batch.append(v)
+                    v.launch()
+                    if tpl:
+                        v.set_caps(x_ignore_shared=True)
+                        v.cmd('migrate-incoming',
+                              uri=f'exec:cat {tpl.state}')
+                for v in batch:
+                    if tpl:
+                        bm.wait_running(v, timeout=600)
+                    else:
+                        v.wait_banner(timeout=600)
+                        bm.pong(v, timeout=600)
+            except BaseException:
+                for v in batch:
+                    v.kill()
+                raise
+            # the agent socket takes one client: the VM's own
+            return [{'pid': v.proc.pid, 'vm': v,
+                     'ping': lambda v=v: v.agent.ping(timeout=120)}
+                    for v in batch]
+
+        def stop(vms):
+            for v in vms:
+                v['vm'].kill()
+            vms.clear()
+
+        return self.flow(fid, n, start, stop)
+
+
+def run(bench, bm, n, settle):
+    """res['scale'] for bench.py; bm: bench.py's module."""
+    s = Scale(bench, bm, n, settle)
+    if not os.access(s.tool, os.X_OK):
+        raise vmt.VMTError(f'{s.tool} not built')
+    vmt.build_vmgenid_guest()
+    res = {'n': n, 'settle_s': settle, 'batch': BATCH,
+           'guest': s.guest, 'flows': {}}
+    flows = res['flows']
+    for mode in TOOL_MODES:
+        try:
+            flows[f'{mode}/ours'] = s.tool_flow(mode)
+        except Exception as e:
+            flows[f'{mode}/ours'] = {'error': bench.fail(f'scale/{mode}', e)}
+            vmt.kill_all_vms()
+    try:
+        tpl = s.upstream_template()
+        flows['ignore-shared/upstream'] = s.vm_flow(
+            'ignore-shared/upstream', min(n, UPSTREAM_MAX), 'ignore-shared',
+            tpl)
+        for p in (tpl.ram, tpl.state):
+            if os.path.exists(p):
+                os.unlink(p)
+    except Exception as e:
+        flows['ignore-shared/upstream'] = {
+            'error': bench.fail('scale/ignore-shared', e)}
+        vmt.kill_all_vms()
+    try:
+        flows['cold/upstream'] = s.vm_flow('cold/upstream',
+                                           min(n, COLD_MAX), 'cold')
+    except Exception as e:
+        flows['cold/upstream'] = {'error': bench.fail('scale/cold', e)}
+        vmt.kill_all_vms()
+    return res
