@@ -41,7 +41,8 @@ COLD_MAX = 20
 # A flow stops starting VMs once a batch takes longer than this: the VMs
 # already running use the CPUs (idle TCG guests cost about 1 % of a core
 # each here), and further starts only measure the overload.
-SLOW_BATCH_S = 20.0
+SLOW_BATCH_S = 10.0
+FIRST = 64                  # the start rate is also given for the first
 
 
 def cpu_ticks(pids):
@@ -88,8 +89,8 @@ class Scale:
     # -- one flow: start, idle, ask, measure, stop
 
     def flow(self, fid, n, start, stop):
-        """start(k) -> list of {'pid', 'ping', ...}, ping() asks the
-        guest's agent (raises VMTError without an answer); stop(list)."""
+        """start(k) -> list of {'pid', 'agent', ...}: 'agent' is the
+        VM's connected vmt.Agent or the path of its socket; stop(list)."""
         b, bm = self.b, self.bm
         r = {'asked': n, 'started': 0}
         vms = []
@@ -107,6 +108,10 @@ class Scale:
                 t_batch = time.monotonic()
                 vms += start(k)
                 t_batch = time.monotonic() - t_batch
+                if 'first_per_s' not in r and len(vms) >= FIRST:
+                    # before the running VMs load the CPUs
+                    r['first_per_s'] = round(
+                        len(vms) / (time.monotonic() - t0), 2)
                 est = max(4096, (base - bm.mem_available_kib()) // len(vms))
                 if t_batch > SLOW_BATCH_S and len(vms) < n:
                     r['stopped'] = (f'stopped at {len(vms)} of {n}: the CPUs '
@@ -129,14 +134,7 @@ class Scale:
             r['idle_cpu_pct'] = round(
                 (cpu_ticks(pids) - ticks) / os.sysconf('SC_CLK_TCK') /
                 self.settle / len(pids) * 100, 2)
-            answered = 0
-            for v in vms:
-                try:
-                    v['ping']()
-                    answered += 1
-                except vmt.VMTError as e:
-                    b.say(f'scale {fid}: pid {v["pid"]}: no answer: {e}')
-            r['answered'] = answered
+            r['answered'] = answered = self.ask_all(fid, vms)
             avail = bm.mem_available_kib()
             r['avail_drop_per_vm_kib'] = (base - avail) / len(vms)
             ru = [rollup(v['pid']) for v in vms]
@@ -159,6 +157,44 @@ class Scale:
         finally:
             stop(vms)
 
+    def ask_all(self, fid, vms, timeout=600.0):
+        """Ping every VM's agent at once, then collect the answers: the
+        wait is the slowest answer, not the sum.  Returns how many
+        answered."""
+        asked = []
+        for v in vms:
+            a = v['agent']
+            own = not isinstance(a, vmt.Agent)
+            try:
+                if own:
+                    a = vmt.Agent(a)
+                    a.connect()
+                a.drain()
+                a.send('ping')
+                asked.append((v, a, own))
+            except Exception as e:
+                self.b.say(f'scale {fid}: pid {v["pid"]}: cannot ask: {e}')
+                if own:
+                    a.close()
+        deadline = time.monotonic() + timeout
+        answered = 0
+        for v, a, own in asked:
+            try:
+                while True:
+                    ans = a.read_answer(max(0.0,
+                                            deadline - time.monotonic()))
+                    if ans is None:
+                        self.b.say(f'scale {fid}: pid {v["pid"]}: no pong '
+                                   f'within {timeout:g} s')
+                        break
+                    if ans == 'pong':
+                        answered += 1
+                        break
+            finally:
+                if own:
+                    a.close()
+        return answered
+
     # -- ours: qemu-template
 
     def tool_flow(self, mode):
@@ -171,15 +207,8 @@ class Scale:
             recs = self.run_tool('clone', name, '--no-pool', '--count',
                                  str(k))
             return [{'pid': c['pid'], 'id': c['id'],
-                     'ping': lambda c=c: ping(c)} for c in recs]
-
-        def ping(c):
-            a = vmt.Agent(os.path.join(c['dir'], 'agent.sock'))
-            try:
-                a.connect()
-                a.ping(timeout=120)
-            finally:
-                a.close()
+                     'agent': os.path.join(c['dir'], 'agent.sock')}
+                    for c in recs]
 
         def stop(vms):
             for v in vms:
@@ -242,8 +271,7 @@ class Scale:
                     v.kill()
                 raise
             # the agent socket takes one client: the VM's own
-            return [{'pid': v.proc.pid, 'vm': v,
-                     'ping': lambda v=v: v.agent.ping(timeout=120)}
+            return [{'pid': v.proc.pid, 'vm': v, 'agent': v.agent}
                     for v in batch]
 
         def stop(vms):
