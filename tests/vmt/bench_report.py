@@ -1026,7 +1026,8 @@ def write_report(res, out, made_plots):
                'answer), and for the first 64 (before the running VMs '
                'load the CPUs).  Idle CPU: the VMs\' CPU time during the idle '
                'period, per VM.  The memory guard, or a batch that takes '
-               'over 10 s to start (the CPUs are saturated), may stop a '
+               'over 10 s (and 3 times the first) to start (the CPUs are '
+               'saturated), may stop a '
                'flow early: '
                + ('; '.join(f'{k}: {v["stopped"]}' for k, v in
                             sc['flows'].items() if v.get('stopped'))

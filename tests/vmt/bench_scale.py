@@ -38,9 +38,10 @@ TOOL_MODES = ('bypass', 'mapped-ram')
 BATCH = 16
 UPSTREAM_MAX = 50
 COLD_MAX = 20
-# A flow stops starting VMs once a batch takes longer than this: the VMs
-# already running use the CPUs (idle TCG guests cost about 1 % of a core
-# each here), and further starts only measure the overload.
+# A flow stops starting VMs once a batch takes longer than this, or three
+# times its first batch (cold boots): the VMs already running use the
+# CPUs (an idle TCG guest costs about 1 % of a core here), and further
+# starts only measure the overload.
 SLOW_BATCH_S = 10.0
 FIRST = 64                  # the start rate is also given for the first
 
@@ -96,6 +97,7 @@ class Scale:
         vms = []
         base = bm.settle_memory()
         est = 64 * 1024             # KiB per VM until measured
+        slow = None
         t0 = time.monotonic()
         try:
             while len(vms) < n:
@@ -113,7 +115,8 @@ class Scale:
                     r['first_per_s'] = round(
                         len(vms) / (time.monotonic() - t0), 2)
                 est = max(4096, (base - bm.mem_available_kib()) // len(vms))
-                if t_batch > SLOW_BATCH_S and len(vms) < n:
+                slow = slow or max(SLOW_BATCH_S, 3 * t_batch)
+                if t_batch > slow and len(vms) < n:
                     r['stopped'] = (f'stopped at {len(vms)} of {n}: the CPUs '
                                     f'are saturated (the last {k} took '
                                     f'{t_batch:.0f} s to start)')
