@@ -1018,7 +1018,11 @@ def write_report(res, out, made_plots):
                "against upstream's x-ignore-shared clones and cold boots "
                '(at most 50 and 20: their per-VM figures are steady long '
                'before).  Every flow runs the generic-kernel guest with '
-               'the same command line and a vmgenid device.  Per VM: '
+               'the same command line, a vmgenid device and `-M '
+               'pc,hpet=off` (with an HPET, QEMU 10.0 keeps running the '
+               'periodic timer Linux leaves behind: about 1.3 % of a core '
+               'per idle VM against 0.3 %; see `docs/devel/vmt-density.rst`'
+               ').  Per VM: '
                '`smaps_rollup` means; host memory is the mean of the '
                'MemAvailable drop with all running and what stopping them '
                'gave back.  The start rate counts from the first start to '
