@@ -120,6 +120,10 @@ if want qtest; then
     # shows that IDE on good input is unchanged.
     run_qtest "upstream ide-test" "$OBJ/tests/qtest/ide-test" \
         QTEST_QEMU_BINARY="$QEMU" --
+    # hpet-test: a periodic HPET timer whose interrupt is disabled is
+    # parked (patch "hw/timer/hpet: do not re-arm...").
+    run_qtest "hpet-test" "$OBJ/tests/qtest/hpet-test" \
+        QTEST_QEMU_BINARY="$QEMU" --
 fi
 
 if want compat; then

@@ -995,7 +995,7 @@ class Bench:
         import bench_scale
         self.res['scale'] = bench_scale.run(
             self, sys.modules[__name__], self.o.scale,
-            3.0 if self.o.quick else 10.0)
+            3.0 if self.o.quick else 10.0, self.o.scale_machine)
 
     # =======================================================================
     # h. an idle clone's memory by cause, ours against upstream
@@ -1138,6 +1138,10 @@ def parse_args(argv=None):
                     help='scale: idle clones at once per mode of ours '
                     '(default 500, quick 4; upstream flows at most 50 '
                     'and 20)')
+    ap.add_argument('--scale-machine', default='pc',
+                    help='scale: the -machine of every VM (default pc: '
+                    'with the HPET, whose idle cost patch 21 removes; '
+                    'pc,hpet=off measures without it)')
     ap.add_argument('--parallel', type=int, default=2,
                     help='density: VMs started at once (default 2)')
     ap.add_argument('--mem-budget', type=float, default=16.0,

@@ -3,12 +3,14 @@
 Benchmark scenario "scale" (tests/vmt/bench.py): many idle VMs at once.
 
 All flows run the generic-kernel guest (build/guest-vmgenid) with the same
-command line, a vmgenid device and -M pc,hpet=off, so their QEMUs differ
-only in how they start.  Without an HPET: a Linux guest leaves the HPET
-timer it booted with periodic, with its interrupt disabled, when it
-moves to the LAPIC timer, and QEMU 10.0 keeps running that timer (about
-250 wake-ups a second in the main loop of every idle VM): 1.3 % of a core
-per idle clone against 0.3 % without it (docs/devel/vmt-density.rst).
+command line, a vmgenid device and the same -machine (bench.py
+--scale-machine, default pc), so their QEMUs differ only in how they start
+and in what the series changes.  With the HPET (pc's default): a Linux
+guest leaves the HPET timer it booted with periodic, with its interrupt
+disabled, when it moves to the LAPIC timer; upstream QEMU 10.0 keeps
+running that timer (about 250 wake-ups a second in the main loop of every
+idle VM, 1.3 % of a core against 0.3 % without an HPET), and the series
+parks it (patch "hw/timer/hpet: do not re-arm a periodic timer...").
 
 - ours, bypass and mapped-ram: qemu-template makes a template, then
   "clone --no-pool --count BATCH" calls start clones (the tool spawns 8
@@ -47,7 +49,6 @@ COLD_MAX = 20
 # CPUs (an idle TCG guest costs about 1 % of a core here), and further
 # starts only measure the overload.
 SLOW_BATCH_S = 10.0
-MACHINE = 'pc,hpet=off'
 FIRST = 64                  # the start rate is also given for the first
 
 
@@ -75,8 +76,9 @@ def rollup(pid):
 
 
 class Scale:
-    def __init__(self, bench, bm, n, settle):
+    def __init__(self, bench, bm, n, settle, machine):
         self.b = bench
+        self.machine = machine
         self.bm = bm            # bench.py's module: memory and VM helpers
         self.n = n
         self.settle = settle
@@ -209,7 +211,7 @@ class Scale:
         name = f'scale-{mode}'
         self.run_tool('create', name, '--mode', mode, '--qemu',
                       self.b.bins['ours'], '--ready', vmt.TOOL_READY, '--',
-                      *[MACHINE if a == 'pc' else a for a in
+                      *[self.machine if a == 'pc' else a for a in
                         vmt.tool_guest_args(self.guest, self.b.accel)])
 
         def start(k):
@@ -243,7 +245,7 @@ class Scale:
         tpl.state = b.tmp.join('scale-upstream.state')
         v = b.vm('upstream', 'scale-template',
                  vmt.ram_backend_args(tpl.ram, share=True) + bm.DEVICES,
-                 guest=self.guest, machine=MACHINE)
+                 guest=self.guest, machine=self.machine)
         try:
             v.launch()
             v.wait_banner(timeout=600)
@@ -263,7 +265,7 @@ class Scale:
                     extra = (b.clone_args(mode, tpl) if tpl else []) + \
                         bm.DEVICES
                     v = b.vm('upstream', 'scale', extra, guest=self.guest,
-                             machine=MACHINE)
+                             machine=self.machine)
                     batch.append(v)
                     v.launch()
                     if tpl:
@@ -292,13 +294,13 @@ class Scale:
         return self.flow(fid, n, start, stop)
 
 
-def run(bench, bm, n, settle):
+def run(bench, bm, n, settle, machine):
     """res['scale'] for bench.py; bm: bench.py's module."""
-    s = Scale(bench, bm, n, settle)
+    s = Scale(bench, bm, n, settle, machine)
     if not os.access(s.tool, os.X_OK):
         raise vmt.VMTError(f'{s.tool} not built')
     vmt.build_vmgenid_guest()
-    res = {'n': n, 'settle_s': settle, 'batch': BATCH,
+    res = {'n': n, 'settle_s': settle, 'batch': BATCH, 'machine': machine,
            'guest': s.guest, 'flows': {}}
     flows = res['flows']
     for mode in TOOL_MODES:
