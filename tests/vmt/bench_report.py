@@ -1030,10 +1030,11 @@ def write_report(res, out, made_plots):
                'the last guest running (cold boots: to the agent\'s '
                'answer), and for the first 64 (before the running VMs '
                'load the CPUs).  Idle CPU: the VMs\' CPU time during the idle '
-               'period, per VM.  The memory guard, or a batch that takes '
-               'over 10 s (and 3 times the first) to start (the CPUs are '
-               'saturated), may stop a '
-               'flow early: '
+               'period, per VM.  The memory guard may stop a flow early, '
+               'and so may saturated CPUs: after a batch that takes over '
+               '10 s (and 3 times the first) to start, the running VMs\' '
+               'CPU use is measured for 5 s, and over 75 % of all cores '
+               'stops the flow: '
                + ('; '.join(f'{k}: {v["stopped"]}' for k, v in
                             sc['flows'].items() if v.get('stopped'))
                   or 'it did not') + '.', '']

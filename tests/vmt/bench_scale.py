@@ -44,11 +44,15 @@ TOOL_MODES = ('bypass', 'mapped-ram')
 BATCH = 16
 UPSTREAM_MAX = 50
 COLD_MAX = 20
-# A flow stops starting VMs once a batch takes longer than this, or three
-# times its first batch (cold boots): the VMs already running use the
-# CPUs (an idle TCG guest costs about 1 % of a core here), and further
-# starts only measure the overload.
+# A batch that takes longer than this, or three times the flow's first
+# batch (cold boots), may mean that the VMs already running use the CPUs;
+# further starts would only measure the overload.  The flow then measures
+# what the running VMs use over PROBE_S seconds, and stops if that is
+# more than SATURATED of all cores; otherwise the slow batch was a
+# passing peak (the clones just started translating their guest's code).
 SLOW_BATCH_S = 10.0
+PROBE_S = 5.0
+SATURATED = 0.75
 FIRST = 64                  # the start rate is also given for the first
 
 
@@ -94,6 +98,16 @@ class Scale:
             raise vmt.VMTError(f'qemu-template {args[0]}: {r.stderr.strip()}')
         return json.loads(r.stdout) if r.stdout.strip() else None
 
+    @staticmethod
+    def cpu_use(pids):
+        """Share of all cores that @pids use over PROBE_S seconds."""
+        w0 = time.monotonic()
+        t0 = cpu_ticks(pids)
+        time.sleep(PROBE_S)
+        used = (cpu_ticks(pids) - t0) / os.sysconf('SC_CLK_TCK')
+        # the sleep ends late on loaded CPUs: divide by what it took
+        return used / (time.monotonic() - w0) / os.cpu_count()
+
     # -- one flow: start, idle, ask, measure, stop
 
     def flow(self, fid, n, start, stop):
@@ -124,11 +138,21 @@ class Scale:
                 est = max(4096, (base - bm.mem_available_kib()) // len(vms))
                 slow = slow or max(SLOW_BATCH_S, 3 * t_batch)
                 if t_batch > slow and len(vms) < n:
-                    r['stopped'] = (f'stopped at {len(vms)} of {n}: the CPUs '
-                                    f'are saturated (the last {k} took '
-                                    f'{t_batch:.0f} s to start)')
-                    b.say(f'scale {fid}: {r["stopped"]}')
-                    break
+                    use = self.cpu_use([v['pid'] for v in vms])
+                    t0 += PROBE_S       # not starting: out of the rate
+                    # (about: the probe may take a little longer)
+                    b.say(f'scale {fid}: the last {k} took {t_batch:.0f} s '
+                          f'to start; the {len(vms)} running use '
+                          f'{100 * use:.0f} % of the CPUs')
+                    r['slow_batches'] = r.get('slow_batches', 0) + 1
+                    if use > SATURATED:
+                        r['stopped'] = (
+                            f'stopped at {len(vms)} of {n}: the CPUs are '
+                            f'saturated (the last {k} took {t_batch:.0f} s '
+                            f'to start; the VMs running used '
+                            f'{100 * use:.0f} % of all cores)')
+                        b.say(f'scale {fid}: {r["stopped"]}')
+                        break
                 if len(vms) % 100 < k or len(vms) == n:
                     b.say(f'scale {fid}: {len(vms)}/{n} running, '
                           f'{est / 1024:.1f} MiB each so far')
