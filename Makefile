@@ -54,7 +54,7 @@ tree: fetch
 	@sh build-aux/tree.sh ours $(SRC)
 
 build: tree
-	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test tests/qtest/ide-test tests/qtest/hpet-test contrib/qemu-template/qemu-template" \
+	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test tests/qtest/vmt-lazy-test tests/qtest/ide-test tests/qtest/hpet-test contrib/qemu-template/qemu-template" \
 	    sh build-aux/build.sh $(SRC) $(OBJ)
 
 upstream: fetch
@@ -64,7 +64,7 @@ upstream: fetch
 # The sanitizer flavour: clang with ASan, UBSan and libFuzzer, its own
 # build folder and ccache.
 asan: tree
-	@FLAVOUR=asan EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test" \
+	@FLAVOUR=asan EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test tests/qtest/vmt-lazy-test" \
 	    sh build-aux/build.sh $(SRC) $(ASAN)
 
 asan-check: build asan

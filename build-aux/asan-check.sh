@@ -69,6 +69,7 @@ run_qtest() {
 if [ -z "$ONLY" ] || [ "$ONLY" = qtest ]; then
     run_qtest vmt-bypass-shared-test
     run_qtest vmt-mapped-ram-test
+    run_qtest vmt-lazy-test
 fi
 
 if [ -z "$ONLY" ] || [ "$ONLY" = regress ]; then

@@ -83,6 +83,7 @@ run_script() {
 MT=$OBJ/tests/qtest/migration-test
 VT=$OBJ/tests/qtest/vmt-bypass-shared-test
 VM=$OBJ/tests/qtest/vmt-mapped-ram-test
+VL=$OBJ/tests/qtest/vmt-lazy-test
 QEMU=$OBJ/qemu-system-x86_64
 UPQEMU=$UPOBJ/qemu-system-x86_64
 
@@ -159,7 +160,7 @@ if want vmt; then
         # Under KVM, the cases whose guests run on the loaded memory: the
         # refusals (bad/, crafted/) happen before any vCPU runs, the same
         # under both accelerators, and nested KVM is slow here.
-        bpaths="" mpaths=""
+        bpaths="" mpaths="" lpaths=""
         if [ "$accel" = kvm ]; then
             bpaths="-p /x86_64/vmt/bypass/clones
                     -p /x86_64/vmt/bypass/readonly
@@ -169,6 +170,9 @@ if want vmt; then
                     -p /x86_64/vmt/mapped-ram/map/live
                     -p /x86_64/vmt/mapped-ram/map/stale-zero-page
                     -p /x86_64/vmt/mapped-ram/map/migrate-again"
+            # lazy: vCPU faults through KVM, and a fault nobody can serve
+            lpaths="-p /x86_64/vmt/mapped-ram/lazy/clones
+                    -p /x86_64/vmt/mapped-ram/lazy/truncated"
         fi
         # shellcheck disable=SC2086
         run_qtest "vmt-bypass-shared-test ($accel)" "$VT" \
@@ -176,6 +180,9 @@ if want vmt; then
         # shellcheck disable=SC2086
         run_qtest "vmt-mapped-ram-test ($accel)" "$VM" \
             QTEST_QEMU_BINARY="$QEMU" VMT_QTEST_ACCEL=$accel -- $mpaths
+        # shellcheck disable=SC2086
+        run_qtest "vmt-lazy-test ($accel)" "$VL" \
+            QTEST_QEMU_BINARY="$QEMU" VMT_QTEST_ACCEL=$accel -- $lpaths
     done
 fi
 

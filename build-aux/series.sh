@@ -251,7 +251,8 @@ cmd_verify() {
 
 # The qtests that exist at the current commit of $GITDIR.
 step_qtests() {
-    for t in vmt-bypass-shared-test vmt-mapped-ram-test hpet-test; do
+    for t in vmt-bypass-shared-test vmt-mapped-ram-test vmt-lazy-test \
+             hpet-test; do
         grep -q "'$t'" "$GITDIR/tests/qtest/meson.build" && echo "$t"
     done
     return 0

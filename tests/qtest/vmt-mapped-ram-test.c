@@ -15,128 +15,35 @@
 #include "qobject/qdict.h"
 #include "vmt-util.h"
 
-/* A page above the boot block's range: zero, its bit clear in the file. */
-#define ZERO_PAGE_ADDR  (120 * 1024 * 1024)
-
-typedef struct SaveOpts {
-    const char *backend;        /* NULL: anonymous RAM */
-    bool multifd;
-    bool ignore_shared;
-    bool bypass;
-    bool live;                  /* guest runs while dirty pages are saved */
-} SaveOpts;
-
-typedef struct LoadOpts {
-    const char *backend;        /* NULL: anonymous RAM */
-    const char *mode;           /* mapped-ram-load */
-    const char *extra;          /* more QEMU arguments */
-    bool multifd;
-    bool ignore_shared;
-} LoadOpts;
-
-static void set_caps(QTestState *who, bool multifd, bool ignore_shared)
-{
-    migrate_set_capability(who, "mapped-ram", true);
-    if (multifd) {
-        migrate_set_capability(who, "multifd", true);
-        migrate_set_parameter_int(who, "multifd-channels", 4);
-    }
-    if (ignore_shared) {
-        migrate_set_capability(who, "x-ignore-shared", true);
-    }
-}
-
-/* Save the running boot-block guest to a mapped-ram file. */
-static void save_fixed(const char *file, const SaveOpts *o)
-{
-    g_autofree char *args = vmt_vm_args(o->backend ? o->backend :
-                                        "memory-backend-ram", "src_serial");
-    g_autofree char *uri = g_strdup_printf("file:%s", file);
-    QTestState *from = qtest_init(args);
-
-    wait_for_serial("src_serial");
-    set_caps(from, o->multifd, o->ignore_shared);
-    if (o->bypass) {
-        migrate_set_capability(from, "bypass-shared-memory", true);
-    }
-    if (o->live) {
-        /* A slow start: several passes while the guest dirties pages. */
-        migrate_set_parameter_int(from, "max-bandwidth", 30 * 1000 * 1000);
-        migrate_set_parameter_int(from, "downtime-limit", 1);
-    } else {
-        migrate_ensure_converge(from);
-    }
-    qtest_qmp_assert_success(from, "{ 'execute': 'migrate', 'arguments':"
-                             " { 'uri': %s } }", uri);
-    if (o->live) {
-        g_usleep(3 * G_USEC_PER_SEC);
-        migrate_ensure_converge(from);
-    }
-    wait_for_migration_complete(from);
-    vmt_check_pattern(from);
-    qtest_quit(from);
-}
-
-/* A VM that loads @file; returns once it runs. */
-static QTestState *load_fixed(const char *file, const LoadOpts *o,
-                              const char *serial)
-{
-    g_autofree char *vm = vmt_vm_args(o->backend ? o->backend :
-                                      "memory-backend-ram", serial);
-    g_autofree char *args = g_strdup_printf("%s %s -incoming defer", vm,
-                                            o->extra ? o->extra : "");
-    g_autofree char *uri = g_strdup_printf("file:%s", file);
-    QTestState *to = qtest_init(args);
-
-    set_caps(to, o->multifd, o->ignore_shared);
-    if (o->mode) {
-        migrate_set_parameter_str(to, "mapped-ram-load", o->mode);
-    }
-    migrate_incoming_qmp(to, uri, NULL, "{}");
-    wait_for_migration_complete(to);
-    vmt_wait_for_status(to, "running");
-    return to;
-}
-
-/* The guest went on from the saved memory; leaves it stopped. */
-static void check_continues(QTestState *to, const char *serial)
-{
-    wait_for_serial(serial);
-    qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
-    vmt_check_boot_code(to);
-    vmt_check_pattern(to);
-    g_assert_cmpint(qtest_readq(to, ZERO_PAGE_ADDR), ==, 0);
-}
-
 static void test_map_clones(void)
 {
     g_autofree char *file = vmt_path("fixed.img");
     g_autofree char *sha = NULL;
     g_autofree char *sha2 = NULL;
-    SaveOpts s = { 0 };
-    LoadOpts l = { .mode = "map" };
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "map" };
     QTestState *a, *b;
 
     if (!vmt_accel_available()) {
         return;
     }
-    save_fixed(file, &s);
+    vmt_save_fixed(file, &s);
     sha = vmt_file_sha256(file);
 
-    a = load_fixed(file, &l, "a_serial");
-    b = load_fixed(file, &l, "b_serial");
+    a = vmt_load_fixed(file, &l, "a_serial");
+    b = vmt_load_fixed(file, &l, "b_serial");
     /* Loaded by mapping, not by copying: RAM maps the file. */
     g_assert_true(vmt_process_maps(qtest_pid(a), file));
     g_assert_true(vmt_process_maps(qtest_pid(b), file));
-    check_continues(a, "a_serial");
-    check_continues(b, "b_serial");
+    vmt_check_continues(a, "a_serial");
+    vmt_check_continues(b, "b_serial");
 
     /* They diverge independently; the file does not change. */
-    qtest_writeq(a, ZERO_PAGE_ADDR, 0x1111);
+    qtest_writeq(a, VMT_ZERO_PAGE_ADDR, 0x1111);
     qtest_writeq(b, start_address + 64, 0x2222);
-    g_assert_cmpint(qtest_readq(b, ZERO_PAGE_ADDR), ==, 0);
+    g_assert_cmpint(qtest_readq(b, VMT_ZERO_PAGE_ADDR), ==, 0);
     g_assert_cmpint(qtest_readq(a, start_address + 64), !=, 0x2222);
-    g_assert_cmpint(qtest_readq(a, ZERO_PAGE_ADDR), ==, 0x1111);
+    g_assert_cmpint(qtest_readq(a, VMT_ZERO_PAGE_ADDR), ==, 0x1111);
     qtest_quit(a);
     qtest_quit(b);
     sha2 = vmt_file_sha256(file);
@@ -145,87 +52,38 @@ static void test_map_clones(void)
 }
 
 /* Save, load once with @mode, check the guest goes on. */
-static void save_load_check(const char *name, const SaveOpts *s,
+static void save_load_check(const char *name, const VmtSaveOpts *s,
                             const char *mode)
 {
     g_autofree char *file = vmt_path(name);
     g_autofree char *serial = g_strdup_printf("%s_serial", name);
-    LoadOpts l = { .mode = mode };
+    VmtLoadOpts l = { .mode = mode };
     QTestState *to;
 
     if (!vmt_accel_available()) {
         return;
     }
-    save_fixed(file, s);
-    to = load_fixed(file, &l, serial);
+    vmt_save_fixed(file, s);
+    to = vmt_load_fixed(file, &l, serial);
     g_assert_cmpint(vmt_process_maps(qtest_pid(to), file), ==,
                     g_str_equal(mode, "map"));
-    check_continues(to, serial);
+    vmt_check_continues(to, serial);
     qtest_quit(to);
     unlink(file);
 }
 
 static void test_copy_still_works(void)
 {
-    SaveOpts s = { 0 };
+    VmtSaveOpts s = { 0 };
 
     save_load_check("fixed-copy.img", &s, "copy");
 }
 
 static void test_map_live(void)
 {
-    SaveOpts s = { .live = true };
+    VmtSaveOpts s = { .live = true };
 
     save_load_check("fixed-live.img", &s, "map");
-}
-
-/*
- * Find the mapped-ram header of RAM block @name in the ram section's block
- * list: the block's id and length, @skip bytes (the GPA with
- * x-ignore-shared), then (version, page size, bitmap offset, pages
- * offset), big endian.  Returns the header's offset in the file.
- */
-static off_t find_block_header(const char *file, const char *name,
-                               uint64_t size, size_t skip,
-                               uint64_t *bitmap_offset, uint64_t *pages_offset)
-{
-    size_t n = strlen(name);
-    g_autofree uint8_t *buf = g_malloc(16 << 20);
-    int fd = open(file, O_RDONLY);
-    ssize_t len = pread(fd, buf, 16 << 20, 0);
-    ssize_t i;
-
-    close(fd);
-    g_assert_cmpint(len, >, 0);
-    for (i = 0; i + 1 + n + 8 + skip + 28 <= len; i++) {
-        uint8_t *p = buf + i;
-
-        if (p[0] != n || memcmp(p + 1, name, n) ||
-            ldq_be_p(p + 1 + n) != size) {
-            continue;
-        }
-        p += 1 + n + 8 + skip;
-        *bitmap_offset = ldq_be_p(p + 12);
-        *pages_offset = ldq_be_p(p + 20);
-        return p - buf;
-    }
-    g_assert_not_reached();
-}
-
-static off_t find_header(const char *file, uint64_t *bitmap_offset,
-                         uint64_t *pages_offset)
-{
-    return find_block_header(file, "mem0", VMT_MEM_BYTES, 0, bitmap_offset,
-                             pages_offset);
-}
-
-static void file_put_be64(const char *file, off_t off, uint64_t v)
-{
-    int fd = open(file, O_RDWR);
-
-    v = cpu_to_be64(v);
-    g_assert_cmpint(pwrite(fd, &v, 8, off), ==, 8);
-    close(fd);
 }
 
 /*
@@ -235,8 +93,8 @@ static void file_put_be64(const char *file, off_t off, uint64_t v)
  * are in the file.
  */
 static const uint64_t stale_pages[] = {
-    ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + 8 * TEST_MEM_PAGE_SIZE,
-    ZERO_PAGE_ADDR + 9 * TEST_MEM_PAGE_SIZE, 140 * 1024 * 1024,
+    VMT_ZERO_PAGE_ADDR, VMT_ZERO_PAGE_ADDR + 8 * TEST_MEM_PAGE_SIZE,
+    VMT_ZERO_PAGE_ADDR + 9 * TEST_MEM_PAGE_SIZE, 140 * 1024 * 1024,
 };
 
 static void test_map_stale_zero_page(void)
@@ -245,8 +103,8 @@ static void test_map_stale_zero_page(void)
     g_autofree char *flags = NULL;
     uint64_t bitmap_offset, pages_offset, junk = 0x5a5a5a5a5a5a5a5aULL;
     unsigned long word;
-    SaveOpts s = { 0 };
-    LoadOpts l = {
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = {
         .mode = "map", .extra = "-machine dump-guest-core=off",
     };
     QTestState *to;
@@ -255,8 +113,8 @@ static void test_map_stale_zero_page(void)
     if (!vmt_accel_available()) {
         return;
     }
-    save_fixed(file, &s);
-    find_header(file, &bitmap_offset, &pages_offset);
+    vmt_save_fixed(file, &s);
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
     fd = open(file, O_RDWR);
     for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
         uint64_t page = stale_pages[i] / TEST_MEM_PAGE_SIZE;
@@ -271,8 +129,8 @@ static void test_map_stale_zero_page(void)
     }
     close(fd);
 
-    to = load_fixed(file, &l, "stale_serial");
-    check_continues(to, "stale_serial");        /* reads ZERO_PAGE_ADDR */
+    to = vmt_load_fixed(file, &l, "stale_serial");
+    vmt_check_continues(to, "stale_serial");    /* reads the zero page */
     for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
         g_assert_cmpint(qtest_readq(to, stale_pages[i]), ==, 0);
     }
@@ -310,16 +168,16 @@ static void test_map_migrate_again(void)
     g_autofree char *file2 = vmt_path("fixed-2.img");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
     g_autofree char *uri2 = g_strdup_printf("file:%s", file2);
-    SaveOpts s = { 0 };
-    LoadOpts l = { .mode = "map" };
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "map" };
     QDict *rsp;
     QTestState *mid, *last;
 
     if (!vmt_accel_available()) {
         return;
     }
-    save_fixed(file, &s);
-    mid = load_fixed(file, &l, "mid_serial");
+    vmt_save_fixed(file, &s);
+    mid = vmt_load_fixed(file, &l, "mid_serial");
     wait_for_serial("mid_serial");
 
     /* Writing the file it maps would change its own memory: refused. */
@@ -337,8 +195,8 @@ static void test_map_migrate_again(void)
     wait_for_migration_complete(mid);
     qtest_quit(mid);
 
-    last = load_fixed(file2, &l, "last_serial");
-    check_continues(last, "last_serial");
+    last = vmt_load_fixed(file2, &l, "last_serial");
+    vmt_check_continues(last, "last_serial");
     qtest_quit(last);
     unlink(file);
     unlink(file2);
@@ -363,9 +221,9 @@ static void test_map_refuses_shared_ram(void)
 {
     g_autofree char *file = vmt_path("fixed-shared.img");
     g_autofree char *mem = vmt_path("refused-dst.ram");
-    SaveOpts s = { 0 };
+    VmtSaveOpts s = { 0 };
 
-    save_fixed(file, &s);
+    vmt_save_fixed(file, &s);
     /* Other processes (vhost-user) would not see the new mapping. */
     map_must_refuse(file, mem, "share=on",
                     "cannot map RAM block 'mem0': it is shared memory");
@@ -390,12 +248,12 @@ static void test_map_bad_files(void)
 {
     g_autofree char *file = vmt_path("fixed-bad.img");
     uint64_t bitmap_offset, pages_offset, v;
-    SaveOpts s = { 0 };
+    VmtSaveOpts s = { 0 };
     off_t hdr;
     int fd;
 
-    save_fixed(file, &s);
-    hdr = find_header(file, &bitmap_offset, &pages_offset);
+    vmt_save_fixed(file, &s);
+    hdr = vmt_find_header(file, &bitmap_offset, &pages_offset);
 
     /* Pages at an offset that cannot be mapped. */
     fd = open(file, O_RDWR);
@@ -416,15 +274,15 @@ static void test_map_bad_files(void)
     fd = open(file, O_RDWR);
     g_assert_cmpint(pwrite(fd, "\0\0\0\1", 4, hdr), ==, 4);
     close(fd);
-    file_put_be64(file, hdr + 4, 0);
+    vmt_file_put_be64(file, hdr + 4, 0);
     bad_file_must_fail(file, "mapped-ram header has page size 0, expected "
                        "4096 (corrupted file?)");
-    file_put_be64(file, hdr + 4, 8192);
+    vmt_file_put_be64(file, hdr + 4, 8192);
     bad_file_must_fail(file, "mapped-ram header has page size 8192");
 
     /* Truncated inside the pages of the block. */
     unlink(file);
-    save_fixed(file, &s);
+    vmt_save_fixed(file, &s);
     g_assert_cmpint(truncate(file, pages_offset + 64 * 1024 * 1024), ==, 0);
     bad_file_must_fail(file, "the file is truncated");
     unlink(file);
@@ -444,11 +302,11 @@ static void shared_common(bool bypass, bool multifd, const char *mode)
         "memory-backend-file,mem-path=%s,share=off", mem);
     g_autofree char *sha = NULL;
     g_autofree char *sha2 = NULL;
-    SaveOpts s = {
+    VmtSaveOpts s = {
         .backend = src_backend, .multifd = multifd,
         .ignore_shared = !bypass, .bypass = bypass,
     };
-    LoadOpts l = {
+    VmtLoadOpts l = {
         .backend = dst_backend, .multifd = multifd,
         .ignore_shared = !bypass, .mode = mode,
     };
@@ -458,14 +316,14 @@ static void shared_common(bool bypass, bool multifd, const char *mode)
     if (!vmt_accel_available()) {
         return;
     }
-    save_fixed(file, &s);
+    vmt_save_fixed(file, &s);
     /* The shared block has no pages in the file: it stays small. */
     g_assert_cmpint(stat(file, &st), ==, 0);
     g_assert_cmpint(st.st_blocks * 512, <, 8 * 1024 * 1024);
     sha = vmt_file_sha256(mem);
 
-    to = load_fixed(file, &l, "shared_dst_serial");
-    check_continues(to, "shared_dst_serial");
+    to = vmt_load_fixed(file, &l, "shared_dst_serial");
+    vmt_check_continues(to, "shared_dst_serial");
     qtest_quit(to);
     sha2 = vmt_file_sha256(mem);
     g_assert_cmpstr(sha, ==, sha2);
@@ -509,18 +367,18 @@ static void test_ignore_shared_format(void)
     g_autofree char *backend = g_strdup_printf(
         "memory-backend-file,mem-path=%s,share=on", mem);
     uint64_t bitmap_offset, pages_offset;
-    SaveOpts s = { .backend = backend, .ignore_shared = true };
-    SaveOpts plain = { 0 };
+    VmtSaveOpts s = { .backend = backend, .ignore_shared = true };
+    VmtSaveOpts plain = { 0 };
     off_t hdr;
 
-    save_fixed(file, &s);
+    vmt_save_fixed(file, &s);
     /* The GPA (mr->addr), then the header. */
-    find_block_header(file, "mem0", VMT_MEM_BYTES, 8, &bitmap_offset,
-                      &pages_offset);
+    vmt_find_block_header(file, "mem0", VMT_MEM_BYTES, 8, &bitmap_offset,
+                          &pages_offset);
     g_assert_cmpint(bitmap_offset, ==, 0);
     g_assert_cmpint(pages_offset, ==, 0);
-    find_block_header(file, "pc.bios", 256 * 1024, 8, &bitmap_offset,
-                      &pages_offset);
+    vmt_find_block_header(file, "pc.bios", 256 * 1024, 8, &bitmap_offset,
+                          &pages_offset);
     g_assert_cmpint(bitmap_offset, !=, 0);
     g_assert_cmpint(pages_offset, !=, 0);
 
@@ -536,10 +394,10 @@ static void test_ignore_shared_format(void)
     unlink(mem);
 
     /* A block without pages in a file that bypasses nothing. */
-    save_fixed(file, &plain);
-    hdr = find_header(file, &bitmap_offset, &pages_offset);
-    file_put_be64(file, hdr + 12, 0);
-    file_put_be64(file, hdr + 20, 0);
+    vmt_save_fixed(file, &plain);
+    hdr = vmt_find_header(file, &bitmap_offset, &pages_offset);
+    vmt_file_put_be64(file, hdr + 12, 0);
+    vmt_file_put_be64(file, hdr + 20, 0);
     load_must_fail(file, "memory-backend-ram", false,
                    "RAM block 'mem0' has no pages in the file, but the "
                    "stream bypasses no memory (corrupted file)");
@@ -556,26 +414,26 @@ static void test_bypass_crafted(void)
     g_autofree char *dst_backend = g_strdup_printf(
         "memory-backend-file,mem-path=%s,share=off", mem);
     uint64_t bitmap_offset, pages_offset;
-    SaveOpts s = { .backend = src_backend, .bypass = true };
+    VmtSaveOpts s = { .backend = src_backend, .bypass = true };
     off_t hdr;
 
-    save_fixed(file, &s);
+    vmt_save_fixed(file, &s);
 
     /* A listed block whose header says it has pages. */
-    hdr = find_block_header(file, "mem0", VMT_MEM_BYTES, 0, &bitmap_offset,
-                            &pages_offset);
+    hdr = vmt_find_block_header(file, "mem0", VMT_MEM_BYTES, 0,
+                                &bitmap_offset, &pages_offset);
     g_assert_cmpint(bitmap_offset | pages_offset, ==, 0);
-    file_put_be64(file, hdr + 12, 4096);
+    vmt_file_put_be64(file, hdr + 12, 4096);
     load_must_fail(file, dst_backend, false,
                    "RAM block 'mem0': the stream lists it as bypassed, but "
                    "the file has pages for it (corrupted stream)");
-    file_put_be64(file, hdr + 12, 0);
+    vmt_file_put_be64(file, hdr + 12, 0);
 
     /* A block that is not listed, without pages. */
-    hdr = find_block_header(file, "pc.bios", 256 * 1024, 0, &bitmap_offset,
-                            &pages_offset);
-    file_put_be64(file, hdr + 12, 0);
-    file_put_be64(file, hdr + 20, 0);
+    hdr = vmt_find_block_header(file, "pc.bios", 256 * 1024, 0,
+                                &bitmap_offset, &pages_offset);
+    vmt_file_put_be64(file, hdr + 12, 0);
+    vmt_file_put_be64(file, hdr + 20, 0);
     load_must_fail(file, dst_backend, false,
                    "RAM block 'pc.bios': the stream does not list it as "
                    "bypassed, but the file has no pages for it");

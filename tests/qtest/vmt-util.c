@@ -12,6 +12,9 @@
 #include "libqtest.h"
 #include "migration/bootfile.h"
 #include "migration/framework.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+#include "qemu/bswap.h"
 #include "qobject/qdict.h"
 #include "vmt-util.h"
 
@@ -274,4 +277,128 @@ void vmt_find_section(const uint8_t *buf, size_t len, const char *name,
         }
     }
     g_assert_not_reached();
+}
+
+void vmt_set_mapped_ram_caps(QTestState *who, bool multifd,
+                             bool ignore_shared)
+{
+    migrate_set_capability(who, "mapped-ram", true);
+    if (multifd) {
+        migrate_set_capability(who, "multifd", true);
+        migrate_set_parameter_int(who, "multifd-channels", 4);
+    }
+    if (ignore_shared) {
+        migrate_set_capability(who, "x-ignore-shared", true);
+    }
+}
+
+/* Save the running boot-block guest to a mapped-ram file. */
+void vmt_save_fixed(const char *file, const VmtSaveOpts *o)
+{
+    g_autofree char *args = vmt_vm_args(o->backend ? o->backend :
+                                        "memory-backend-ram", "src_serial");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    QTestState *from = qtest_init(args);
+
+    wait_for_serial("src_serial");
+    vmt_set_mapped_ram_caps(from, o->multifd, o->ignore_shared);
+    if (o->bypass) {
+        migrate_set_capability(from, "bypass-shared-memory", true);
+    }
+    if (o->live) {
+        /* A slow start: several passes while the guest dirties pages. */
+        migrate_set_parameter_int(from, "max-bandwidth", 30 * 1000 * 1000);
+        migrate_set_parameter_int(from, "downtime-limit", 1);
+    } else {
+        migrate_ensure_converge(from);
+    }
+    qtest_qmp_assert_success(from, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri);
+    if (o->live) {
+        g_usleep(3 * G_USEC_PER_SEC);
+        migrate_ensure_converge(from);
+    }
+    wait_for_migration_complete(from);
+    vmt_check_pattern(from);
+    qtest_quit(from);
+}
+
+/* A VM that loads @file; returns once it runs. */
+QTestState *vmt_load_fixed(const char *file, const VmtLoadOpts *o,
+                           const char *serial)
+{
+    g_autofree char *vm = vmt_vm_args(o->backend ? o->backend :
+                                      "memory-backend-ram", serial);
+    g_autofree char *args = g_strdup_printf("%s %s -incoming defer", vm,
+                                            o->extra ? o->extra : "");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    QTestState *to = qtest_init(args);
+
+    vmt_set_mapped_ram_caps(to, o->multifd, o->ignore_shared);
+    if (o->mode) {
+        migrate_set_parameter_str(to, "mapped-ram-load", o->mode);
+    }
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    wait_for_migration_complete(to);
+    vmt_wait_for_status(to, "running");
+    return to;
+}
+
+/* The guest went on from the saved memory; leaves it stopped. */
+void vmt_check_continues(QTestState *to, const char *serial)
+{
+    wait_for_serial(serial);
+    qtest_qmp_assert_success(to, "{ 'execute': 'stop' }");
+    vmt_check_boot_code(to);
+    vmt_check_pattern(to);
+    g_assert_cmpint(qtest_readq(to, VMT_ZERO_PAGE_ADDR), ==, 0);
+}
+
+/*
+ * Find the mapped-ram header of RAM block @name in the ram section's block
+ * list: the block's id and length, @skip bytes (the GPA with
+ * x-ignore-shared), then (version, page size, bitmap offset, pages
+ * offset), big endian.  Returns the header's offset in the file.
+ */
+off_t vmt_find_block_header(const char *file, const char *name,
+                            uint64_t size, size_t skip,
+                            uint64_t *bitmap_offset, uint64_t *pages_offset)
+{
+    size_t n = strlen(name);
+    g_autofree uint8_t *buf = g_malloc(16 << 20);
+    int fd = open(file, O_RDONLY);
+    ssize_t len = pread(fd, buf, 16 << 20, 0);
+    ssize_t i;
+
+    close(fd);
+    g_assert_cmpint(len, >, 0);
+    for (i = 0; i + 1 + n + 8 + skip + 28 <= len; i++) {
+        uint8_t *p = buf + i;
+
+        if (p[0] != n || memcmp(p + 1, name, n) ||
+            ldq_be_p(p + 1 + n) != size) {
+            continue;
+        }
+        p += 1 + n + 8 + skip;
+        *bitmap_offset = ldq_be_p(p + 12);
+        *pages_offset = ldq_be_p(p + 20);
+        return p - buf;
+    }
+    g_assert_not_reached();
+}
+
+off_t vmt_find_header(const char *file, uint64_t *bitmap_offset,
+                      uint64_t *pages_offset)
+{
+    return vmt_find_block_header(file, "mem0", VMT_MEM_BYTES, 0,
+                                 bitmap_offset, pages_offset);
+}
+
+void vmt_file_put_be64(const char *file, off_t off, uint64_t v)
+{
+    int fd = open(file, O_RDWR);
+
+    v = cpu_to_be64(v);
+    g_assert_cmpint(pwrite(fd, &v, 8, off), ==, 8);
+    close(fd);
 }

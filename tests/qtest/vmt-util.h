@@ -91,4 +91,55 @@ typedef struct VmtSection {
 void vmt_find_section(const uint8_t *buf, size_t len, const char *name,
                       VmtSection *s);
 
+/*
+ * mapped-ram files of the boot-block guest (vmt-mapped-ram-test.c and
+ * vmt-lazy-test.c).
+ */
+/* A page above the boot block's range: zero, its bit clear in the file. */
+#define VMT_ZERO_PAGE_ADDR  (120 * 1024 * 1024)
+
+typedef struct VmtSaveOpts {
+    const char *backend;        /* NULL: anonymous RAM */
+    bool multifd;
+    bool ignore_shared;
+    bool bypass;
+    bool live;                  /* guest runs while dirty pages are saved */
+} VmtSaveOpts;
+
+typedef struct VmtLoadOpts {
+    const char *backend;        /* NULL: anonymous RAM */
+    const char *mode;           /* mapped-ram-load */
+    const char *extra;          /* more QEMU arguments */
+    bool multifd;
+    bool ignore_shared;
+} VmtLoadOpts;
+
+void vmt_set_mapped_ram_caps(QTestState *who, bool multifd,
+                             bool ignore_shared);
+
+/* Save the running boot-block guest to a mapped-ram file. */
+void vmt_save_fixed(const char *file, const VmtSaveOpts *o);
+
+/* A VM that loads @file; returns once it runs. */
+QTestState *vmt_load_fixed(const char *file, const VmtLoadOpts *o,
+                           const char *serial);
+
+/* The guest went on from the saved memory; leaves it stopped. */
+void vmt_check_continues(QTestState *to, const char *serial);
+
+/*
+ * The mapped-ram header of RAM block @name (of @size bytes, @skip bytes
+ * after its length: the GPA with x-ignore-shared) in @file: returns its
+ * offset, and the offsets of the block's bitmap and pages.
+ */
+off_t vmt_find_block_header(const char *file, const char *name,
+                            uint64_t size, size_t skip,
+                            uint64_t *bitmap_offset, uint64_t *pages_offset);
+
+/* The same for the test guest's RAM block, mem0. */
+off_t vmt_find_header(const char *file, uint64_t *bitmap_offset,
+                      uint64_t *pages_offset);
+
+void vmt_file_put_be64(const char *file, off_t off, uint64_t v);
+
 #endif

@@ -3,12 +3,13 @@
 VMT end-to-end tests, "template from any VM": a VM with ordinary anonymous
 RAM is saved with upstream's mapped-ram capability to one fixed-ram file;
 clones load it with the migration parameter mapped-ram-load=map (the
-file's page regions mapped copy-on-write over guest RAM) and, for
+file's page regions mapped copy-on-write over guest RAM) or =lazy (pages
+read on fault through userfaultfd and by a background fill) and, for
 comparison, one clone with upstream's copying load.  Run with
 tests/vmt/run.py.
 
-The map tests are skipped when the QEMU under test has no mapped-ram-load
-parameter (upstream QEMU).  These tests assert behaviour only; they never
+The map and lazy tests are skipped when the QEMU under test has no such
+mapped-ram-load value (upstream QEMU).  These tests assert behaviour only; they never
 check timings.
 """
 
@@ -24,8 +25,9 @@ class MappedRamCloneTest(unittest.TestCase):
     """Template with anonymous RAM saved with mapped-ram to
     template.fixed; NCLONES clones load it with mapped-ram-load=map (the
     last one over QMP: -incoming defer, migrate-set-parameters,
-    migrate-incoming; the others with -global ... -incoming file:), one
-    clone with the default copy load."""
+    migrate-incoming; the others with -global ... -incoming file:), two
+    with mapped-ram-load=lazy (the same two ways), one clone with the
+    default copy load."""
 
     NCLONES = 3
     TEMPLATE_SEED = 11
@@ -39,6 +41,8 @@ class MappedRamCloneTest(unittest.TestCase):
         cls.clones = []
         cls.copy_clone = None
         cls.map_skip = None
+        cls.lazy_skip = None
+        cls.lazy_clones = []
         try:
             with vmt.VM(name='template', tmpdir=cls.tmp.path,
                         extra_args=cls.DEVICES) as t:
@@ -47,6 +51,7 @@ class MappedRamCloneTest(unittest.TestCase):
                 if why:
                     raise unittest.SkipTest(why)
                 cls.map_skip = vmt.mode_unsupported(t, 'map')
+                cls.lazy_skip = vmt.mode_unsupported(t, 'lazy')
                 t.wait_banner()
                 a = t.agent
                 ans = a.write(cls.TEMPLATE_SEED, WRITE_MIB)
@@ -61,7 +66,11 @@ class MappedRamCloneTest(unittest.TestCase):
                 for i in range(cls.NCLONES):
                     cls.clones.append(cls._start_clone(
                         f'map{i}', 'map', defer=i == cls.NCLONES - 1))
-            for c in [cls.copy_clone] + cls.clones:
+            if not cls.lazy_skip:
+                for i in range(2):
+                    cls.lazy_clones.append(cls._start_clone(
+                        f'lazy{i}', 'lazy', defer=i == 1))
+            for c in [cls.copy_clone] + cls.clones + cls.lazy_clones:
                 c.wait_pong()
         except BaseException:
             cls.tearDownClass()
@@ -81,7 +90,7 @@ class MappedRamCloneTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for c in cls.clones + [cls.copy_clone]:
+        for c in cls.clones + cls.lazy_clones + [cls.copy_clone]:
             if c:
                 c.kill()
         cls.tmp.cleanup()
@@ -89,6 +98,10 @@ class MappedRamCloneTest(unittest.TestCase):
     def need_map(self):
         if self.map_skip:
             self.skipTest(self.map_skip)
+
+    def need_lazy(self):
+        if self.lazy_skip:
+            self.skipTest(self.lazy_skip)
 
     # -- the template and its file (upstream mapped-ram)
 
@@ -186,6 +199,34 @@ class MappedRamCloneTest(unittest.TestCase):
         self.assertEqual(c.status(), 'running')
         for x in self.clones:
             self.assertEqual(x.agent.ping(), 'pong', x.name)
+
+
+    # -- mapped-ram-load=lazy
+
+    def test_i_lazy_clones_see_template_data(self):
+        self.need_lazy()
+        for c in self.lazy_clones:
+            ev = c.wait_event('MAPPED_RAM_LAZY_LOADED')['data']
+            vmt.log(f'{c.name}: lazy load {ev}')
+            # the guest's RAM came from the file, holes as zero pages
+            self.assertGreater(ev['pages-read'], (WRITE_MIB << 20) // 4096)
+            self.assertGreater(ev['pages-zeroed'], 0)
+            self.assertEqual(c.status(), 'running', c.name)
+            self.assertEqual(c.agent.sum(), self.template_sum, c.name)
+            # loaded into anonymous memory: nothing maps the file
+            m = vmt.clone_ram(c, self.fixed, None, 'lazy')
+            self.assertEqual(m['Size'], RAM_KIB)
+            with self.assertRaises(vmt.VMTError):
+                c.smaps(path=self.fixed)
+
+    def test_j_lazy_clone_writes_are_private(self):
+        self.need_lazy()
+        a0 = self.lazy_clones[0].agent
+        self.assertEqual(a0.write(self.CLONE_SEED + 1, WRITE_MIB),
+                         f'ok write {WRITE_MIB}')
+        self.assertNotEqual(a0.sum(), self.template_sum)
+        self.assertEqual(self.lazy_clones[1].agent.sum(), self.template_sum)
+        self.assertEqual(vmt.sha256_file(self.fixed), self.fixed_sha)
 
 
 if __name__ == '__main__':

@@ -840,16 +840,18 @@ def ram_backend_args(ram_path, share, size=GUEST_MEM):
 # template has ordinary anonymous RAM and is saved with upstream's
 # mapped-ram capability to one fixed-ram file; clones load that file with
 # the migration parameter mapped-ram-load=map (the file's page regions are
-# mapped copy-on-write over guest RAM) or =copy (upstream's pread; the
+# mapped copy-on-write over guest RAM), =lazy (read on fault through
+# userfaultfd, and by a background fill) or =copy (upstream's pread; the
 # default, and the only way on a QEMU without mapped-ram-load).
 SHARED_MODES = ('ignore-shared', 'bypass')
-FILE_MODES = ('map', 'copy')
+FILE_MODES = ('map', 'lazy', 'copy')
 MODES = SHARED_MODES + FILE_MODES
 
 
 CAPABILITY = {'ignore-shared': 'x-ignore-shared',
               'bypass': 'bypass-shared-memory',
               'map': 'mapped-ram',
+              'lazy': 'mapped-ram',
               'copy': 'mapped-ram'}
 
 MAPPED_RAM_LOAD = 'mapped-ram-load'
@@ -871,9 +873,15 @@ def mode_unsupported(vm, mode):
     cap = CAPABILITY[mode]
     if not has_capability(vm, cap):
         return f'QEMU has no migration capability {cap}'
-    if mode == 'map' and not has_parameter(vm, MAPPED_RAM_LOAD):
+    if mode in ('map', 'lazy') and not has_parameter(vm, MAPPED_RAM_LOAD):
         return (f'QEMU has no migration parameter {MAPPED_RAM_LOAD} '
-                '(mapped-ram-load=map not built in)')
+                f'(mapped-ram-load={mode} not built in)')
+    if mode == 'lazy':
+        try:
+            vm.cmd('migrate-set-parameters', **{MAPPED_RAM_LOAD: 'lazy'})
+        except Exception as e:      # an error answer: an older series
+            return f'QEMU refuses mapped-ram-load=lazy: {e}'
+        vm.cmd('migrate-set-parameters', **{MAPPED_RAM_LOAD: 'copy'})
     return None
 
 
@@ -933,8 +941,8 @@ def clone_args(ram_path, state_path, mode='ignore-shared', defer=False):
         if defer:
             return ['-incoming', 'defer']
         args = ['-global', 'migration.mapped-ram=on']
-        if mode == 'map':
-            args += ['-global', f'migration.{MAPPED_RAM_LOAD}=map']
+        if mode in ('map', 'lazy'):
+            args += ['-global', f'migration.{MAPPED_RAM_LOAD}={mode}']
         return args + ['-incoming', f'file:{state_path}']
     args = ram_backend_args(ram_path, share=False)
     if mode == 'ignore-shared':
@@ -953,7 +961,7 @@ def restore_clone(vm, state_path, mode='ignore-shared', defer=False,
         vm.cmd('migrate-incoming', uri=f'exec:cat {state_path}')
     elif mode in FILE_MODES and defer:
         vm.set_caps(mapped_ram=True)
-        if mode == 'map' or has_parameter(vm, MAPPED_RAM_LOAD):
+        if mode != 'copy' or has_parameter(vm, MAPPED_RAM_LOAD):
             vm.cmd('migrate-set-parameters', **{MAPPED_RAM_LOAD: mode})
         vm.cmd('migrate-incoming', uri=f'file:{state_path}')
     vm.wait_migration(timeout)
@@ -975,7 +983,7 @@ def clone_ram(vm, state_path, ram_path, mode, mem=GUEST_MEM):
     """smaps_mapping() of a clone's guest RAM: the template RAM file
     (shared modes), the fixed-ram file (map; all mappings of it, i.e. the
     RAM blocks mapped from it, ROMs included), the anonymous mapping of
-    the RAM size (copy)."""
+    the RAM size (copy, lazy)."""
     if mode in SHARED_MODES:
         return vm.smaps(path=ram_path)
     if mode == 'map':

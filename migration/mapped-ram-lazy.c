@@ -1,0 +1,498 @@
+/*
+ * Load a mapped-ram file lazily, through userfaultfd
+ *
+ * mapped-ram-load=lazy registers each RAM block that the file holds with
+ * userfaultfd (missing mode) and lets the load go on without reading a
+ * page.  A fault thread serves the pages the guest (or QEMU) touches: a
+ * page whose bit is set is read from its fixed offset in the file and
+ * placed with UFFDIO_COPY, one whose bit is clear is placed with
+ * UFFDIO_ZEROPAGE (no I/O, whatever the file holds there).  Once the VM
+ * runs, a fill thread places every page not yet present, in file order;
+ * when none is left, the RAM is unregistered and the load is complete.
+ *
+ * Pages are placed with QEMU's userfaultfd helpers (util/userfaultfd.c),
+ * several at a time where they are alike.  postcopy-ram.c's own placing
+ * keeps the incoming migration's state (received bitmaps, requested
+ * pages), which is freed once the device state is loaded: a lazy load
+ * outlives it.
+ *
+ * Invariants:
+ * - each page is placed exactly once: a thread places a page only after
+ *   claiming its bit in the block's 'claimed' bitmap; a fault on a page
+ *   another thread claimed is woken by that thread's UFFDIO_COPY;
+ * - only anonymous private RAM of host page size is lazy in this version;
+ * - a page that cannot be read (I/O error, file truncated under the VM)
+ *   is fatal: the guest must not see wrong memory, and a vCPU blocked on
+ *   a fault nobody can serve must not hang the process.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <poll.h>
+#include <sys/eventfd.h>
+#include "qemu/bitops.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qemu/thread.h"
+#include "qemu/userfaultfd.h"
+#include "qapi/error.h"
+#include "qapi/qapi-events-migration.h"
+#include "block/aio.h"
+#include "exec/ramblock.h"
+#include "exec/target_page.h"
+#include "system/runstate.h"
+#include "io/channel-file.h"
+#include "migration.h"
+#include "options.h"
+#include "qemu-file.h"
+#include "mapped-ram-lazy.h"
+#include "trace.h"
+
+/* Pages the fill thread reads with one pread(). */
+#define LAZY_FILL_BATCH 64
+/* RAM blocks a lazy load handles (x86 VMs have about ten). */
+#define RAM_BLOCKS_MAX  256
+
+typedef struct LazyBlock {
+    RAMBlock *rb;
+    long num_pages;
+    unsigned long *bitmap;      /* set: the page is in the file */
+    unsigned long *claimed;     /* set: a thread placed or places it */
+} LazyBlock;
+
+static struct {
+    int uffd;
+    int fd;                     /* our descriptor of the file */
+    GPtrArray *blocks;          /* of LazyBlock */
+    QemuThread fault_thread;
+    QemuThread fill_thread;
+    bool fill_started;
+    int quit_fd;                /* eventfd: the fault thread stops */
+    VMChangeStateEntry *vmstate;
+    int64_t start_us;
+    uint64_t faults, fault_us, copied, zeroed;  /* atomic */
+} lazy = { .uffd = -1, .fd = -1, .quit_fd = -1 };
+
+static LazyBlock *find_block(RAMBlock *rb)
+{
+    guint i;
+
+    for (i = 0; i < lazy.blocks->len; i++) {
+        LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
+
+        if (lb->rb == rb) {
+            return lb;
+        }
+    }
+    return NULL;
+}
+
+static void G_NORETURN lazy_fatal(RAMBlock *rb, long page, const char *why,
+                                  int err)
+{
+    error_report("mapped-ram-load=lazy: RAM block '%s', page %ld: %s%s%s; "
+                 "the VM cannot go on without it", rb->idstr, page, why,
+                 err ? ": " : "", err ? strerror(err) : "");
+    exit(EXIT_FAILURE);
+}
+
+/* Claim page @page of @lb; false if another thread has it. */
+static bool claim_page(LazyBlock *lb, long page)
+{
+    unsigned long mask = BIT_MASK(page);
+
+    return !(qatomic_fetch_or(&lb->claimed[BIT_WORD(page)], mask) & mask);
+}
+
+/*
+ * Place pages [first, first + n) of @lb, which the caller claimed: from
+ * @buf (the file's pages, read already) or as zero pages if @buf is NULL.
+ * Either wakes the threads that fault on them.
+ */
+static void place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+{
+    void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
+    size_t len = (size_t)n << TARGET_PAGE_BITS;
+    int ret;
+
+    if (buf) {
+        ret = uffd_copy_page(lazy.uffd, host, buf, len, false);
+    } else {
+        ret = uffd_zero_page(lazy.uffd, host, len, false);
+    }
+    if (ret) {
+        lazy_fatal(lb->rb, first, "cannot place the page", -ret);
+    }
+    qatomic_add(buf ? &lazy.copied : &lazy.zeroed, n);
+}
+
+/* Read @n pages of @lb from @first into @buf. */
+static void read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+{
+    size_t len = n << TARGET_PAGE_BITS;
+    off_t off = lb->rb->pages_offset + ((off_t)first << TARGET_PAGE_BITS);
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t r = pread(lazy.fd, buf + done, len - done, off + done);
+
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            lazy_fatal(lb->rb, first, "cannot read the page from the file",
+                       errno);
+        }
+        if (r == 0) {
+            lazy_fatal(lb->rb, first + (done >> TARGET_PAGE_BITS),
+                       "the file ends before the page (truncated?)", 0);
+        }
+        done += r;
+    }
+}
+
+static void serve_fault(uint64_t addr, uint8_t *buf)
+{
+    int64_t t0 = g_get_monotonic_time();
+    ram_addr_t offset;
+    RAMBlock *rb = qemu_ram_block_from_host((void *)(uintptr_t)addr, false,
+                                            &offset);
+    LazyBlock *lb = rb ? find_block(rb) : NULL;
+    long page;
+
+    if (!lb) {
+        error_report("mapped-ram-load=lazy: fault at 0x%" PRIx64 " outside "
+                     "lazy guest RAM", addr);
+        exit(EXIT_FAILURE);
+    }
+    page = offset >> TARGET_PAGE_BITS;
+    if (page >= lb->num_pages) {
+        /* beyond what the file holds: the block's tail reads as zero */
+        page = MIN(page, (long)(lb->rb->used_length >> TARGET_PAGE_BITS) - 1);
+    }
+    if (!claim_page(lb, page)) {
+        /* claimed by the fill thread: its UFFDIO_COPY wakes the fault */
+        trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
+        return;
+    }
+    if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
+        read_pages(lb, page, 1, buf);
+        place_pages(lb, page, 1, buf);
+    } else {
+        place_pages(lb, page, 1, NULL);
+    }
+    qatomic_inc(&lazy.faults);
+    qatomic_add(&lazy.fault_us, g_get_monotonic_time() - t0);
+    trace_mapped_ram_lazy_fault(rb->idstr, page,
+                                g_get_monotonic_time() - t0);
+}
+
+static void *fault_thread(void *opaque)
+{
+    g_autofree uint8_t *buf = g_malloc(TARGET_PAGE_SIZE);
+    struct pollfd pfd[2] = {
+        { .fd = lazy.uffd, .events = POLLIN },
+        { .fd = lazy.quit_fd, .events = POLLIN },
+    };
+
+    rcu_register_thread();
+    for (;;) {
+        struct uffd_msg msg[16];
+        int n, i;
+
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            error_report("mapped-ram-load=lazy: poll: %s", strerror(errno));
+            exit(EXIT_FAILURE);
+        }
+        if (pfd[1].revents) {
+            break;
+        }
+        n = uffd_read_events(lazy.uffd, msg, ARRAY_SIZE(msg));
+        for (i = 0; i < n; i++) {
+            if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
+                serve_fault(msg[i].arg.pagefault.address, buf);
+            }
+        }
+    }
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/* Claim pages [first, end) of @lb one by one; returns the first not taken. */
+static long claim_run(LazyBlock *lb, long first, long end)
+{
+    long p;
+
+    for (p = first; p < end; p++) {
+        if (!claim_page(lb, p)) {
+            break;
+        }
+    }
+    return p;
+}
+
+static void fill_block(LazyBlock *lb, uint8_t *buf)
+{
+    long used = lb->rb->used_length >> TARGET_PAGE_BITS;
+    long p = 0;
+
+    while (p < used) {
+        bool in_file = p < lb->num_pages && test_bit(p, lb->bitmap);
+        long end, run;
+
+        if (test_bit(p, lb->claimed)) {     /* a hint: claim_run() decides */
+            p++;
+            continue;
+        }
+        /* a run of pages alike (in the file or not), not claimed yet */
+        if (p >= lb->num_pages) {
+            end = used;
+        } else if (in_file) {
+            end = find_next_zero_bit(lb->bitmap, lb->num_pages, p);
+        } else {
+            end = find_next_bit(lb->bitmap, lb->num_pages, p);
+        }
+        end = MIN(end, p + LAZY_FILL_BATCH);
+        run = claim_run(lb, p, end);
+        if (run == p) {
+            p++;
+            continue;
+        }
+        if (in_file) {
+            read_pages(lb, p, run - p, buf);
+            place_pages(lb, p, run - p, buf);
+        } else {
+            place_pages(lb, p, run - p, NULL);
+        }
+        p = run;
+    }
+}
+
+static void finish(void)
+{
+    uint64_t eventfd_one = 1;
+    guint i;
+
+    if (write(lazy.quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0) {
+        error_report("mapped-ram-load=lazy: cannot stop the fault thread: %s",
+                     strerror(errno));
+    }
+    qemu_thread_join(&lazy.fault_thread);
+    for (i = 0; i < lazy.blocks->len; i++) {
+        LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
+
+        uffd_unregister_memory(lazy.uffd, lb->rb->host, lb->rb->used_length);
+        g_free(lb->bitmap);
+        g_free(lb->claimed);
+        g_free(lb);
+    }
+    g_ptr_array_set_size(lazy.blocks, 0);
+    uffd_close_fd(lazy.uffd);
+    close(lazy.quit_fd);
+    close(lazy.fd);
+    lazy.uffd = lazy.quit_fd = lazy.fd = -1;
+}
+
+static void announce(void *opaque)
+{
+    int64_t *us = opaque;
+
+    qapi_event_send_mapped_ram_lazy_loaded(us[0] / 1000, us[1] / 1000,
+                                           lazy.copied, lazy.zeroed,
+                                           lazy.faults, lazy.fault_us);
+    g_free(us);
+}
+
+static void *fill_thread(void *opaque)
+{
+    g_autofree uint8_t *buf = g_malloc(LAZY_FILL_BATCH * TARGET_PAGE_SIZE);
+    int64_t t0 = g_get_monotonic_time();
+    int64_t *us = g_new(int64_t, 2);
+    guint i;
+
+    rcu_register_thread();
+    for (i = 0; i < lazy.blocks->len; i++) {
+        fill_block(g_ptr_array_index(lazy.blocks, i), buf);
+    }
+    finish();
+    us[0] = g_get_monotonic_time() - lazy.start_us;
+    us[1] = g_get_monotonic_time() - t0;
+    trace_mapped_ram_lazy_complete(us[0], us[1], lazy.copied, lazy.zeroed,
+                                   lazy.faults, lazy.fault_us);
+    /* the fault thread is gone: the counters hold still */
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), announce, us);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+bool mapped_ram_lazy_check_outgoing(int fd, Error **errp)
+{
+    struct stat out, in;
+
+    if (lazy.fd < 0 || fstat(fd, &out) < 0 || fstat(lazy.fd, &in) < 0) {
+        return true;
+    }
+    if (out.st_dev == in.st_dev && out.st_ino == in.st_ino) {
+        error_setg(errp, "this VM is still loading its RAM from the "
+                   "migration file it would write (mapped-ram-load=lazy); "
+                   "write another file");
+        return false;
+    }
+    return true;
+}
+
+static void vm_running(void *opaque, bool running, RunState state)
+{
+    if (!running || lazy.fill_started) {
+        return;
+    }
+    lazy.fill_started = true;
+    qemu_del_vm_change_state_handler(lazy.vmstate);
+    lazy.vmstate = NULL;
+    qemu_thread_create(&lazy.fill_thread, "mapped-ram-fill", fill_thread,
+                       NULL, QEMU_THREAD_DETACHED);
+}
+
+static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
+{
+    const char *why = NULL;
+
+    if (qemu_real_host_page_size() != TARGET_PAGE_SIZE) {
+        why = "the host page size differs from the target page size";
+    } else if (qemu_ram_is_shared(rb) || rb->fd >= 0) {
+        why = "lazy load of shared or file-backed RAM is not supported yet";
+    } else if (rb->page_size != qemu_real_host_page_size()) {
+        why = "its page size is not the host page size";
+    } else if (rb->guest_memfd >= 0) {
+        why = "it uses guest_memfd";
+    }
+    if (why) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': %s; load "
+                   "it with mapped-ram-load=copy", rb->idstr, why);
+        return false;
+    }
+    return true;
+}
+
+static bool lazy_setup(QEMUFile *f, Error **errp)
+{
+    QIOChannel *ioc = qemu_file_get_ioc(f);
+    g_autofree char *proc = NULL;
+
+    if (lazy.uffd >= 0) {
+        return true;
+    }
+    if (lazy.fill_started) {
+        error_setg(errp, "mapped-ram-load=lazy: a lazy load ran already in "
+                   "this process");
+        return false;
+    }
+    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE)) {
+        error_setg(errp, "mapped-ram-load=lazy needs a file: or fd: "
+                   "migration from a regular file");
+        return false;
+    }
+    if (migrate_postcopy_ram()) {
+        error_setg(errp, "mapped-ram-load=lazy cannot be used with "
+                   "postcopy-ram");
+        return false;
+    }
+    proc = g_strdup_printf("/proc/self/fd/%d", QIO_CHANNEL_FILE(ioc)->fd);
+    lazy.fd = open(proc, O_RDONLY | O_CLOEXEC);
+    if (lazy.fd < 0) {
+        error_setg_errno(errp, errno, "mapped-ram-load=lazy: cannot reopen "
+                         "the migration file");
+        return false;
+    }
+    lazy.uffd = uffd_create_fd(0, true);
+    if (lazy.uffd < 0) {
+        error_setg(errp, "mapped-ram-load=lazy: cannot create a userfaultfd "
+                   "(see vm.unprivileged_userfaultfd, or run with "
+                   "CAP_SYS_PTRACE); load with mapped-ram-load=copy or map");
+        close(lazy.fd);
+        lazy.fd = -1;
+        return false;
+    }
+    lazy.quit_fd = eventfd(0, EFD_CLOEXEC);
+    if (lazy.quit_fd < 0) {
+        error_setg_errno(errp, errno, "mapped-ram-load=lazy: eventfd");
+        uffd_close_fd(lazy.uffd);
+        close(lazy.fd);
+        lazy.uffd = lazy.fd = -1;
+        return false;
+    }
+    /* no reallocation: the fault thread reads it unlocked */
+    lazy.blocks = g_ptr_array_sized_new(RAM_BLOCKS_MAX);
+    lazy.start_us = g_get_monotonic_time();
+    qemu_thread_create(&lazy.fault_thread, "mapped-ram-fault", fault_thread,
+                       NULL, QEMU_THREAD_JOINABLE);
+    lazy.vmstate = qemu_add_vm_change_state_handler(vm_running, NULL);
+    return true;
+}
+
+bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
+                           const unsigned long *bitmap, long num_pages,
+                           Error **errp)
+{
+    size_t len = (size_t)num_pages << TARGET_PAGE_BITS;
+    uint64_t ioctls;
+    LazyBlock *lb;
+    struct stat st;
+
+    if (!block_can_be_lazy(rb, errp)) {
+        return false;
+    }
+    if (len > rb->used_length) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': the file has "
+                   "%ld pages, the block 0x" RAM_ADDR_FMT " bytes", rb->idstr,
+                   num_pages, rb->used_length);
+        return false;
+    }
+    if (!lazy_setup(f, errp)) {
+        return false;
+    }
+    if (fstat(lazy.fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        rb->pages_offset > st.st_size || len > st.st_size - rb->pages_offset) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': the file is "
+                   "not a regular file or is truncated (its pages end at %"
+                   PRIu64 ")", rb->idstr, rb->pages_offset + len);
+        return false;
+    }
+    if (lazy.blocks->len >= RAM_BLOCKS_MAX) {
+        error_setg(errp, "mapped-ram-load=lazy: more than %d RAM blocks",
+                   RAM_BLOCKS_MAX);
+        return false;
+    }
+    if (find_block(rb)) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s' appears twice "
+                   "in the stream", rb->idstr);
+        return false;
+    }
+    /* What ROMs or firmware wrote at reset must not hide the file's pages. */
+    if (ram_block_discard_range(rb, 0, rb->used_length)) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': cannot "
+                   "discard its memory", rb->idstr);
+        return false;
+    }
+    if (uffd_register_memory(lazy.uffd, rb->host, rb->used_length,
+                             UFFDIO_REGISTER_MODE_MISSING, &ioctls) ||
+        !(ioctls & BIT_ULL(_UFFDIO_COPY)) ||
+        !(ioctls & BIT_ULL(_UFFDIO_ZEROPAGE))) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': cannot "
+                   "register it with userfaultfd", rb->idstr);
+        return false;
+    }
+    lb = g_new0(LazyBlock, 1);
+    lb->rb = rb;
+    lb->num_pages = num_pages;
+    lb->bitmap = bitmap_new(num_pages);
+    bitmap_copy(lb->bitmap, bitmap, num_pages);
+    lb->claimed = bitmap_new(rb->used_length >> TARGET_PAGE_BITS);
+    g_ptr_array_add(lazy.blocks, lb);
+    trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset);
+    return true;
+}

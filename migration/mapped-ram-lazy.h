@@ -1,0 +1,40 @@
+/*
+ * Load a mapped-ram file lazily, through userfaultfd
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_MIGRATION_MAPPED_RAM_LAZY_H
+#define QEMU_MIGRATION_MAPPED_RAM_LAZY_H
+
+#include "exec/cpu-common.h"
+
+/*
+ * Register @rb with userfaultfd: its first @num_pages pages are served on
+ * fault from the file behind @f (from @rb->pages_offset; pages whose bit
+ * is clear in @bitmap read as zero), the rest as zero pages.  Once the
+ * VM runs, a thread fills every page not yet present, then unregisters.
+ */
+#ifdef CONFIG_LINUX
+bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
+                           const unsigned long *bitmap, long num_pages,
+                           Error **errp);
+
+/* Refuse to write the file a lazy load still reads. */
+bool mapped_ram_lazy_check_outgoing(int fd, Error **errp);
+#else
+static inline bool mapped_ram_lazy_check_outgoing(int fd, Error **errp)
+{
+    return true;
+}
+
+static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
+                                         const unsigned long *bitmap,
+                                         long num_pages, Error **errp)
+{
+    error_setg(errp, "mapped-ram-load=lazy needs userfaultfd (Linux)");
+    return false;
+}
+#endif
+
+#endif

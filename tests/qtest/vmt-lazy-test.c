@@ -1,0 +1,272 @@
+/*
+ * QTest cases for mapped-ram-load=lazy: mapped-ram files loaded through
+ * userfaultfd, pages read on fault and by a background fill
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "libqtest.h"
+#include "migration/bootfile.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+#include "qobject/qdict.h"
+#include "vmt-util.h"
+
+/* The load completed: every page present, userfaultfd released. */
+static void wait_loaded(QTestState *to)
+{
+    QDict *ev = qtest_qmp_eventwait_ref(to, "MAPPED_RAM_LAZY_LOADED");
+    QDict *data = qdict_get_qdict(ev, "data");
+
+    g_test_message("lazy load: %" PRId64 " ms (fill %" PRId64 " ms), %"
+                   PRId64 " pages read, %" PRId64 " zeroed, %" PRId64
+                   " faults in %" PRId64 " us",
+                   qdict_get_int(data, "total-ms"),
+                   qdict_get_int(data, "fill-ms"),
+                   qdict_get_int(data, "pages-read"),
+                   qdict_get_int(data, "pages-zeroed"),
+                   qdict_get_int(data, "faults"),
+                   qdict_get_int(data, "fault-us"));
+    /* the boot block's pattern is in the file, the rest is zero */
+    g_assert_cmpint(qdict_get_int(data, "pages-read"), >,
+                    (end_address - start_address) / TEST_MEM_PAGE_SIZE);
+    g_assert_cmpint(qdict_get_int(data, "pages-zeroed"), >, 0);
+    qobject_unref(ev);
+}
+
+/* A paused VM that loaded @file lazily (its fill starts with 'cont'). */
+static QTestState *load_paused(const char *file, const char *backend,
+                               const char *serial, const char *errlog)
+{
+    g_autofree char *vm = vmt_vm_args(backend ? backend :
+                                      "memory-backend-ram", serial);
+    g_autofree char *redirect = errlog ?
+        g_strdup_printf("2>%s", errlog) : g_strdup("");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    QTestState *to = qtest_initf("%s -S -incoming defer %s", vm, redirect);
+
+    vmt_set_mapped_ram_caps(to, false, false);
+    migrate_set_parameter_str(to, "mapped-ram-load", "lazy");
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    wait_for_migration_complete(to);
+    return to;
+}
+
+static void test_lazy_clones(void)
+{
+    g_autofree char *file = vmt_path("lazy.img");
+    g_autofree char *sha = NULL;
+    g_autofree char *sha2 = NULL;
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "lazy" };
+    QTestState *a, *b;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    sha = vmt_file_sha256(file);
+
+    a = vmt_load_fixed(file, &l, "a_serial");
+    b = vmt_load_fixed(file, &l, "b_serial");
+    wait_loaded(a);
+    wait_loaded(b);
+    /* Loaded into RAM, not mapped. */
+    g_assert_false(vmt_process_maps(qtest_pid(a), file));
+    vmt_check_continues(a, "a_serial");
+    vmt_check_continues(b, "b_serial");
+    qtest_writeq(a, VMT_ZERO_PAGE_ADDR, 0x1111);
+    g_assert_cmpint(qtest_readq(b, VMT_ZERO_PAGE_ADDR), ==, 0);
+    qtest_quit(a);
+    qtest_quit(b);
+    sha2 = vmt_file_sha256(file);
+    g_assert_cmpstr(sha, ==, sha2);
+    unlink(file);
+}
+
+/*
+ * Before the guest runs, no fill: each read faults.  A page whose bit is
+ * clear reads as zero even where the file holds data for it.
+ */
+static void test_lazy_fault_and_stale_page(void)
+{
+    g_autofree char *file = vmt_path("lazy-stale.img");
+    uint64_t bitmap_offset, pages_offset, page = VMT_ZERO_PAGE_ADDR;
+    uint64_t junk = 0x5a5a5a5a5a5a5a5aULL;
+    uint8_t byte;
+    VmtSaveOpts s = { 0 };
+    QTestState *to;
+    int fd;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    fd = open(file, O_RDWR);
+    g_assert_cmpint(pread(fd, &byte, 1, bitmap_offset +
+                          page / TEST_MEM_PAGE_SIZE / 8), ==, 1);
+    g_assert_cmpint(byte & (1 << (page / TEST_MEM_PAGE_SIZE % 8)), ==, 0);
+    g_assert_cmpint(pwrite(fd, &junk, sizeof(junk), pages_offset + page), ==,
+                    sizeof(junk));
+    close(fd);
+
+    to = load_paused(file, NULL, "stale_serial", NULL);
+    vmt_wait_for_status(to, "paused");
+    /* served by the fault thread, in this (the main) thread's access */
+    g_assert_cmpint(qtest_readq(to, page), ==, 0);
+    vmt_check_boot_code(to);
+    vmt_check_pattern(to);
+    qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+    wait_loaded(to);
+    vmt_check_continues(to, "stale_serial");
+    g_assert_cmpint(qtest_readq(to, page), ==, 0);
+    qtest_quit(to);
+    unlink(file);
+}
+
+/* The file loses pages under a lazy clone: an error, never a hang. */
+static void test_lazy_truncated(void)
+{
+    g_autofree char *file = vmt_path("lazy-trunc.img");
+    g_autofree char *errlog = vmt_path("lazy-trunc.err");
+    g_autofree char *err = NULL;
+    uint64_t bitmap_offset, pages_offset;
+    VmtSaveOpts s = { 0 };
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    to = load_paused(file, NULL, "trunc_serial", errlog);
+    /* the boot block's pages from 2 MiB on are gone */
+    g_assert_cmpint(truncate(file, pages_offset + 2 * 1024 * 1024), ==, 0);
+    qtest_set_expected_status(to, 1);
+    qtest_qmp_send(to, "{ 'execute': 'cont' }");
+    qtest_wait_qemu(to);
+    g_assert_true(g_file_get_contents(errlog, &err, NULL, NULL));
+    g_test_message("QEMU said: %s", err);
+    /* the fill thread or the guest's next page, whichever comes first */
+    g_assert_nonnull(strstr(err, "mapped-ram-load=lazy: RAM block 'mem0', "
+                            "page "));
+    g_assert_nonnull(strstr(err, ": the file ends before the page "
+                            "(truncated?); the VM cannot go on without "
+                            "it"));
+    qtest_quit(to);
+    unlink(errlog);
+    unlink(file);
+}
+
+/* Saving into the file a lazy load reads is refused; another file works. */
+static void test_lazy_save_again(void)
+{
+    g_autofree char *file = vmt_path("lazy-1.img");
+    g_autofree char *file2 = vmt_path("lazy-2.img");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    g_autofree char *uri2 = g_strdup_printf("file:%s", file2);
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "copy" };
+    QDict *rsp;
+    QTestState *mid, *last;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    mid = load_paused(file, NULL, "mid_serial", NULL);
+    rsp = qtest_qmp(mid, "{ 'execute': 'migrate', 'arguments':"
+                    " { 'uri': %s } }", uri);
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"),
+                            "is still loading its RAM from the migration "
+                            "file it would write"));
+    qobject_unref(rsp);
+
+    qtest_qmp_assert_success(mid, "{ 'execute': 'cont' }");
+    wait_loaded(mid);
+    wait_for_serial("mid_serial");
+    migrate_ensure_converge(mid);
+    qtest_qmp_assert_success(mid, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri2);
+    wait_for_migration_complete(mid);
+    qtest_quit(mid);
+
+    last = vmt_load_fixed(file2, &l, "last_serial");
+    vmt_check_continues(last, "last_serial");
+    qtest_quit(last);
+    unlink(file);
+    unlink(file2);
+}
+
+/* bypass-shared-memory: the shared block is mapped, the rest is lazy. */
+static void test_lazy_bypass(void)
+{
+    g_autofree char *file = vmt_path("lazy-tmpl.img");
+    g_autofree char *mem = vmt_path("lazy-tmpl.ram");
+    g_autofree char *src_backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    g_autofree char *dst_backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=off", mem);
+    VmtSaveOpts s = { .backend = src_backend, .bypass = true };
+    VmtLoadOpts l = { .backend = dst_backend, .mode = "lazy" };
+    QDict *ev;
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    to = vmt_load_fixed(file, &l, "bypass_serial");
+    ev = qtest_qmp_eventwait_ref(to, "MAPPED_RAM_LAZY_LOADED");
+    /* only the small blocks (firmware, ACPI) came from the file */
+    g_assert_cmpint(qdict_get_int(qdict_get_qdict(ev, "data"),
+                                  "pages-read"), <, 1024);
+    qobject_unref(ev);
+    vmt_check_continues(to, "bypass_serial");
+    qtest_quit(to);
+    unlink(file);
+    unlink(mem);
+}
+
+static void test_lazy_refuses_shared_ram(void)
+{
+    g_autofree char *file = vmt_path("lazy-shared.img");
+    g_autofree char *mem = vmt_path("lazy-refused.ram");
+    g_autofree char *backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    g_autofree char *vm = vmt_vm_args(backend, "refuse_serial");
+    g_autofree char *args = g_strdup_printf(
+        "%s -global migration.mapped-ram=on"
+        " -global migration.mapped-ram-load=lazy -incoming file:%s", vm, file);
+    VmtSaveOpts s = { 0 };
+
+    vmt_save_fixed(file, &s);
+    vmt_qemu_must_fail(args, "refuse_serial",
+                       "mapped-ram-load=lazy: RAM block 'mem0': lazy load of "
+                       "shared or file-backed RAM is not supported yet");
+    unlink(mem);
+    unlink(file);
+}
+
+int main(int argc, char **argv)
+{
+    int ret;
+
+    if (!vmt_init(&argc, &argv)) {
+        return g_test_run();
+    }
+    qtest_add_func("/vmt/mapped-ram/lazy/clones", test_lazy_clones);
+    qtest_add_func("/vmt/mapped-ram/lazy/fault-and-stale-page",
+                   test_lazy_fault_and_stale_page);
+    qtest_add_func("/vmt/mapped-ram/lazy/truncated", test_lazy_truncated);
+    qtest_add_func("/vmt/mapped-ram/lazy/save-again", test_lazy_save_again);
+    qtest_add_func("/vmt/mapped-ram/lazy/bypass", test_lazy_bypass);
+    qtest_add_func("/vmt/mapped-ram/lazy/refuse-shared-ram",
+                   test_lazy_refuses_shared_ram);
+    ret = g_test_run();
+    vmt_cleanup();
+    return ret;
+}
