@@ -49,8 +49,9 @@
 #include "mapped-ram-lazy.h"
 #include "trace.h"
 
-/* Pages the fill thread reads with one pread(). */
+/* Pages the fill thread reads with one pread(), and zeroes at once. */
 #define LAZY_FILL_BATCH 64
+#define LAZY_ZERO_BATCH 512
 /* RAM blocks a lazy load handles (x86 VMs have about ten). */
 #define RAM_BLOCKS_MAX  256
 
@@ -256,7 +257,7 @@ static void fill_block(LazyBlock *lb, uint8_t *buf)
         } else {
             end = find_next_bit(lb->bitmap, lb->num_pages, p);
         }
-        end = MIN(end, p + LAZY_FILL_BATCH);
+        end = MIN(end, p + (in_file ? LAZY_FILL_BATCH : LAZY_ZERO_BATCH));
         run = claim_run(lb, p, end);
         if (run == p) {
             p++;

@@ -67,6 +67,7 @@ CLONE_FLOWS = (
     ('copy/upstream', 'copy', 'upstream', 'fixed/upstream'),
     ('copy/ours', 'copy', 'ours', 'fixed/ours'),
     ('map/ours', 'map', 'ours', 'fixed/ours'),
+    ('lazy/ours', 'lazy', 'ours', 'fixed/ours'),
 )
 TEMPLATES = (
     ('ignore-shared/upstream', 'ignore-shared', 'upstream'),
@@ -79,6 +80,7 @@ TEMPLATES = (
 DENSITY_FLOWS = (
     ('bypass/ours', 'bypass', 'ours'),
     ('map/ours', 'map', 'ours'),
+    ('lazy/ours', 'lazy', 'ours'),
     ('ignore-shared/upstream', 'ignore-shared', 'upstream'),
     ('copy/upstream', 'copy', 'upstream'),
     ('cold/upstream', 'cold', 'upstream'),
@@ -87,6 +89,7 @@ RESTORE_FLOWS = (
     ('copy/upstream', 'copy', 'upstream'),
     ('copy/ours', 'copy', 'ours'),
     ('map/ours', 'map', 'ours'),
+    ('lazy/ours', 'lazy', 'ours'),
 )
 
 
@@ -416,6 +419,7 @@ class Bench:
                        for b in BINS},
             'copy': {b: meta['binaries'][b]['mapped-ram'] for b in BINS},
             'map': {b: meta['binaries'][b]['mapped-ram-load'] for b in BINS},
+            'lazy': {b: meta['binaries'][b]['lazy'] for b in BINS},
             'fixed': {b: meta['binaries'][b]['mapped-ram'] for b in BINS},
             'cold': {b: True for b in BINS},
         }
@@ -645,8 +649,8 @@ class Bench:
             return vmt.ram_backend_args(tpl.ram, share=False) + \
                 ['-incoming', f'exec:cat {tpl.state}']
         args = ['-global', 'migration.mapped-ram=on']
-        if mode == 'map':
-            args += ['-global', f'migration.{vmt.MAPPED_RAM_LOAD}=map']
+        if mode in ('map', 'lazy'):
+            args += ['-global', f'migration.{vmt.MAPPED_RAM_LOAD}={mode}']
         return args + ['-incoming', f'file:{tpl.state}']
 
     def start_clone(self, mode, b, tpl, name):
@@ -679,10 +683,6 @@ class Bench:
                 r['unsupported'] = f'template {tid} missing'
             else:
                 flows.append((fid, mode, b, tpl))
-        res['flows']['lazy/ours'] = {
-            'mode': 'lazy', 'binary': 'ours',
-            'unsupported': 'n/a (not implemented)',
-            'lazy_accepted': self.res['meta']['binaries']['ours']['lazy']}
         n = len(flows) * (o.reps + 1)
         i = 0
         for rep in range(o.reps + 1):
@@ -781,19 +781,22 @@ class Bench:
             for fid, mode, b in flows[k:] + flows[:k]:
                 i += 1
                 fr = r['flows'][fid]
-                if mode == 'copy':
+                if mode in ('copy', 'lazy'):
                     ok, why = self.memory_ok(r['file_allocated'] >> 10)
                     if not ok:
                         fr['skipped'] = why
                         continue
                 warm_memory(r['file_allocated'] + WARM_BYTES)
-                dt, t_pong, rss = self.restore_once(b, mode, size, path)
+                dt, t_pong, rss, lazy = self.restore_once(b, mode, size,
+                                                          path)
                 if rep == 0:
                     fr['first'] = dt
                 else:
                     fr['samples'].append(dt)
                     fr['pong_ms'].append(t_pong)
                     fr['rss_kib'].append(rss)
+                    if lazy:
+                        fr.setdefault('lazy', []).append(lazy)
                 self.step('restore', i, n, f'{size} {fid}'
                           f'{" (first run)" if rep == 0 else ""}: '
                           f'migrate-incoming -> running {dt:.1f} ms')
@@ -805,7 +808,8 @@ class Bench:
     def restore_once(self, b, mode, size, path):
         """One VM loads path with -incoming defer; returns (ms from
         migrate-incoming to RESUME, ms from it to the first pong, process
-        Rss KiB once running)."""
+        Rss KiB once running, and for lazy the MAPPED_RAM_LAZY_LOADED
+        event's data: fill time and rate, faults served)."""
         with self.vm(b, f'restore-{mode}', ['-incoming', 'defer'] + DEVICES,
                      mem=size) as v:
             v.launch()
@@ -820,7 +824,11 @@ class Bench:
             dt = ms(v.t['running'] - t0)
             rss = v.smaps_rollup()['Rss']
             pong(v)
-            return dt, ms(v.t['pong'] - t0), rss
+            lazy = None
+            if mode == 'lazy':
+                lazy = v.wait_event('MAPPED_RAM_LAZY_LOADED',
+                                    timeout=600)['data']
+            return dt, ms(v.t['pong'] - t0), rss, lazy
 
     # =======================================================================
     # scenario f: density
@@ -863,8 +871,8 @@ class Bench:
             res['flows'][fid] = r
             tpl = None
             if mode != 'cold':
-                tid = {'map': 'fixed/ours', 'copy': 'fixed/upstream'}.get(
-                    mode, fid)
+                tid = {'map': 'fixed/ours', 'lazy': 'fixed/ours',
+                       'copy': 'fixed/upstream'}.get(mode, fid)
                 tpl = self.templates.get(tid)
                 r['template'] = tid
                 if not self.supported(mode, b):
