@@ -72,6 +72,7 @@ static struct {
     int quit_fd;                /* eventfd: the fault thread stops */
     VMChangeStateEntry *vmstate;
     int64_t start_us;
+    int64_t fill_us;
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
 } lazy = { .uffd = -1, .fd = -1, .quit_fd = -1 };
 
@@ -298,34 +299,38 @@ static void finish(void)
     lazy.uffd = lazy.quit_fd = lazy.fd = -1;
 }
 
-static void announce(void *opaque)
+/*
+ * Every page is present: release userfaultfd and the file, and say so.
+ * In the main loop, so that what the monitor and the outgoing migration
+ * check (lazy.fd) changes under the BQL.
+ */
+static void complete(void *opaque)
 {
-    int64_t *us = opaque;
+    int64_t total_us;
 
-    qapi_event_send_mapped_ram_lazy_loaded(us[0] / 1000, us[1] / 1000,
-                                           lazy.copied, lazy.zeroed,
-                                           lazy.faults, lazy.fault_us);
-    g_free(us);
+    finish();
+    /* the fault thread is gone: the counters hold still */
+    total_us = g_get_monotonic_time() - lazy.start_us;
+    trace_mapped_ram_lazy_complete(total_us, lazy.fill_us, lazy.copied,
+                                   lazy.zeroed, lazy.faults, lazy.fault_us);
+    qapi_event_send_mapped_ram_lazy_loaded(total_us / 1000,
+                                           lazy.fill_us / 1000, lazy.copied,
+                                           lazy.zeroed, lazy.faults,
+                                           lazy.fault_us);
 }
 
 static void *fill_thread(void *opaque)
 {
     g_autofree uint8_t *buf = g_malloc(LAZY_FILL_BATCH * TARGET_PAGE_SIZE);
     int64_t t0 = g_get_monotonic_time();
-    int64_t *us = g_new(int64_t, 2);
     guint i;
 
     rcu_register_thread();
     for (i = 0; i < lazy.blocks->len; i++) {
         fill_block(g_ptr_array_index(lazy.blocks, i), buf);
     }
-    finish();
-    us[0] = g_get_monotonic_time() - lazy.start_us;
-    us[1] = g_get_monotonic_time() - t0;
-    trace_mapped_ram_lazy_complete(us[0], us[1], lazy.copied, lazy.zeroed,
-                                   lazy.faults, lazy.fault_us);
-    /* the fault thread is gone: the counters hold still */
-    aio_bh_schedule_oneshot(qemu_get_aio_context(), announce, us);
+    lazy.fill_us = g_get_monotonic_time() - t0;
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), complete, NULL);
     rcu_unregister_thread();
     return NULL;
 }
