@@ -32,6 +32,7 @@ import asyncio
 import mmap
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -809,9 +810,14 @@ class Bench:
         """One VM loads path with -incoming defer; returns (ms from
         migrate-incoming to RESUME, ms from it to the first pong, process
         Rss KiB once running, and for lazy the MAPPED_RAM_LAZY_LOADED
-        event's data: fill time and rate, faults served)."""
-        with self.vm(b, f'restore-{mode}', ['-incoming', 'defer'] + DEVICES,
-                     mem=size) as v:
+        event's data: fill time and rate, faults served, and each fault's
+        service time from the trace event mapped_ram_lazy_fault)."""
+        extra = ['-incoming', 'defer'] + DEVICES
+        trace = None
+        if mode == 'lazy':
+            trace = self.tmp.join(f'lazy-{size}.trace')
+            extra += ['-trace', 'mapped_ram_lazy_fault', '-D', trace]
+        with self.vm(b, f'restore-{mode}', extra, mem=size) as v:
             v.launch()
             v.set_caps(mapped_ram=True)
             if b == 'ours' and self.supported('map', b):
@@ -828,6 +834,10 @@ class Bench:
             if mode == 'lazy':
                 lazy = v.wait_event('MAPPED_RAM_LAZY_LOADED',
                                     timeout=600)['data']
+                with open(trace) as f:
+                    lazy['fault_us'] = [int(x) for x in re.findall(
+                        r'served in (\d+) us', f.read())]
+                os.unlink(trace)
             return dt, ms(v.t['pong'] - t0), rss, lazy
 
     # =======================================================================

@@ -329,7 +329,8 @@ def table_restore_lazy(res):
               'beat (medians of the MAPPED_RAM_LAZY_LOADED events)', [
                   'RAM', 'n', 'load complete after (ms)', 'fill (ms)',
                   'fill rate (GB/s, RAM size / fill)', 'pages read',
-                  'pages zeroed', 'faults served', 'fault service, mean (us)'])
+                  'pages zeroed', 'faults served', 'fault service, mean (us)',
+                  'fault service p50 (us)', 'p99 (us)'])
     for size, r in res['sizes'].items():
         ev = sget(r, 'flows', 'lazy/ours', 'lazy')
         if not ev:
@@ -340,10 +341,13 @@ def table_restore_lazy(res):
         pages = med('pages-read') + med('pages-zeroed')
         fill = med('fill-ms')
         faults = med('faults')
+        served = sorted(x for e in ev for x in e.get('fault_us', []))
         t.add(size, len(ev), med('total-ms'), fill,
               fnum(pages * 4096 / (fill * 1e6)) if fill else NA,
               med('pages-read'), med('pages-zeroed'), faults,
-              fnum(med('fault-us') / faults) if faults else NA)
+              fnum(med('fault-us') / faults) if faults else NA,
+              served[len(served) // 2] if served else NA,
+              served[len(served) * 99 // 100] if served else NA)
     return t
 
 
