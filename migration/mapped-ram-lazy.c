@@ -20,7 +20,10 @@
  * - each page is placed exactly once: a thread places a page only after
  *   claiming its bit in the block's 'claimed' bitmap; a fault on a page
  *   another thread claimed is woken by that thread's UFFDIO_COPY;
- * - only anonymous private RAM of host page size is lazy in this version;
+ * - private RAM only (anonymous, memfd, tmpfs or hugetlbfs): other
+ *   processes mapping shared RAM would not wait for its pages;
+ * - a host page is placed whole: huge pages are built in a buffer from
+ *   the file's target pages and zeroes (hugetlbfs has no ZEROPAGE);
  * - a page that cannot be read (I/O error, file truncated under the VM)
  *   is fatal: the guest must not see wrong memory, and a vCPU blocked on
  *   a fault nobody can serve must not hang the process.
@@ -41,6 +44,7 @@
 #include "block/aio.h"
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
+#include "system/hostmem.h"
 #include "system/runstate.h"
 #include "io/channel-file.h"
 #include "migration.h"
@@ -57,9 +61,11 @@
 
 typedef struct LazyBlock {
     RAMBlock *rb;
-    long num_pages;
-    unsigned long *bitmap;      /* set: the page is in the file */
-    unsigned long *claimed;     /* set: a thread placed or places it */
+    long num_pages;             /* target pages the file holds */
+    unsigned long *bitmap;      /* set: the target page is in the file */
+    size_t psize;               /* host page size of the block */
+    long tpp;                   /* target pages per host page */
+    unsigned long *claimed;     /* of host pages: placed, or being placed */
 } LazyBlock;
 
 static struct {
@@ -71,6 +77,7 @@ static struct {
     bool fill_started;
     int quit_fd;                /* eventfd: the fault thread stops */
     VMChangeStateEntry *vmstate;
+    size_t max_psize;           /* the largest page size of guest RAM */
     int64_t start_us;
     int64_t fill_us;
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
@@ -99,7 +106,7 @@ static void G_NORETURN lazy_fatal(RAMBlock *rb, long page, const char *why,
     exit(EXIT_FAILURE);
 }
 
-/* Claim page @page of @lb; false if another thread has it. */
+/* Claim host page @page of @lb; false if another thread has it. */
 static bool claim_page(LazyBlock *lb, long page)
 {
     unsigned long mask = BIT_MASK(page);
@@ -154,6 +161,46 @@ static void read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
     }
 }
 
+/*
+ * Place host page @hp of a block of huge pages, which the caller claimed:
+ * @buf (psize bytes) gets the target pages in the file, zeroes for the
+ * others (hugetlbfs has no UFFDIO_ZEROPAGE), and is copied in at once.
+ */
+static void place_huge(LazyBlock *lb, long hp, uint8_t *buf)
+{
+    long first = hp * lb->tpp, end = first + lb->tpp;
+    long in_file = MIN(end, lb->num_pages);
+    long t = first, next, read = 0;
+    int ret;
+
+    while (t < end) {
+        bool set = t < in_file && test_bit(t, lb->bitmap);
+        uint8_t *at = buf + ((t - first) << TARGET_PAGE_BITS);
+
+        if (t >= in_file) {
+            next = end;
+        } else if (set) {
+            next = MIN(find_next_zero_bit(lb->bitmap, in_file, t), end);
+        } else {
+            next = MIN(find_next_bit(lb->bitmap, in_file, t), end);
+        }
+        if (set) {
+            read_pages(lb, t, next - t, at);
+            read += next - t;
+        } else {
+            memset(at, 0, (next - t) << TARGET_PAGE_BITS);
+        }
+        t = next;
+    }
+    ret = uffd_copy_page(lazy.uffd, lb->rb->host + hp * lb->psize, buf,
+                         lb->psize, false);
+    if (ret) {
+        lazy_fatal(lb->rb, first, "cannot place the page", -ret);
+    }
+    qatomic_add(&lazy.copied, read);
+    qatomic_add(&lazy.zeroed, lb->tpp - read);
+}
+
 static void serve_fault(uint64_t addr, uint8_t *buf)
 {
     int64_t t0 = g_get_monotonic_time();
@@ -169,16 +216,14 @@ static void serve_fault(uint64_t addr, uint8_t *buf)
         exit(EXIT_FAILURE);
     }
     page = offset >> TARGET_PAGE_BITS;
-    if (page >= lb->num_pages) {
-        /* beyond what the file holds: the block's tail reads as zero */
-        page = MIN(page, (long)(lb->rb->used_length >> TARGET_PAGE_BITS) - 1);
-    }
-    if (!claim_page(lb, page)) {
+    if (!claim_page(lb, page / lb->tpp)) {
         /* claimed by the fill thread: its UFFDIO_COPY wakes the fault */
         trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
         return;
     }
-    if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
+    if (lb->tpp > 1) {
+        place_huge(lb, page / lb->tpp, buf);
+    } else if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
         read_pages(lb, page, 1, buf);
         place_pages(lb, page, 1, buf);
     } else {
@@ -192,7 +237,7 @@ static void serve_fault(uint64_t addr, uint8_t *buf)
 
 static void *fault_thread(void *opaque)
 {
-    g_autofree uint8_t *buf = g_malloc(TARGET_PAGE_SIZE);
+    g_autofree uint8_t *buf = g_malloc(lazy.max_psize);
     struct pollfd pfd[2] = {
         { .fd = lazy.uffd, .events = POLLIN },
         { .fd = lazy.quit_fd, .events = POLLIN },
@@ -241,6 +286,15 @@ static void fill_block(LazyBlock *lb, uint8_t *buf)
 {
     long used = lb->rb->used_length >> TARGET_PAGE_BITS;
     long p = 0;
+
+    if (lb->tpp > 1) {
+        for (p = 0; p < used / lb->tpp; p++) {
+            if (claim_page(lb, p)) {
+                place_huge(lb, p, buf);
+            }
+        }
+        return;
+    }
 
     while (p < used) {
         bool in_file = p < lb->num_pages && test_bit(p, lb->bitmap);
@@ -321,7 +375,8 @@ static void complete(void *opaque)
 
 static void *fill_thread(void *opaque)
 {
-    g_autofree uint8_t *buf = g_malloc(LAZY_FILL_BATCH * TARGET_PAGE_SIZE);
+    g_autofree uint8_t *buf = g_malloc(MAX(LAZY_FILL_BATCH * TARGET_PAGE_SIZE,
+                                           lazy.max_psize));
     int64_t t0 = g_get_monotonic_time();
     guint i;
 
@@ -369,10 +424,9 @@ static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
 
     if (qemu_real_host_page_size() != TARGET_PAGE_SIZE) {
         why = "the host page size differs from the target page size";
-    } else if (qemu_ram_is_shared(rb) || rb->fd >= 0) {
-        why = "lazy load of shared or file-backed RAM is not supported yet";
-    } else if (rb->page_size != qemu_real_host_page_size()) {
-        why = "its page size is not the host page size";
+    } else if (qemu_ram_is_shared(rb)) {
+        why = "lazy load of shared RAM (share=on, vhost-user) is not "
+              "supported yet: other processes would not wait for its pages";
     } else if (rb->guest_memfd >= 0) {
         why = "it uses guest_memfd";
     }
@@ -388,6 +442,7 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
 {
     QIOChannel *ioc = qemu_file_get_ioc(f);
     g_autofree char *proc = NULL;
+    uint64_t features;
 
     if (lazy.uffd >= 0) {
         return true;
@@ -414,7 +469,13 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                          "the migration file");
         return false;
     }
-    lazy.uffd = uffd_create_fd(0, true);
+    /* what the kernel has of: missing faults on tmpfs and hugetlbfs */
+    if (uffd_query_features(&features) < 0) {
+        features = 0;
+    }
+    lazy.uffd = uffd_create_fd(features & (UFFD_FEATURE_MISSING_SHMEM |
+                                           UFFD_FEATURE_MISSING_HUGETLBFS),
+                               true);
     if (lazy.uffd < 0) {
         error_setg(errp, "mapped-ram-load=lazy: cannot create a userfaultfd "
                    "(see vm.unprivileged_userfaultfd, or run with "
@@ -434,6 +495,8 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     /* no reallocation: the fault thread reads it unlocked */
     lazy.blocks = g_ptr_array_sized_new(RAM_BLOCKS_MAX);
     lazy.start_us = g_get_monotonic_time();
+    /* blocks come after the fault thread starts: size for any of them */
+    lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);
     qemu_thread_create(&lazy.fault_thread, "mapped-ram-fault", fault_thread,
                        NULL, QEMU_THREAD_JOINABLE);
     lazy.vmstate = qemu_add_vm_change_state_handler(vm_running, NULL);
@@ -473,6 +536,12 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                    RAM_BLOCKS_MAX);
         return false;
     }
+    if (rb->page_size > lazy.max_psize) {
+        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': page size "
+                   "0x%zx is larger than expected", rb->idstr,
+                   rb->page_size);
+        return false;
+    }
     if (find_block(rb)) {
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s' appears twice "
                    "in the stream", rb->idstr);
@@ -484,12 +553,17 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                    "discard its memory", rb->idstr);
         return false;
     }
+    /* small pages are zeroed with UFFDIO_ZEROPAGE, huge ones copied */
     if (uffd_register_memory(lazy.uffd, rb->host, rb->used_length,
                              UFFDIO_REGISTER_MODE_MISSING, &ioctls) ||
         !(ioctls & BIT_ULL(_UFFDIO_COPY)) ||
-        !(ioctls & BIT_ULL(_UFFDIO_ZEROPAGE))) {
+        (rb->page_size == TARGET_PAGE_SIZE &&
+         !(ioctls & BIT_ULL(_UFFDIO_ZEROPAGE)))) {
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': cannot "
-                   "register it with userfaultfd", rb->idstr);
+                   "register it with userfaultfd (anonymous, memfd, tmpfs "
+                   "and hugetlbfs memory can be; a file on another file "
+                   "system cannot); load it with mapped-ram-load=copy",
+                   rb->idstr);
         return false;
     }
     lb = g_new0(LazyBlock, 1);
@@ -497,7 +571,9 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     lb->num_pages = num_pages;
     lb->bitmap = bitmap_new(num_pages);
     bitmap_copy(lb->bitmap, bitmap, num_pages);
-    lb->claimed = bitmap_new(rb->used_length >> TARGET_PAGE_BITS);
+    lb->psize = rb->page_size;
+    lb->tpp = rb->page_size >> TARGET_PAGE_BITS;
+    lb->claimed = bitmap_new(rb->used_length / rb->page_size);
     g_ptr_array_add(lazy.blocks, lb);
     trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset);
     return true;

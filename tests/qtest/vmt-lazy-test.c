@@ -6,6 +6,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/cutils.h"
 #include "libqtest.h"
 #include "migration/bootfile.h"
 #include "migration/migration-qmp.h"
@@ -231,6 +232,75 @@ static void test_lazy_bypass(void)
     unlink(mem);
 }
 
+/* A destination whose RAM is private but not anonymous. */
+static void lazy_backend(const char *name, const char *backend)
+{
+    g_autofree char *file = vmt_path(name);
+    g_autofree char *serial = g_strdup_printf("%s_serial", name);
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .backend = backend, .mode = "lazy" };
+    QTestState *to;
+
+    vmt_save_fixed(file, &s);
+    to = vmt_load_fixed(file, &l, serial);
+    wait_loaded(to);
+    vmt_check_continues(to, serial);
+    g_assert_cmpint(qtest_readq(to, VMT_ZERO_PAGE_ADDR), ==, 0);
+    qtest_quit(to);
+    unlink(file);
+}
+
+static void test_lazy_memfd(void)
+{
+    if (!vmt_accel_available()) {
+        return;
+    }
+    lazy_backend("lazy-memfd.img", "memory-backend-memfd,share=off");
+}
+
+/* Free 2 MiB huge pages, from /proc/meminfo. */
+static long free_huge_pages(void)
+{
+    g_autofree char *info = NULL;
+    const char *p;
+    long n;
+
+    if (!g_file_get_contents("/proc/meminfo", &info, NULL, NULL) ||
+        !strstr(info, "Hugepagesize:       2048 kB")) {
+        return 0;
+    }
+    p = strstr(info, "HugePages_Free:");
+    if (!p) {
+        return 0;
+    }
+    p += strlen("HugePages_Free:");
+    while (*p == ' ') {
+        p++;
+    }
+    return qemu_strtol(p, &p, 10, &n) ? 0 : n;
+}
+
+/*
+ * hugetlbfs (a memfd with hugetlb=on): each fault places a whole 2 MiB
+ * page built from the file's 4 KiB pages and zeroes.  make check
+ * reserves the huge pages when it can (build-aux/check.sh).
+ */
+static void test_lazy_hugetlb(void)
+{
+    long need = VMT_MEM_BYTES / (2 * 1024 * 1024);
+
+    if (free_huge_pages() < need) {
+        g_test_skip("needs free 2 MiB huge pages (as root: echo N > "
+                    "/proc/sys/vm/nr_hugepages)");
+        return;
+    }
+    if (!vmt_accel_available()) {
+        return;
+    }
+    lazy_backend("lazy-huge.img", "memory-backend-memfd,share=off,"
+                 "hugetlb=on,hugetlbsize=2M");
+}
+
 static void test_lazy_refuses_shared_ram(void)
 {
     g_autofree char *file = vmt_path("lazy-shared.img");
@@ -246,7 +316,8 @@ static void test_lazy_refuses_shared_ram(void)
     vmt_save_fixed(file, &s);
     vmt_qemu_must_fail(args, "refuse_serial",
                        "mapped-ram-load=lazy: RAM block 'mem0': lazy load of "
-                       "shared or file-backed RAM is not supported yet");
+                       "shared RAM (share=on, vhost-user) is not supported "
+                       "yet");
     unlink(mem);
     unlink(file);
 }
@@ -264,6 +335,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/lazy/truncated", test_lazy_truncated);
     qtest_add_func("/vmt/mapped-ram/lazy/save-again", test_lazy_save_again);
     qtest_add_func("/vmt/mapped-ram/lazy/bypass", test_lazy_bypass);
+    qtest_add_func("/vmt/mapped-ram/lazy/memfd", test_lazy_memfd);
+    qtest_add_func("/vmt/mapped-ram/lazy/hugetlbfs", test_lazy_hugetlb);
     qtest_add_func("/vmt/mapped-ram/lazy/refuse-shared-ram",
                    test_lazy_refuses_shared_ram);
     ret = g_test_run();
