@@ -22,9 +22,10 @@ guest disk):
   mr-ignore   a mapped-ram file saved with x-ignore-shared (the clone needs
               x-ignore-shared too: -incoming defer and QMP)
 
-Mapped-ram clones use -global migration.mapped-ram=on and alternate
-mapped-ram-load=copy and =map (mutant i: copy if i is even); the summary
-shows them as mr-anon/copy, mr-anon/map, and so on.
+Mapped-ram clones use -global migration.mapped-ram=on and take turns
+with mapped-ram-load=copy, =map and =lazy (mutant i: copy if i % 3 is 0,
+map if 1, lazy if 2); the summary shows them as mr-anon/copy,
+mr-anon/map, mr-anon/lazy, and so on.
 
 Mutation kinds:
 
@@ -941,7 +942,7 @@ def make_mutant(inp, kind, index, seed, trunc_points):
     L = inp.layout
     mode = None
     if kind != 'bypass':
-        mode = 'copy' if index % 2 == 0 else 'map'
+        mode = ('copy', 'map', 'lazy')[index % 3]
     # the first mutants: truncations at the boundaries
     if index < len(trunc_points):
         m = Mutant(kind, index, mode, 'trunc')
@@ -1296,7 +1297,7 @@ def run(args, qemu, kinds, tmp):
     base = os.path.join(tmp, 'baseline')
     os.makedirs(base)
     for k, inp in inputs.items():
-        for mode in ((None,) if k == 'bypass' else ('copy', 'map')):
+        for mode in ((None,) if k == 'bypass' else ('copy', 'map', 'lazy')):
             res = run_clone(qemu, inp, inp.path, base, mode, args.timeout,
                             args.settle)
             if res.outcome != 'loaded':
