@@ -363,6 +363,7 @@ static void complete(void *opaque)
     int64_t total_us;
 
     finish();
+    ram_block_discard_disable(false);
     /* the fault thread is gone: the counters hold still */
     total_us = g_get_monotonic_time() - lazy.start_us;
     trace_mapped_ram_lazy_complete(total_us, lazy.fill_us, lazy.copied,
@@ -462,12 +463,23 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                    "postcopy-ram");
         return false;
     }
+    /*
+     * A page discarded after it was placed would fault again, and nobody
+     * would place it twice: no discard (balloon, virtio-mem, free page
+     * reporting) until the load completes.
+     */
+    if (ram_block_discard_disable(true)) {
+        error_setg(errp, "mapped-ram-load=lazy: a device needs to discard "
+                   "RAM (virtio-mem?) while the load goes on; load with "
+                   "mapped-ram-load=copy");
+        return false;
+    }
     proc = g_strdup_printf("/proc/self/fd/%d", QIO_CHANNEL_FILE(ioc)->fd);
     lazy.fd = open(proc, O_RDONLY | O_CLOEXEC);
     if (lazy.fd < 0) {
         error_setg_errno(errp, errno, "mapped-ram-load=lazy: cannot reopen "
                          "the migration file");
-        return false;
+        goto fail;
     }
     /* what the kernel has of: missing faults on tmpfs and hugetlbfs */
     if (uffd_query_features(&features) < 0) {
@@ -480,17 +492,12 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
         error_setg(errp, "mapped-ram-load=lazy: cannot create a userfaultfd "
                    "(see vm.unprivileged_userfaultfd, or run with "
                    "CAP_SYS_PTRACE); load with mapped-ram-load=copy or map");
-        close(lazy.fd);
-        lazy.fd = -1;
-        return false;
+        goto fail;
     }
     lazy.quit_fd = eventfd(0, EFD_CLOEXEC);
     if (lazy.quit_fd < 0) {
         error_setg_errno(errp, errno, "mapped-ram-load=lazy: eventfd");
-        uffd_close_fd(lazy.uffd);
-        close(lazy.fd);
-        lazy.uffd = lazy.fd = -1;
-        return false;
+        goto fail;
     }
     /* no reallocation: the fault thread reads it unlocked */
     lazy.blocks = g_ptr_array_sized_new(RAM_BLOCKS_MAX);
@@ -501,6 +508,17 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                        NULL, QEMU_THREAD_JOINABLE);
     lazy.vmstate = qemu_add_vm_change_state_handler(vm_running, NULL);
     return true;
+
+fail:
+    if (lazy.uffd >= 0) {
+        uffd_close_fd(lazy.uffd);
+    }
+    if (lazy.fd >= 0) {
+        close(lazy.fd);
+    }
+    lazy.uffd = lazy.fd = -1;
+    ram_block_discard_disable(false);
+    return false;
 }
 
 bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
