@@ -160,7 +160,8 @@ hugepages_back() {
 if want vmt && [ -w /proc/sys/vm/nr_hugepages ] &&
    grep -q '^Hugepagesize: *2048 kB' /proc/meminfo; then
     HP_OLD=$(cat /proc/sys/vm/nr_hugepages)
-    trap hugepages_back EXIT INT TERM
+    trap hugepages_back EXIT
+    trap 'hugepages_back; exit 130' INT TERM
     if ! echo $((HP_OLD + 80)) > /proc/sys/vm/nr_hugepages 2>/dev/null; then
         hugepages_back
     fi
