@@ -46,10 +46,10 @@
 #include "exec/target_page.h"
 #include "system/hostmem.h"
 #include "system/runstate.h"
-#include "io/channel-file.h"
 #include "migration.h"
 #include "options.h"
 #include "qemu-file.h"
+#include "mapped-ram-map.h"
 #include "mapped-ram-lazy.h"
 #include "trace.h"
 
@@ -71,6 +71,7 @@ typedef struct LazyBlock {
 static struct {
     int uffd;
     int fd;                     /* our descriptor of the file */
+    struct stat st;             /* of the file */
     GPtrArray *blocks;          /* of LazyBlock */
     QemuThread fault_thread;
     QemuThread fill_thread;
@@ -349,6 +350,7 @@ static void finish(void)
     g_ptr_array_set_size(lazy.blocks, 0);
     uffd_close_fd(lazy.uffd);
     close(lazy.quit_fd);
+    mapped_ram_map_release_file(&lazy.st);
     close(lazy.fd);
     lazy.uffd = lazy.quit_fd = lazy.fd = -1;
 }
@@ -391,22 +393,6 @@ static void *fill_thread(void *opaque)
     return NULL;
 }
 
-bool mapped_ram_lazy_check_outgoing(int fd, Error **errp)
-{
-    struct stat out, in;
-
-    if (lazy.fd < 0 || fstat(fd, &out) < 0 || fstat(lazy.fd, &in) < 0) {
-        return true;
-    }
-    if (out.st_dev == in.st_dev && out.st_ino == in.st_ino) {
-        error_setg(errp, "this VM is still loading its RAM from the "
-                   "migration file it would write (mapped-ram-load=lazy); "
-                   "write another file");
-        return false;
-    }
-    return true;
-}
-
 static void vm_running(void *opaque, bool running, RunState state)
 {
     if (!running || lazy.fill_started) {
@@ -441,8 +427,6 @@ static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
 
 static bool lazy_setup(QEMUFile *f, Error **errp)
 {
-    QIOChannel *ioc = qemu_file_get_ioc(f);
-    g_autofree char *proc = NULL;
     uint64_t features;
 
     if (lazy.uffd >= 0) {
@@ -451,11 +435,6 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     if (lazy.fill_started) {
         error_setg(errp, "mapped-ram-load=lazy: a lazy load ran already in "
                    "this process");
-        return false;
-    }
-    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE)) {
-        error_setg(errp, "mapped-ram-load=lazy needs a file: or fd: "
-                   "migration from a regular file");
         return false;
     }
     if (migrate_postcopy_ram()) {
@@ -474,13 +453,11 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                    "mapped-ram-load=copy");
         return false;
     }
-    proc = g_strdup_printf("/proc/self/fd/%d", QIO_CHANNEL_FILE(ioc)->fd);
-    lazy.fd = open(proc, O_RDONLY | O_CLOEXEC);
+    lazy.fd = mapped_ram_map_open_file(f, "lazy", &lazy.st, errp);
     if (lazy.fd < 0) {
-        error_setg_errno(errp, errno, "mapped-ram-load=lazy: cannot reopen "
-                         "the migration file");
         goto fail;
     }
+    mapped_ram_map_hold_file(&lazy.st, "is still being loaded from");
     /* what the kernel has of: missing faults on tmpfs and hugetlbfs */
     if (uffd_query_features(&features) < 0) {
         features = 0;
@@ -514,6 +491,7 @@ fail:
         uffd_close_fd(lazy.uffd);
     }
     if (lazy.fd >= 0) {
+        mapped_ram_map_release_file(&lazy.st);
         close(lazy.fd);
     }
     lazy.uffd = lazy.fd = -1;
@@ -542,11 +520,11 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     if (!lazy_setup(f, errp)) {
         return false;
     }
-    if (fstat(lazy.fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        rb->pages_offset > st.st_size || len > st.st_size - rb->pages_offset) {
+    if (fstat(lazy.fd, &st) < 0 || rb->pages_offset > st.st_size ||
+        len > st.st_size - rb->pages_offset) {
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': the file is "
-                   "not a regular file or is truncated (its pages end at %"
-                   PRIu64 ")", rb->idstr, rb->pages_offset + len);
+                   "truncated (its pages end at %" PRIu64 ")", rb->idstr,
+                   rb->pages_offset + len);
         return false;
     }
     if (lazy.blocks->len >= RAM_BLOCKS_MAX) {

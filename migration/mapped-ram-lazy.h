@@ -19,14 +19,7 @@
 bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                            const unsigned long *bitmap, long num_pages,
                            Error **errp);
-
-/* Refuse to write the file a lazy load still reads. */
-bool mapped_ram_lazy_check_outgoing(int fd, Error **errp);
 #else
-static inline bool mapped_ram_lazy_check_outgoing(int fd, Error **errp)
-{
-    return true;
-}
 
 static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                                          const unsigned long *bitmap,

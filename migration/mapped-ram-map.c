@@ -47,10 +47,17 @@
 /* Beyond this many zero ranges, zero them by writing instead of mapping. */
 #define MAPPED_RAM_MAP_MAX_ZERO_MAPS 4096
 
+/* A migration file that guest RAM maps or still loads from. */
+typedef struct MappedRamFile {
+    dev_t dev;
+    ino_t ino;
+    const char *use;        /* "maps", "is still loading from" */
+} MappedRamFile;
+
 static struct {
     bool discard_disabled;  /* by us */
-    /* The files RAM maps, to refuse writing them. */
-    GArray *files;          /* of struct stat */
+    /* The files RAM maps or loads from, to refuse writing them. */
+    GArray *files;          /* of MappedRamFile */
 } map_state;
 
 static bool block_can_be_mapped(RAMBlock *rb, Error **errp)
@@ -106,24 +113,61 @@ static bool disable_discard(Error **errp)
     return true;
 }
 
-static int channel_fd(QEMUFile *f, Error **errp)
+int mapped_ram_map_open_file(QEMUFile *f, const char *mode,
+                             struct stat *st, Error **errp)
 {
     QIOChannel *ioc = qemu_file_get_ioc(f);
+    g_autofree char *proc = NULL;
+    int fd;
 
     if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE)) {
-        error_setg(errp, "mapped-ram-load=map needs a file: or fd: migration "
-                   "from a regular file");
+        error_setg(errp, "mapped-ram-load=%s needs a file: or fd: migration "
+                   "from a regular file", mode);
         return -1;
     }
-    return QIO_CHANNEL_FILE(ioc)->fd;
+    /* Not dup(): a dup shares the stream's file offset. */
+    proc = g_strdup_printf("/proc/self/fd/%d", QIO_CHANNEL_FILE(ioc)->fd);
+    fd = open(proc, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, st) < 0) {
+        error_setg_errno(errp, errno, "mapped-ram-load=%s: cannot reopen "
+                         "the migration file", mode);
+        goto fail;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        error_setg(errp, "mapped-ram-load=%s needs a regular file", mode);
+        goto fail;
+    }
+    return fd;
+
+fail:
+    if (fd >= 0) {
+        close(fd);
+    }
+    return -1;
 }
 
-static void remember_file(const struct stat *st)
+void mapped_ram_map_hold_file(const struct stat *st, const char *use)
 {
+    MappedRamFile m = { .dev = st->st_dev, .ino = st->st_ino, .use = use };
+
     if (!map_state.files) {
-        map_state.files = g_array_new(false, false, sizeof(struct stat));
+        map_state.files = g_array_new(false, false, sizeof(MappedRamFile));
     }
-    g_array_append_vals(map_state.files, st, 1);
+    g_array_append_val(map_state.files, m);
+}
+
+void mapped_ram_map_release_file(const struct stat *st)
+{
+    guint i;
+
+    for (i = 0; map_state.files && i < map_state.files->len; i++) {
+        MappedRamFile *m = &g_array_index(map_state.files, MappedRamFile, i);
+
+        if (m->dev == st->st_dev && m->ino == st->st_ino) {
+            g_array_remove_index_fast(map_state.files, i);
+            return;
+        }
+    }
 }
 
 bool mapped_ram_map_check_outgoing(int fd, Error **errp)
@@ -135,12 +179,11 @@ bool mapped_ram_map_check_outgoing(int fd, Error **errp)
         return true;
     }
     for (i = 0; i < map_state.files->len; i++) {
-        struct stat *m = &g_array_index(map_state.files, struct stat, i);
+        MappedRamFile *m = &g_array_index(map_state.files, MappedRamFile, i);
 
-        if (m->st_dev == st.st_dev && m->st_ino == st.st_ino) {
-            error_setg(errp, "this VM's RAM maps the migration file it would "
-                       "write (loaded with mapped-ram-load=map); write "
-                       "another file");
+        if (m->dev == st.st_dev && m->ino == st.st_ino) {
+            error_setg(errp, "this VM's RAM %s the migration file it would "
+                       "write; write another file", m->use);
             return false;
         }
     }
@@ -214,7 +257,6 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
 {
     int64_t t0 = g_get_monotonic_time();
     size_t len = (size_t)num_pages << TARGET_PAGE_BITS;
-    g_autofree char *proc = NULL;
     unsigned nr_zero_maps = 0;
     struct stat st;
     bool ok = false;
@@ -236,21 +278,9 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                    rb->idstr, rb->pages_offset);
         return false;
     }
-    fd = channel_fd(f, errp);
+    fd = mapped_ram_map_open_file(f, "map", &st, errp);
     if (fd < 0) {
         return false;
-    }
-    /* Our own descriptor: SEEK_DATA must not move the stream's offset. */
-    proc = g_strdup_printf("/proc/self/fd/%d", fd);
-    fd = open(proc, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        error_setg_errno(errp, errno, "mapped-ram-load=map: cannot reopen "
-                         "the migration file");
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        error_setg(errp, "mapped-ram-load=map needs a regular file");
-        goto out;
     }
     if (rb->pages_offset > st.st_size || len > st.st_size - rb->pages_offset) {
         error_setg(errp, "mapped-ram-load=map: RAM block '%s': the file is "
@@ -263,7 +293,7 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
         goto out;
     }
     /* RAM may map the file from here on, whatever happens next. */
-    remember_file(&st);
+    mapped_ram_map_hold_file(&st, "maps");
     if (qemu_ram_map_private(rb, 0, len, fd, rb->pages_offset, errp)) {
         error_prepend(errp, "mapped-ram-load=map: ");
         goto out;
@@ -275,8 +305,6 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                                g_get_monotonic_time() - t0);
     ok = true;
 out:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close(fd);
     return ok;
 }

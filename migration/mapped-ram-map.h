@@ -20,8 +20,26 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                           Error **errp);
 
 /*
- * Refuse to write a migration file that RAM of this VM maps: writing it
- * would change the memory of this VM and of every other VM mapping it.
+ * Open a read-only descriptor of our own of the regular file behind @f (a
+ * file: or fd: migration), and fstat() it into @st.  @mode is the
+ * mapped-ram-load value that needs it, for the error message.  Returns the
+ * descriptor, or -1 with @errp set.
+ */
+int mapped_ram_map_open_file(QEMUFile *f, const char *mode,
+                             struct stat *st, Error **errp);
+
+/*
+ * Guest RAM maps the file @st, or loads pages from it (@use says which,
+ * as "this VM's RAM <use> the migration file"), until
+ * mapped_ram_map_release_file(): this VM must not write it.
+ */
+void mapped_ram_map_hold_file(const struct stat *st, const char *use);
+void mapped_ram_map_release_file(const struct stat *st);
+
+/*
+ * Refuse to write a migration file that RAM of this VM maps or loads
+ * from: writing it would change the memory of this VM and of every other
+ * VM mapping it.
  */
 bool mapped_ram_map_check_outgoing(int fd, Error **errp);
 

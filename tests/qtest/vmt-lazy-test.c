@@ -94,24 +94,15 @@ static void test_lazy_fault_and_stale_page(void)
 {
     g_autofree char *file = vmt_path("lazy-stale.img");
     uint64_t bitmap_offset, pages_offset, page = VMT_ZERO_PAGE_ADDR;
-    uint64_t junk = 0x5a5a5a5a5a5a5a5aULL;
-    uint8_t byte;
     VmtSaveOpts s = { 0 };
     QTestState *to;
-    int fd;
 
     if (!vmt_accel_available()) {
         return;
     }
     vmt_save_fixed(file, &s);
     vmt_find_header(file, &bitmap_offset, &pages_offset);
-    fd = open(file, O_RDWR);
-    g_assert_cmpint(pread(fd, &byte, 1, bitmap_offset +
-                          page / TEST_MEM_PAGE_SIZE / 8), ==, 1);
-    g_assert_cmpint(byte & (1 << (page / TEST_MEM_PAGE_SIZE % 8)), ==, 0);
-    g_assert_cmpint(pwrite(fd, &junk, sizeof(junk), pages_offset + page), ==,
-                    sizeof(junk));
-    close(fd);
+    vmt_put_stale_page(file, bitmap_offset, pages_offset, page);
 
     to = load_paused(file, NULL, "stale_serial", NULL);
     vmt_wait_for_status(to, "paused");
@@ -161,45 +152,29 @@ static void test_lazy_truncated(void)
     unlink(file);
 }
 
-/* Saving into the file a lazy load reads is refused; another file works. */
+/* Saving into the file a lazy load reads is refused until it completes. */
 static void test_lazy_save_again(void)
 {
     g_autofree char *file = vmt_path("lazy-1.img");
-    g_autofree char *file2 = vmt_path("lazy-2.img");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
-    g_autofree char *uri2 = g_strdup_printf("file:%s", file2);
     VmtSaveOpts s = { 0 };
     VmtLoadOpts l = { .mode = "copy" };
-    QDict *rsp;
-    QTestState *mid, *last;
+    QTestState *mid;
 
     if (!vmt_accel_available()) {
         return;
     }
     vmt_save_fixed(file, &s);
     mid = load_paused(file, NULL, "mid_serial", NULL);
-    rsp = qtest_qmp(mid, "{ 'execute': 'migrate', 'arguments':"
-                    " { 'uri': %s } }", uri);
-    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
-                                          "desc"),
-                            "is still loading its RAM from the migration "
-                            "file it would write"));
-    qobject_unref(rsp);
+    vmt_migrate_must_fail(mid, uri, "this VM's RAM is still being loaded "
+                          "from the migration file it would write");
 
     qtest_qmp_assert_success(mid, "{ 'execute': 'cont' }");
     wait_loaded(mid);
     wait_for_serial("mid_serial");
-    migrate_ensure_converge(mid);
-    qtest_qmp_assert_success(mid, "{ 'execute': 'migrate', 'arguments':"
-                             " { 'uri': %s } }", uri2);
-    wait_for_migration_complete(mid);
-    qtest_quit(mid);
-
-    last = vmt_load_fixed(file2, &l, "last_serial");
-    vmt_check_continues(last, "last_serial");
-    qtest_quit(last);
+    /* the load completed: the file is free, and saving it again works */
+    vmt_save_and_load_again(mid, file, &l, "last_serial");
     unlink(file);
-    unlink(file2);
 }
 
 /* bypass-shared-memory: the shared block is mapped, the rest is lazy. */
@@ -307,14 +282,10 @@ static void test_lazy_refuses_shared_ram(void)
     g_autofree char *mem = vmt_path("lazy-refused.ram");
     g_autofree char *backend = g_strdup_printf(
         "memory-backend-file,mem-path=%s,share=on", mem);
-    g_autofree char *vm = vmt_vm_args(backend, "refuse_serial");
-    g_autofree char *args = g_strdup_printf(
-        "%s -global migration.mapped-ram=on"
-        " -global migration.mapped-ram-load=lazy -incoming file:%s", vm, file);
     VmtSaveOpts s = { 0 };
 
     vmt_save_fixed(file, &s);
-    vmt_qemu_must_fail(args, "refuse_serial",
+    vmt_load_must_fail(file, backend, "lazy", "refuse_serial",
                        "mapped-ram-load=lazy: RAM block 'mem0': lazy load of "
                        "shared RAM (share=on, vhost-user) is not supported "
                        "yet");

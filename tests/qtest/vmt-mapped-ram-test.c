@@ -12,7 +12,6 @@
 #include "migration/bootfile.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
-#include "qobject/qdict.h"
 #include "vmt-util.h"
 
 static void test_map_clones(void)
@@ -101,33 +100,22 @@ static void test_map_stale_zero_page(void)
 {
     g_autofree char *file = vmt_path("fixed-stale.img");
     g_autofree char *flags = NULL;
-    uint64_t bitmap_offset, pages_offset, junk = 0x5a5a5a5a5a5a5a5aULL;
-    unsigned long word;
+    uint64_t bitmap_offset, pages_offset;
     VmtSaveOpts s = { 0 };
     VmtLoadOpts l = {
         .mode = "map", .extra = "-machine dump-guest-core=off",
     };
     QTestState *to;
-    int fd, i;
+    int i;
 
     if (!vmt_accel_available()) {
         return;
     }
     vmt_save_fixed(file, &s);
     vmt_find_header(file, &bitmap_offset, &pages_offset);
-    fd = open(file, O_RDWR);
     for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
-        uint64_t page = stale_pages[i] / TEST_MEM_PAGE_SIZE;
-
-        g_assert_cmpint(pread(fd, &word, sizeof(word), bitmap_offset +
-                              page / 8), ==, sizeof(word));
-        /* The page is not in the file. */
-        g_assert_cmpint(word & (1UL << (page % 8)), ==, 0);
-        g_assert_cmpint(pwrite(fd, &junk, sizeof(junk),
-                               pages_offset + stale_pages[i]), ==,
-                        sizeof(junk));
+        vmt_put_stale_page(file, bitmap_offset, pages_offset, stale_pages[i]);
     }
-    close(fd);
 
     to = vmt_load_fixed(file, &l, "stale_serial");
     vmt_check_continues(to, "stale_serial");    /* reads the zero page */
@@ -167,11 +155,9 @@ static void test_map_migrate_again(void)
     g_autofree char *file = vmt_path("fixed-1.img");
     g_autofree char *file2 = vmt_path("fixed-2.img");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
-    g_autofree char *uri2 = g_strdup_printf("file:%s", file2);
     VmtSaveOpts s = { 0 };
     VmtLoadOpts l = { .mode = "map" };
-    QDict *rsp;
-    QTestState *mid, *last;
+    QTestState *mid;
 
     if (!vmt_accel_available()) {
         return;
@@ -181,23 +167,9 @@ static void test_map_migrate_again(void)
     wait_for_serial("mid_serial");
 
     /* Writing the file it maps would change its own memory: refused. */
-    rsp = qtest_qmp(mid, "{ 'execute': 'migrate', 'arguments':"
-                    " { 'uri': %s } }", uri);
-    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
-                                          "desc"),
-                            "this VM's RAM maps the migration file it would "
-                            "write"));
-    qobject_unref(rsp);
-
-    migrate_ensure_converge(mid);
-    qtest_qmp_assert_success(mid, "{ 'execute': 'migrate', 'arguments':"
-                             " { 'uri': %s } }", uri2);
-    wait_for_migration_complete(mid);
-    qtest_quit(mid);
-
-    last = vmt_load_fixed(file2, &l, "last_serial");
-    vmt_check_continues(last, "last_serial");
-    qtest_quit(last);
+    vmt_migrate_must_fail(mid, uri, "this VM's RAM maps the migration file "
+                          "it would write");
+    vmt_save_and_load_again(mid, file2, &l, "last_serial");
     unlink(file);
     unlink(file2);
 }
@@ -208,12 +180,8 @@ static void map_must_refuse(const char *file, const char *mem,
 {
     g_autofree char *backend = g_strdup_printf(
         "memory-backend-file,mem-path=%s,%s", mem, share);
-    g_autofree char *vm = vmt_vm_args(backend, "refuse_serial");
-    g_autofree char *args = g_strdup_printf(
-        "%s -global migration.mapped-ram=on"
-        " -global migration.mapped-ram-load=map -incoming file:%s", vm, file);
 
-    vmt_qemu_must_fail(args, "refuse_serial", expect);
+    vmt_load_must_fail(file, backend, "map", "refuse_serial", expect);
     unlink(mem);
 }
 
@@ -236,12 +204,8 @@ static void test_map_refuses_shared_ram(void)
 /* Bad files: a clear error, exit status non-zero, the guest never ran. */
 static void bad_file_must_fail(const char *file, const char *expect)
 {
-    g_autofree char *vm = vmt_vm_args("memory-backend-ram", "bad_serial");
-    g_autofree char *args = g_strdup_printf(
-        "%s -global migration.mapped-ram=on"
-        " -global migration.mapped-ram-load=map -incoming file:%s", vm, file);
-
-    vmt_qemu_must_fail(args, "bad_serial", expect);
+    vmt_load_must_fail(file, "memory-backend-ram", "map", "bad_serial",
+                       expect);
 }
 
 static void test_map_bad_files(void)

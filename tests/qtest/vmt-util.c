@@ -402,3 +402,61 @@ void vmt_file_put_be64(const char *file, off_t off, uint64_t v)
     g_assert_cmpint(pwrite(fd, &v, 8, off), ==, 8);
     close(fd);
 }
+
+void vmt_put_stale_page(const char *file, uint64_t bitmap_offset,
+                        uint64_t pages_offset, uint64_t addr)
+{
+    uint64_t page = addr / TEST_MEM_PAGE_SIZE;
+    uint64_t junk = 0x5a5a5a5a5a5a5a5aULL;
+    uint8_t byte;
+    int fd = open(file, O_RDWR);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(pread(fd, &byte, 1, bitmap_offset + page / 8), ==, 1);
+    g_assert_cmpint(byte & (1 << (page % 8)), ==, 0);
+    g_assert_cmpint(pwrite(fd, &junk, sizeof(junk), pages_offset + addr), ==,
+                    sizeof(junk));
+    close(fd);
+}
+
+void vmt_load_must_fail(const char *file, const char *backend,
+                        const char *mode, const char *serial,
+                        const char *expect)
+{
+    g_autofree char *vm = vmt_vm_args(backend, serial);
+    g_autofree char *args = g_strdup_printf(
+        "%s -global migration.mapped-ram=on"
+        " -global migration.mapped-ram-load=%s -incoming file:%s",
+        vm, mode, file);
+
+    vmt_qemu_must_fail(args, serial, expect);
+}
+
+void vmt_migrate_must_fail(QTestState *who, const char *uri,
+                           const char *expect)
+{
+    QDict *rsp = qtest_qmp(who, "{ 'execute': 'migrate', 'arguments':"
+                           " { 'uri': %s } }", uri);
+    const char *desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+
+    g_test_message("migrate to %s: %s", uri, desc);
+    g_assert_nonnull(strstr(desc, expect));
+    qobject_unref(rsp);
+}
+
+void vmt_save_and_load_again(QTestState *who, const char *file,
+                             const VmtLoadOpts *l, const char *serial)
+{
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    QTestState *to;
+
+    migrate_ensure_converge(who);
+    qtest_qmp_assert_success(who, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri);
+    wait_for_migration_complete(who);
+    qtest_quit(who);
+
+    to = vmt_load_fixed(file, l, serial);
+    vmt_check_continues(to, serial);
+    qtest_quit(to);
+}

@@ -142,4 +142,28 @@ off_t vmt_find_header(const char *file, uint64_t *bitmap_offset,
 
 void vmt_file_put_be64(const char *file, off_t off, uint64_t v);
 
+/*
+ * Write junk at the page of guest address @addr in a mapped-ram file
+ * whose bitmap (at @bitmap_offset) says the page is not in the file, as a
+ * live save leaves a page it wrote and then found zero.
+ */
+void vmt_put_stale_page(const char *file, uint64_t bitmap_offset,
+                        uint64_t pages_offset, uint64_t addr);
+
+/* QEMU, with mapped-ram-load=@mode, must refuse to load @file. */
+void vmt_load_must_fail(const char *file, const char *backend,
+                        const char *mode, const char *serial,
+                        const char *expect);
+
+/* 'migrate' to @uri must fail at once, with @expect in the error. */
+void vmt_migrate_must_fail(QTestState *who, const char *uri,
+                           const char *expect);
+
+/*
+ * Save the guest of @who (running) to @file, quit @who, then check that a
+ * VM loading @file as @l says goes on from there.
+ */
+void vmt_save_and_load_again(QTestState *who, const char *file,
+                             const VmtLoadOpts *l, const char *serial);
+
 #endif
