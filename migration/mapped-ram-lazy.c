@@ -10,6 +10,11 @@
  * runs, a fill thread places every page not yet present, in file order;
  * when none is left, the RAM is unregistered and the load is complete.
  *
+ * The faults are recorded, in order: mapped-ram-save-working-set writes
+ * those of the guest's first milliseconds to a file, and a later load
+ * given it (mapped-ram-working-set) places those pages first, when the
+ * guest starts, before the rest of the fill.
+ *
  * Pages are placed with QEMU's userfaultfd helpers (util/userfaultfd.c),
  * several at a time where they are alike.  postcopy-ram.c's own placing
  * keeps the incoming migration's state (received bitmaps, requested
@@ -51,22 +56,30 @@
 #include "qemu-file.h"
 #include "mapped-ram-map.h"
 #include "mapped-ram-lazy.h"
+#include "mapped-ram-working-set.h"
 #include "trace.h"
 
 /* Pages the fill thread reads with one pread(), and zeroes at once. */
 #define LAZY_FILL_BATCH 64
 #define LAZY_ZERO_BATCH 512
 /* RAM blocks a lazy load handles (x86 VMs have about ten). */
-#define RAM_BLOCKS_MAX  256
+#define RAM_BLOCKS_MAX  MAPPED_RAM_WS_MAX_BLOCKS
 
 typedef struct LazyBlock {
     RAMBlock *rb;
+    unsigned index;             /* in lazy.blocks and lazy.names */
     long num_pages;             /* target pages the file holds */
     unsigned long *bitmap;      /* set: the target page is in the file */
     size_t psize;               /* host page size of the block */
     long tpp;                   /* target pages per host page */
     unsigned long *claimed;     /* of host pages: placed, or being placed */
 } LazyBlock;
+
+/* A page the guest (or QEMU) touched before it was placed. */
+typedef struct LazyTouch {
+    uint64_t page;              /* MAPPED_RAM_WS_PAGE(block index, page) */
+    uint32_t ms;                /* since the guest started; 0 before */
+} LazyTouch;
 
 static struct {
     int uffd;
@@ -80,8 +93,14 @@ static struct {
     VMChangeStateEntry *vmstate;
     size_t max_psize;           /* the largest page size of guest RAM */
     int64_t start_us;
+    int64_t run_us;             /* when the guest started */
     int64_t fill_us;
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
+    bool completed;
+    GPtrArray *names;           /* of the blocks, in order */
+    GArray *touched;            /* of LazyTouch; the fault thread's */
+    MappedRamWorkingSet *ws;    /* to place first, or NULL */
+    uint64_t prefetched;        /* pages of @ws placed by the fill */
 } lazy = { .uffd = -1, .fd = -1, .quit_fd = -1 };
 
 static LazyBlock *find_block(RAMBlock *rb)
@@ -202,6 +221,40 @@ static void place_huge(LazyBlock *lb, long hp, uint8_t *buf)
     qatomic_add(&lazy.zeroed, lb->tpp - read);
 }
 
+/*
+ * Place the host page of @lb that holds target page @page, unless another
+ * thread claimed it: from the file, or zero.  False if it was claimed.
+ */
+static bool place_host_page(LazyBlock *lb, long page, uint8_t *buf)
+{
+    if (!claim_page(lb, page / lb->tpp)) {
+        return false;
+    }
+    if (lb->tpp > 1) {
+        place_huge(lb, page / lb->tpp, buf);
+    } else if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
+        read_pages(lb, page, 1, buf);
+        place_pages(lb, page, 1, buf);
+    } else {
+        place_pages(lb, page, 1, NULL);
+    }
+    return true;
+}
+
+static void record_touch(LazyBlock *lb, long page, int64_t now)
+{
+    int64_t run_us = qatomic_read(&lazy.run_us);
+    LazyTouch t = {
+        .page = MAPPED_RAM_WS_PAGE(lb->index, page),
+        .ms = run_us && now > run_us ? MIN((now - run_us) / 1000,
+                                           UINT32_MAX) : 0,
+    };
+
+    if (lazy.touched->len < MAPPED_RAM_WS_MAX_PAGES) {
+        g_array_append_val(lazy.touched, t);
+    }
+}
+
 static void serve_fault(uint64_t addr, uint8_t *buf)
 {
     int64_t t0 = g_get_monotonic_time();
@@ -217,18 +270,11 @@ static void serve_fault(uint64_t addr, uint8_t *buf)
         exit(EXIT_FAILURE);
     }
     page = offset >> TARGET_PAGE_BITS;
-    if (!claim_page(lb, page / lb->tpp)) {
+    record_touch(lb, page, t0);
+    if (!place_host_page(lb, page, buf)) {
         /* claimed by the fill thread: its UFFDIO_COPY wakes the fault */
         trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
         return;
-    }
-    if (lb->tpp > 1) {
-        place_huge(lb, page / lb->tpp, buf);
-    } else if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
-        read_pages(lb, page, 1, buf);
-        place_pages(lb, page, 1, buf);
-    } else {
-        place_pages(lb, page, 1, NULL);
     }
     qatomic_inc(&lazy.faults);
     qatomic_add(&lazy.fault_us, g_get_monotonic_time() - t0);
@@ -329,6 +375,42 @@ static void fill_block(LazyBlock *lb, uint8_t *buf)
     }
 }
 
+/*
+ * Place the pages of the working set first, in its order.  Pages of
+ * blocks this VM does not load lazily, or beyond them, are skipped: the
+ * working set is a hint.
+ */
+static void prefetch(uint8_t *buf)
+{
+    g_autofree LazyBlock **map = g_new0(LazyBlock *, lazy.ws->blocks->len);
+    int64_t t0 = g_get_monotonic_time();
+    uint64_t skipped = 0;
+    guint i, j;
+
+    for (i = 0; i < lazy.ws->blocks->len; i++) {
+        for (j = 0; j < lazy.blocks->len; j++) {
+            LazyBlock *lb = g_ptr_array_index(lazy.blocks, j);
+
+            if (!strcmp(lb->rb->idstr, g_ptr_array_index(lazy.ws->blocks, i))) {
+                map[i] = lb;
+            }
+        }
+    }
+    for (i = 0; i < lazy.ws->pages->len; i++) {
+        uint64_t e = g_array_index(lazy.ws->pages, uint64_t, i);
+        LazyBlock *lb = map[MAPPED_RAM_WS_BLOCK_OF(e)];
+        uint64_t page = MAPPED_RAM_WS_PAGE_OF(e);
+
+        if (!lb || page >= lb->rb->used_length >> TARGET_PAGE_BITS) {
+            skipped++;
+        } else if (place_host_page(lb, page, buf)) {
+            lazy.prefetched++;
+        }
+    }
+    trace_mapped_ram_lazy_prefetch(lazy.ws->pages->len, lazy.prefetched,
+                                   skipped, g_get_monotonic_time() - t0);
+}
+
 static void finish(void)
 {
     uint64_t eventfd_one = 1;
@@ -348,6 +430,8 @@ static void finish(void)
         g_free(lb);
     }
     g_ptr_array_set_size(lazy.blocks, 0);
+    mapped_ram_ws_free(lazy.ws);
+    lazy.ws = NULL;
     uffd_close_fd(lazy.uffd);
     close(lazy.quit_fd);
     mapped_ram_map_release_file(&lazy.st);
@@ -366,6 +450,7 @@ static void complete(void *opaque)
 
     finish();
     ram_block_discard_disable(false);
+    lazy.completed = true;
     /* the fault thread is gone: the counters hold still */
     total_us = g_get_monotonic_time() - lazy.start_us;
     trace_mapped_ram_lazy_complete(total_us, lazy.fill_us, lazy.copied,
@@ -373,7 +458,7 @@ static void complete(void *opaque)
     qapi_event_send_mapped_ram_lazy_loaded(total_us / 1000,
                                            lazy.fill_us / 1000, lazy.copied,
                                            lazy.zeroed, lazy.faults,
-                                           lazy.fault_us);
+                                           lazy.fault_us, lazy.prefetched);
 }
 
 static void *fill_thread(void *opaque)
@@ -384,6 +469,9 @@ static void *fill_thread(void *opaque)
     guint i;
 
     rcu_register_thread();
+    if (lazy.ws) {
+        prefetch(buf);
+    }
     for (i = 0; i < lazy.blocks->len; i++) {
         fill_block(g_ptr_array_index(lazy.blocks, i), buf);
     }
@@ -393,12 +481,39 @@ static void *fill_thread(void *opaque)
     return NULL;
 }
 
+MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp)
+{
+    MappedRamWorkingSet *ws;
+    guint i;
+
+    if (!lazy.completed) {
+        error_setg(errp, lazy.names ? "the lazy load has not completed yet; "
+                   "wait for the MAPPED_RAM_LAZY_LOADED event" :
+                   "this VM was not loaded with mapped-ram-load=lazy");
+        return NULL;
+    }
+    ws = mapped_ram_ws_new();
+    for (i = 0; i < lazy.names->len; i++) {
+        g_ptr_array_add(ws->blocks,
+                        g_strdup(g_ptr_array_index(lazy.names, i)));
+    }
+    for (i = 0; i < lazy.touched->len; i++) {
+        LazyTouch *t = &g_array_index(lazy.touched, LazyTouch, i);
+
+        if (t->ms <= ms) {
+            g_array_append_val(ws->pages, t->page);
+        }
+    }
+    return ws;
+}
+
 static void vm_running(void *opaque, bool running, RunState state)
 {
     if (!running || lazy.fill_started) {
         return;
     }
     lazy.fill_started = true;
+    qatomic_set(&lazy.run_us, g_get_monotonic_time());
     qemu_del_vm_change_state_handler(lazy.vmstate);
     lazy.vmstate = NULL;
     qemu_thread_create(&lazy.fill_thread, "mapped-ram-fill", fill_thread,
@@ -442,6 +557,12 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                    "postcopy-ram");
         return false;
     }
+    if (migrate_mapped_ram_working_set()[0]) {
+        lazy.ws = mapped_ram_ws_load(migrate_mapped_ram_working_set(), errp);
+        if (!lazy.ws) {
+            return false;
+        }
+    }
     /*
      * A page discarded after it was placed would fault again, and nobody
      * would place it twice: no discard (balloon, virtio-mem, free page
@@ -478,6 +599,8 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     }
     /* no reallocation: the fault thread reads it unlocked */
     lazy.blocks = g_ptr_array_sized_new(RAM_BLOCKS_MAX);
+    lazy.names = g_ptr_array_new_with_free_func(g_free);
+    lazy.touched = g_array_new(false, false, sizeof(LazyTouch));
     lazy.start_us = g_get_monotonic_time();
     /* blocks come after the fault thread starts: size for any of them */
     lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);
@@ -487,6 +610,8 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     return true;
 
 fail:
+    mapped_ram_ws_free(lazy.ws);
+    lazy.ws = NULL;
     if (lazy.uffd >= 0) {
         uffd_close_fd(lazy.uffd);
     }
@@ -564,6 +689,7 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     }
     lb = g_new0(LazyBlock, 1);
     lb->rb = rb;
+    lb->index = lazy.blocks->len;
     lb->num_pages = num_pages;
     lb->bitmap = bitmap_new(num_pages);
     bitmap_copy(lb->bitmap, bitmap, num_pages);
@@ -571,6 +697,7 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     lb->tpp = rb->page_size >> TARGET_PAGE_BITS;
     lb->claimed = bitmap_new(rb->used_length / rb->page_size);
     g_ptr_array_add(lazy.blocks, lb);
+    g_ptr_array_add(lazy.names, g_strdup(rb->idstr));
     trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset);
     return true;
 }

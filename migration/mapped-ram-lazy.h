@@ -8,6 +8,7 @@
 #define QEMU_MIGRATION_MAPPED_RAM_LAZY_H
 
 #include "exec/cpu-common.h"
+#include "mapped-ram-working-set.h"
 
 /*
  * Register @rb with userfaultfd: its first @num_pages pages are served on
@@ -19,6 +20,12 @@
 bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                            const unsigned long *bitmap, long num_pages,
                            Error **errp);
+
+/*
+ * The pages that faulted, in order, in the first @ms milliseconds after
+ * the guest started (before it, too), once the load completed.
+ */
+MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp);
 #else
 
 static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
@@ -27,6 +34,13 @@ static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
 {
     error_setg(errp, "mapped-ram-load=lazy needs userfaultfd (Linux)");
     return false;
+}
+
+static inline MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms,
+                                                               Error **errp)
+{
+    error_setg(errp, "mapped-ram-load=lazy needs userfaultfd (Linux)");
+    return NULL;
 }
 #endif
 

@@ -54,6 +54,93 @@ static QTestState *load_paused(const char *file, const char *backend,
     return to;
 }
 
+/*
+ * The working set: what a lazy clone faulted in is saved once its load
+ * completed, and a later clone given it places those pages first.
+ */
+static void test_lazy_working_set(void)
+{
+    g_autofree char *file = vmt_path("lazy-ws.img");
+    g_autofree char *ws = vmt_path("lazy-ws.ws");
+    g_autofree char *extra = g_strdup_printf(
+        "-global migration.mapped-ram-working-set=%s", ws);
+    g_autofree char *buf = NULL;
+    g_autofree char *vm = NULL;
+    g_autofree char *args = NULL;
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "lazy", .extra = extra };
+    VmtLoadOpts copy = { .mode = "copy" };
+    gsize len;
+    QDict *ev, *rsp;
+    QTestState *a, *b, *c;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+
+    /* a copy load has no working set */
+    c = vmt_load_fixed(file, &copy, "ws_c_serial");
+    rsp = qtest_qmp(c, "{ 'execute': 'mapped-ram-save-working-set',"
+                    " 'arguments': { 'filename': %s } }", ws);
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"),
+                            "was not loaded with mapped-ram-load=lazy"));
+    qobject_unref(rsp);
+    qtest_quit(c);
+
+    /* not before the load completed */
+    a = load_paused(file, NULL, "ws_a_serial", NULL);
+    rsp = qtest_qmp(a, "{ 'execute': 'mapped-ram-save-working-set',"
+                    " 'arguments': { 'filename': %s } }", ws);
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"),
+                            "the lazy load has not completed yet"));
+    qobject_unref(rsp);
+    g_assert_false(g_file_test(ws, G_FILE_TEST_EXISTS));
+    qtest_qmp_assert_success(a, "{ 'execute': 'cont' }");
+    wait_loaded(a);
+    qtest_qmp_assert_success(a, "{ 'execute': 'mapped-ram-save-working-set',"
+                             " 'arguments': { 'filename': %s,"
+                             " 'duration-ms': 60000 } }", ws);
+    vmt_check_continues(a, "ws_a_serial");
+    qtest_quit(a);
+    g_assert_true(g_file_get_contents(ws, &buf, &len, NULL));
+    g_assert_cmpint(len, >, 24);
+    g_assert_cmpint(memcmp(buf, "QEMUMRWS", 8), ==, 0);
+    g_test_message("working set: %" G_GSIZE_FORMAT " bytes", len);
+
+    b = vmt_load_fixed(file, &l, "ws_b_serial");
+    ev = qtest_qmp_eventwait_ref(b, "MAPPED_RAM_LAZY_LOADED");
+    g_test_message("with the working set: %" PRId64 " faults, %" PRId64
+                   " pages prefetched",
+                   qdict_get_int(qdict_get_qdict(ev, "data"), "faults"),
+                   qdict_get_int(qdict_get_qdict(ev, "data"),
+                                 "pages-prefetched"));
+    g_assert_cmpint(qdict_get_int(qdict_get_qdict(ev, "data"),
+                                  "pages-prefetched"), >, 0);
+    qobject_unref(ev);
+    vmt_check_continues(b, "ws_b_serial");
+    qtest_quit(b);
+
+    /* damaged working sets are refused, not guessed at */
+    vm = vmt_vm_args("memory-backend-ram", "ws_bad_serial");
+    args = g_strdup_printf("%s -global migration.mapped-ram=on"
+                           " -global migration.mapped-ram-load=lazy %s"
+                           " -incoming file:%s", vm, extra, file);
+    vmt_write_file(ws, (uint8_t *)buf, len - 1);
+    vmt_qemu_must_fail(args, "ws_bad_serial", "(truncated or corrupted "
+                       "file?)");
+    buf[len - 8] = 0x7f;        /* the last page names block 0x7fxx */
+    vmt_write_file(ws, (uint8_t *)buf, len);
+    vmt_qemu_must_fail(args, "ws_bad_serial", "names RAM block 32");
+    buf[0] = 'X';
+    vmt_write_file(ws, (uint8_t *)buf, len);
+    vmt_qemu_must_fail(args, "ws_bad_serial", "': not a working set file");
+    unlink(ws);
+    unlink(file);
+}
+
 static void test_lazy_clones(void)
 {
     g_autofree char *file = vmt_path("lazy.img");
@@ -305,6 +392,8 @@ int main(int argc, char **argv)
                    test_lazy_fault_and_stale_page);
     qtest_add_func("/vmt/mapped-ram/lazy/truncated", test_lazy_truncated);
     qtest_add_func("/vmt/mapped-ram/lazy/save-again", test_lazy_save_again);
+    qtest_add_func("/vmt/mapped-ram/lazy/working-set",
+                   test_lazy_working_set);
     qtest_add_func("/vmt/mapped-ram/lazy/bypass", test_lazy_bypass);
     qtest_add_func("/vmt/mapped-ram/lazy/memfd", test_lazy_memfd);
     qtest_add_func("/vmt/mapped-ram/lazy/hugetlbfs", test_lazy_hugetlb);

@@ -86,11 +86,14 @@ DENSITY_FLOWS = (
     ('copy/upstream', 'copy', 'upstream'),
     ('cold/upstream', 'cold', 'upstream'),
 )
+# lazy-ws: lazy, given the working set that the first lazy restore of the
+# same file saved (mapped-ram-save-working-set)
 RESTORE_FLOWS = (
     ('copy/upstream', 'copy', 'upstream'),
     ('copy/ours', 'copy', 'ours'),
     ('map/ours', 'map', 'ours'),
     ('lazy/ours', 'lazy', 'ours'),
+    ('lazy-ws/ours', 'lazy-ws', 'ours'),
 )
 
 
@@ -421,6 +424,7 @@ class Bench:
             'copy': {b: meta['binaries'][b]['mapped-ram'] for b in BINS},
             'map': {b: meta['binaries'][b]['mapped-ram-load'] for b in BINS},
             'lazy': {b: meta['binaries'][b]['lazy'] for b in BINS},
+            'lazy-ws': {b: meta['binaries'][b]['lazy'] for b in BINS},
             'fixed': {b: meta['binaries'][b]['mapped-ram'] for b in BINS},
             'cold': {b: True for b in BINS},
         }
@@ -782,7 +786,7 @@ class Bench:
             for fid, mode, b in flows[k:] + flows[:k]:
                 i += 1
                 fr = r['flows'][fid]
-                if mode in ('copy', 'lazy'):
+                if mode in ('copy', 'lazy', 'lazy-ws'):
                     ok, why = self.memory_ok(r['file_allocated'] >> 10)
                     if not ok:
                         fr['skipped'] = why
@@ -803,6 +807,11 @@ class Bench:
                           f'migrate-incoming -> running {dt:.1f} ms')
         for fr in r['flows'].values():
             fr['stats'] = stats(fr['samples'])
+        if os.path.exists(path + '.ws'):
+            with open(path + '.ws', 'rb') as f:
+                head = f.read(24)
+            r['working_set_pages'] = int.from_bytes(head[16:20], 'big')
+            os.unlink(path + '.ws')
         os.unlink(path)
         return i
 
@@ -811,10 +820,14 @@ class Bench:
         migrate-incoming to RESUME, ms from it to the first pong, process
         Rss KiB once running, and for lazy the MAPPED_RAM_LAZY_LOADED
         event's data: fill time and rate, faults served, and each fault's
-        service time from the trace event mapped_ram_lazy_fault)."""
+        service time from the trace event mapped_ram_lazy_fault).
+        The first lazy restore of a file saves its working set beside it
+        (path + '.ws'); lazy-ws restores are given it."""
         extra = ['-incoming', 'defer'] + DEVICES
         trace = None
-        if mode == 'lazy':
+        ws = path + '.ws'
+        lazy_mode = mode in ('lazy', 'lazy-ws')
+        if lazy_mode:
             trace = self.tmp.join(f'lazy-{size}.trace')
             extra += ['-trace', 'mapped_ram_lazy_fault', '-D', trace]
         with self.vm(b, f'restore-{mode}', extra, mem=size) as v:
@@ -822,7 +835,13 @@ class Bench:
             v.set_caps(mapped_ram=True)
             if b == 'ours' and self.supported('map', b):
                 v.cmd('migrate-set-parameters',
-                      **{vmt.MAPPED_RAM_LOAD: mode})
+                      **{vmt.MAPPED_RAM_LOAD: 'lazy' if lazy_mode else mode})
+            if mode == 'lazy-ws':
+                if not os.path.exists(ws):
+                    raise RuntimeError('no working set: the lazy restore '
+                                       'did not save one')
+                v.cmd('migrate-set-parameters',
+                      **{'mapped-ram-working-set': ws})
             v.qmp.clear_events()
             t0 = vmt.now_ns()
             v.cmd('migrate-incoming', uri=f'file:{path}')
@@ -831,9 +850,11 @@ class Bench:
             rss = v.smaps_rollup()['Rss']
             pong(v)
             lazy = None
-            if mode == 'lazy':
+            if lazy_mode:
                 lazy = v.wait_event('MAPPED_RAM_LAZY_LOADED',
                                     timeout=600)['data']
+                if mode == 'lazy' and not os.path.exists(ws):
+                    v.cmd('mapped-ram-save-working-set', filename=ws)
                 with open(trace) as f:
                     lazy['fault_us'] = [int(x) for x in re.findall(
                         r'served in (\d+) us', f.read())]
