@@ -25,8 +25,10 @@
  * - each page is placed exactly once: a thread places a page only after
  *   claiming its bit in the block's 'claimed' bitmap; a fault on a page
  *   another thread claimed is woken by that thread's UFFDIO_COPY;
- * - private RAM only (anonymous, memfd, tmpfs or hugetlbfs): other
- *   processes mapping shared RAM would not wait for its pages;
+ * - RAM that userfaultfd can register: anonymous, memfd, tmpfs or
+ *   hugetlbfs, private or shared; shared RAM only if no device maps it
+ *   in another process (vhost-user: it registers a postcopy notifier),
+ *   which would not wait for the pages;
  * - a host page is placed whole: huge pages are built in a buffer from
  *   the file's target pages and zeroes (hugetlbfs has no ZEROPAGE);
  * - a page that cannot be read (I/O error, file truncated under the VM)
@@ -53,6 +55,7 @@
 #include "system/runstate.h"
 #include "migration.h"
 #include "options.h"
+#include "postcopy-ram.h"
 #include "qemu-file.h"
 #include "mapped-ram-map.h"
 #include "mapped-ram-lazy.h"
@@ -526,11 +529,11 @@ static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
 
     if (qemu_real_host_page_size() != TARGET_PAGE_SIZE) {
         why = "the host page size differs from the target page size";
-    } else if (qemu_ram_is_shared(rb)) {
-        why = "lazy load of shared RAM (share=on, vhost-user) is not "
-              "supported yet: other processes would not wait for its pages";
     } else if (rb->guest_memfd >= 0) {
         why = "it uses guest_memfd";
+    } else if (qemu_ram_is_shared(rb) && postcopy_has_notifiers()) {
+        why = "it is shared and a device maps guest RAM in another "
+              "process (vhost-user), which would not wait for its pages";
     }
     if (why) {
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': %s; load "
@@ -566,8 +569,12 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     /*
      * A page discarded after it was placed would fault again, and nobody
      * would place it twice: no discard (balloon, virtio-mem, free page
-     * reporting) until the load completes.
+     * reporting) until the load completes.  But those who disabled it
+     * already pinned RAM: the pages placed later would not be theirs.
      */
+    if (!mapped_ram_map_check_unpinned("lazy", errp)) {
+        return false;
+    }
     if (ram_block_discard_disable(true)) {
         error_setg(errp, "mapped-ram-load=lazy: a device needs to discard "
                    "RAM (virtio-mem?) while the load goes on; load with "

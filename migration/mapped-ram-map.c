@@ -84,6 +84,18 @@ static bool block_can_be_mapped(RAMBlock *rb, Error **errp)
     return true;
 }
 
+bool mapped_ram_map_check_unpinned(const char *mode, Error **errp)
+{
+    if (ram_block_discard_is_disabled()) {
+        error_setg(errp, "mapped-ram-load=%s: a device pinned guest RAM "
+                   "(vfio, vhost-vdpa, iommufd, a confidential guest) and "
+                   "would go on using the pages it pinned; load with "
+                   "mapped-ram-load=copy", mode);
+        return false;
+    }
+    return true;
+}
+
 /*
  * Mapping replaces the pages behind guest RAM, and discarding a private
  * file mapping brings the file back: RAM discard must be off for good.
@@ -96,11 +108,7 @@ static bool disable_discard(Error **errp)
     if (map_state.discard_disabled) {
         return true;
     }
-    if (ram_block_discard_is_disabled()) {
-        error_setg(errp, "mapped-ram-load=map: a device pinned guest RAM "
-                   "(vfio, vhost-vdpa, iommufd, a confidential guest) and "
-                   "would not see the new mapping; load with "
-                   "mapped-ram-load=copy");
+    if (!mapped_ram_map_check_unpinned("map", errp)) {
         return false;
     }
     if (ram_block_discard_disable(true)) {

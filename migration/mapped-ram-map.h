@@ -29,6 +29,14 @@ int mapped_ram_map_open_file(QEMUFile *f, const char *mode,
                              struct stat *st, Error **errp);
 
 /*
+ * False (with @errp set; @mode names the mapped-ram-load value) if a
+ * device pinned guest RAM for DMA (those disable RAM discard: vfio,
+ * vhost-vdpa, iommufd, confidential guests): replacing the pages behind
+ * guest RAM would leave the device on the old ones.
+ */
+bool mapped_ram_map_check_unpinned(const char *mode, Error **errp);
+
+/*
  * Guest RAM maps the file @st, or loads pages from it (@use says which,
  * as "this VM's RAM <use> the migration file"), until
  * mapped_ram_map_release_file(): this VM must not write it.

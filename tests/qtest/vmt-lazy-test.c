@@ -6,6 +6,8 @@
  */
 
 #include "qemu/osdep.h"
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include "qemu/cutils.h"
 #include "libqtest.h"
 #include "migration/bootfile.h"
@@ -363,19 +365,65 @@ static void test_lazy_hugetlb(void)
                  "hugetlb=on,hugetlbsize=2M");
 }
 
-static void test_lazy_refuses_shared_ram(void)
+/* Shared RAM: QEMU alone maps it here (no vhost-user device). */
+static void test_lazy_shared_memfd(void)
 {
-    g_autofree char *file = vmt_path("lazy-shared.img");
+    if (!vmt_accel_available()) {
+        return;
+    }
+    lazy_backend("lazy-memfd-shared.img", "memory-backend-memfd,share=on");
+}
+
+static bool is_tmpfs(const char *path)
+{
+    struct statfs st;
+
+    return statfs(path, &st) == 0 && st.f_type == TMPFS_MAGIC;
+}
+
+/* A shared file on tmpfs: the clone's RAM ends up in the file. */
+static void test_lazy_shared_tmpfs(void)
+{
+    g_autofree char *mem = g_strdup_printf("/dev/shm/vmt-lazy-%d.ram",
+                                           getpid());
+    g_autofree char *backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    struct stat st;
+
+    if (!is_tmpfs("/dev/shm")) {
+        g_test_skip("/dev/shm is not tmpfs");
+        return;
+    }
+    if (!vmt_accel_available()) {
+        return;
+    }
+    lazy_backend("lazy-tmpfs-shared.img", backend);
+    /* the file holds the guest's pages, not holes */
+    g_assert_cmpint(stat(mem, &st), ==, 0);
+    g_assert_cmpint(st.st_blocks * 512, >=,
+                    end_address - start_address);
+    unlink(mem);
+}
+
+/* Other file systems cannot be registered: refused with the reason. */
+static void test_lazy_refuses_disk_file(void)
+{
+    g_autofree char *file = vmt_path("lazy-disk.img");
     g_autofree char *mem = vmt_path("lazy-refused.ram");
+    g_autofree char *dir = g_path_get_dirname(mem);
     g_autofree char *backend = g_strdup_printf(
         "memory-backend-file,mem-path=%s,share=on", mem);
     VmtSaveOpts s = { 0 };
 
+    if (is_tmpfs(dir)) {
+        g_test_skip("the test directory is on tmpfs, which lazy loads "
+                    "can register");
+        return;
+    }
     vmt_save_fixed(file, &s);
     vmt_load_must_fail(file, backend, "lazy", "refuse_serial",
-                       "mapped-ram-load=lazy: RAM block 'mem0': lazy load of "
-                       "shared RAM (share=on, vhost-user) is not supported "
-                       "yet");
+                       "mapped-ram-load=lazy: RAM block 'mem0': cannot "
+                       "register it with userfaultfd");
     unlink(mem);
     unlink(file);
 }
@@ -397,8 +445,12 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/lazy/bypass", test_lazy_bypass);
     qtest_add_func("/vmt/mapped-ram/lazy/memfd", test_lazy_memfd);
     qtest_add_func("/vmt/mapped-ram/lazy/hugetlbfs", test_lazy_hugetlb);
-    qtest_add_func("/vmt/mapped-ram/lazy/refuse-shared-ram",
-                   test_lazy_refuses_shared_ram);
+    qtest_add_func("/vmt/mapped-ram/lazy/shared-memfd",
+                   test_lazy_shared_memfd);
+    qtest_add_func("/vmt/mapped-ram/lazy/shared-tmpfs",
+                   test_lazy_shared_tmpfs);
+    qtest_add_func("/vmt/mapped-ram/lazy/refuse-disk-file",
+                   test_lazy_refuses_disk_file);
     ret = g_test_run();
     vmt_cleanup();
     return ret;
