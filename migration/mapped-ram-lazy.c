@@ -98,6 +98,8 @@ static struct {
     int64_t start_us;
     int64_t run_us;             /* when the guest started */
     int64_t fill_us;
+    int64_t total_us;           /* set on completion */
+    uint64_t total_pages;       /* target pages of the blocks */
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
     bool completed;
     GPtrArray *names;           /* of the blocks, in order */
@@ -407,7 +409,7 @@ static void prefetch(uint8_t *buf)
         if (!lb || page >= lb->rb->used_length >> TARGET_PAGE_BITS) {
             skipped++;
         } else if (place_host_page(lb, page, buf)) {
-            lazy.prefetched++;
+            qatomic_inc(&lazy.prefetched);
         }
     }
     trace_mapped_ram_lazy_prefetch(lazy.ws->pages->len, lazy.prefetched,
@@ -453,9 +455,9 @@ static void complete(void *opaque)
 
     finish();
     ram_block_discard_disable(false);
-    lazy.completed = true;
     /* the fault thread is gone: the counters hold still */
-    total_us = g_get_monotonic_time() - lazy.start_us;
+    total_us = lazy.total_us = g_get_monotonic_time() - lazy.start_us;
+    lazy.completed = true;
     trace_mapped_ram_lazy_complete(total_us, lazy.fill_us, lazy.copied,
                                    lazy.zeroed, lazy.faults, lazy.fault_us);
     qapi_event_send_mapped_ram_lazy_loaded(total_us / 1000,
@@ -508,6 +510,26 @@ MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp)
         }
     }
     return ws;
+}
+
+MappedRamLazyInfo *mapped_ram_lazy_query(void)
+{
+    MappedRamLazyInfo *info;
+
+    if (!lazy.names) {
+        return NULL;
+    }
+    info = g_new0(MappedRamLazyInfo, 1);
+    info->completed = lazy.completed;
+    info->elapsed_ms = (lazy.completed ? lazy.total_us :
+                        g_get_monotonic_time() - lazy.start_us) / 1000;
+    info->total_pages = lazy.total_pages;
+    info->pages_read = qatomic_read(&lazy.copied);
+    info->pages_zeroed = qatomic_read(&lazy.zeroed);
+    info->pages_prefetched = qatomic_read(&lazy.prefetched);
+    info->faults = qatomic_read(&lazy.faults);
+    info->fault_us = qatomic_read(&lazy.fault_us);
+    return info;
 }
 
 static void vm_running(void *opaque, bool running, RunState state)
@@ -705,6 +727,7 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     lb->claimed = bitmap_new(rb->used_length / rb->page_size);
     g_ptr_array_add(lazy.blocks, lb);
     g_ptr_array_add(lazy.names, g_strdup(rb->idstr));
+    lazy.total_pages += rb->used_length >> TARGET_PAGE_BITS;
     trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset);
     return true;
 }

@@ -8,6 +8,7 @@
 #define QEMU_MIGRATION_MAPPED_RAM_LAZY_H
 
 #include "exec/cpu-common.h"
+#include "qapi/qapi-types-migration.h"
 #include "mapped-ram-working-set.h"
 
 /*
@@ -26,6 +27,9 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
  * the guest started (before it, too), once the load completed.
  */
 MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp);
+
+/* The progress of the lazy load of this process, or NULL if none ran. */
+MappedRamLazyInfo *mapped_ram_lazy_query(void);
 #else
 
 static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
@@ -40,6 +44,11 @@ static inline MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms,
                                                                Error **errp)
 {
     error_setg(errp, "mapped-ram-load=lazy needs userfaultfd (Linux)");
+    return NULL;
+}
+
+static inline MappedRamLazyInfo *mapped_ram_lazy_query(void)
+{
     return NULL;
 }
 #endif

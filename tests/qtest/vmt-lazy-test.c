@@ -38,6 +38,21 @@ static void wait_loaded(QTestState *to)
     qobject_unref(ev);
 }
 
+/* query-migrate's mapped-ram-lazy member; the caller unrefs it. */
+static QDict *query_lazy(QTestState *who)
+{
+    QDict *rsp = qtest_qmp(who, "{ 'execute': 'query-migrate' }");
+    QDict *ret = qdict_get_qdict(rsp, "return");
+    QDict *lazy = qdict_get_qdict(ret, "mapped-ram-lazy");
+
+    g_assert_cmpstr(qdict_get_try_str(ret, "status"), ==, "completed");
+    if (lazy) {
+        qobject_ref(lazy);
+    }
+    qobject_unref(rsp);
+    return lazy;
+}
+
 /* A paused VM that loaded @file lazily (its fill starts with 'cont'). */
 static QTestState *load_paused(const char *file, const char *backend,
                                const char *serial, const char *errlog)
@@ -81,8 +96,9 @@ static void test_lazy_working_set(void)
     }
     vmt_save_fixed(file, &s);
 
-    /* a copy load has no working set */
+    /* a copy load has no working set, nor lazy progress */
     c = vmt_load_fixed(file, &copy, "ws_c_serial");
+    g_assert_null(query_lazy(c));
     rsp = qtest_qmp(c, "{ 'execute': 'mapped-ram-save-working-set',"
                     " 'arguments': { 'filename': %s } }", ws);
     g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
@@ -183,7 +199,9 @@ static void test_lazy_fault_and_stale_page(void)
 {
     g_autofree char *file = vmt_path("lazy-stale.img");
     uint64_t bitmap_offset, pages_offset, page = VMT_ZERO_PAGE_ADDR;
+    g_autofree char *hmp = NULL;
     VmtSaveOpts s = { 0 };
+    QDict *lazy;
     QTestState *to;
 
     if (!vmt_accel_available()) {
@@ -199,8 +217,32 @@ static void test_lazy_fault_and_stale_page(void)
     g_assert_cmpint(qtest_readq(to, page), ==, 0);
     vmt_check_boot_code(to);
     vmt_check_pattern(to);
+
+    /* the migration completed, the load goes on: query-migrate shows it */
+    lazy = query_lazy(to);
+    g_assert_nonnull(lazy);
+    g_assert_false(qdict_get_bool(lazy, "completed"));
+    /* guest RAM and the firmware blocks */
+    g_assert_cmpint(qdict_get_int(lazy, "total-pages"), >,
+                    VMT_MEM_BYTES / TEST_MEM_PAGE_SIZE);
+    g_assert_cmpint(qdict_get_int(lazy, "faults"), >,
+                    (end_address - start_address) / TEST_MEM_PAGE_SIZE);
+    g_assert_cmpint(qdict_get_int(lazy, "pages-read") +
+                    qdict_get_int(lazy, "pages-zeroed"), <,
+                    qdict_get_int(lazy, "total-pages"));
+    qobject_unref(lazy);
+
     qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
     wait_loaded(to);
+    lazy = query_lazy(to);
+    g_assert_true(qdict_get_bool(lazy, "completed"));
+    g_assert_cmpint(qdict_get_int(lazy, "pages-read") +
+                    qdict_get_int(lazy, "pages-zeroed"), ==,
+                    qdict_get_int(lazy, "total-pages"));
+    qobject_unref(lazy);
+    hmp = qtest_hmp(to, "info migrate");
+    g_test_message("info migrate: %s", hmp);
+    g_assert_nonnull(strstr(hmp, "mapped-ram lazy load: completed after "));
     vmt_check_continues(to, "stale_serial");
     g_assert_cmpint(qtest_readq(to, page), ==, 0);
     qtest_quit(to);
