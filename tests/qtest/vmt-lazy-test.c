@@ -71,6 +71,17 @@ static QTestState *load_paused(const char *file, const char *backend,
     return to;
 }
 
+static void save_ws_must_fail(QTestState *who, const char *ws,
+                              const char *expect)
+{
+    QDict *rsp = qtest_qmp(who, "{ 'execute': 'mapped-ram-save-working-set',"
+                           " 'arguments': { 'filename': %s } }", ws);
+
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"), expect));
+    qobject_unref(rsp);
+}
+
 /*
  * The working set: what a lazy clone faulted in is saved once its load
  * completed, and a later clone given it places those pages first.
@@ -88,7 +99,7 @@ static void test_lazy_working_set(void)
     VmtLoadOpts l = { .mode = "lazy", .extra = extra };
     VmtLoadOpts copy = { .mode = "copy" };
     gsize len;
-    QDict *ev, *rsp;
+    QDict *ev;
     QTestState *a, *b, *c;
 
     if (!vmt_accel_available()) {
@@ -99,22 +110,12 @@ static void test_lazy_working_set(void)
     /* a copy load has no working set, nor lazy progress */
     c = vmt_load_fixed(file, &copy, "ws_c_serial");
     g_assert_null(query_lazy(c));
-    rsp = qtest_qmp(c, "{ 'execute': 'mapped-ram-save-working-set',"
-                    " 'arguments': { 'filename': %s } }", ws);
-    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
-                                          "desc"),
-                            "was not loaded with mapped-ram-load=lazy"));
-    qobject_unref(rsp);
+    save_ws_must_fail(c, ws, "was not loaded with mapped-ram-load=lazy");
     qtest_quit(c);
 
     /* not before the load completed */
     a = load_paused(file, NULL, "ws_a_serial", NULL);
-    rsp = qtest_qmp(a, "{ 'execute': 'mapped-ram-save-working-set',"
-                    " 'arguments': { 'filename': %s } }", ws);
-    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
-                                          "desc"),
-                            "the lazy load has not completed yet"));
-    qobject_unref(rsp);
+    save_ws_must_fail(a, ws, "the lazy load has not completed yet");
     g_assert_false(g_file_test(ws, G_FILE_TEST_EXISTS));
     qtest_qmp_assert_success(a, "{ 'execute': 'cont' }");
     wait_loaded(a);
