@@ -336,7 +336,7 @@ def table_restore_lazy(res):
                   'faults served', 'fault service, mean (us)',
                   'fault service p50 (us)', 'p99 (us)'])
     for size, r in res['sizes'].items():
-        for fid, label in (('lazy/ours', 'none'),
+        for fid, label in (('lazy/ours', 'without'),
                            ('lazy-ws/ours', 'given')):
             ev = sget(r, 'flows', fid, 'lazy')
             if not ev:

@@ -4,7 +4,7 @@
 VMT demo: boot a template VM, save it, start instant clones from it.
 
   /usr/bin/python3 tests/vmt/demo.py [--qemu PATH] [--python DIR]
-                                     [--mode ignore-shared|bypass|map|copy]
+                                     [--mode ignore-shared|bypass|map|lazy|copy]
                                      [--clones N] [--mib N]
 
 The template runs the bundled test guest (tests/guest/) with 256 MiB of
@@ -31,10 +31,16 @@ fixed-ram file; clones start with -global migration.mapped-ram=on
   map            -global migration.mapped-ram-load=map: each RAM block's
                  page region of the file is mapped copy-on-write over
                  guest RAM; clones share the clean pages.
+  lazy           -global migration.mapped-ram-load=lazy: the guest runs at
+                 once, its pages are read on fault through userfaultfd
+                 and by a background fill.  The first clone's faults are
+                 saved as a working set (mapped-ram-save-working-set),
+                 which the next clones place first
+                 (-global migration.mapped-ram-working-set=FILE).
   copy           upstream's load: the pages are read into anonymous RAM.
 
 Without --mode the demo runs bypass (ignore-shared on a QEMU without
-bypass-shared-memory) and map (when the QEMU has mapped-ram-load), and
+bypass-shared-memory), map and lazy (when the QEMU has them), and
 prints one table per path and a summary side by side.  For every path it
 prints the template's boot and save times, the size of the files the
 clones need (apparent and allocated), for every clone the times from exec
@@ -60,6 +66,7 @@ TITLE = {
     'ignore-shared': 'shared RAM file, upstream x-ignore-shared',
     'bypass': 'shared RAM file, bypass-shared-memory',
     'map': 'template from any VM: fixed-ram file, mapped-ram-load=map',
+    'lazy': 'template from any VM: fixed-ram file, mapped-ram-load=lazy',
     'copy': 'template from any VM: fixed-ram file, mapped-ram-load=copy '
             '(upstream)',
 }
@@ -83,8 +90,9 @@ def probe_modes(binary):
 
 def default_modes(support):
     modes = ['bypass' if support['bypass'] is None else 'ignore-shared']
-    if support['map'] is None:
-        modes.append('map')
+    for m in ('map', 'lazy'):
+        if support[m] is None:
+            modes.append(m)
     return modes
 
 
@@ -154,14 +162,22 @@ class PathRun:
         self.sha = vmt.sha256_file(self.watched)
 
     def _clones(self):
+        ws = self.tmp.join('template.ws')
         for i in range(self.opts.clones):
+            extra = []
+            if self.mode == 'lazy' and i > 0:
+                extra = ['-global', f'migration.mapped-ram-working-set={ws}']
             c = vmt.VM(name=f'clone{i}', tmpdir=self.tmp.path,
                        extra_args=vmt.clone_args(self.ram, self.state,
-                                                 self.mode) + DEVICES)
+                                                 self.mode) + extra + DEVICES)
             self.clones.append(c)
             c.launch()
             vmt.restore_clone(c, self.state, self.mode)
             c.wait_pong()
+            if self.mode == 'lazy':
+                c.lazy = c.wait_event('MAPPED_RAM_LAZY_LOADED')['data']
+                if i == 0:
+                    c.cmd('mapped-ram-save-working-set', filename=ws)
             c.sum_ok = c.agent.sum() == self.sum
             c.ping_ok = c.agent.ping() == 'pong'
             c.genid = c.agent.genid()
@@ -228,6 +244,18 @@ class PathRun:
             row(c.name, c.mem, c.roll)
         for note in self.ram_notes():
             print(f'  {note}')
+        if self.mode == 'lazy':
+            print()
+            print('lazy loads (MAPPED_RAM_LAZY_LOADED): clone0 ran without '
+                  'a working set and saved its own; the others were given '
+                  'it')
+            print(f'  {"clone":<9} {"complete (ms)":>13} {"pages read":>10} '
+                  f'{"zeroed":>7} {"prefetched":>10} {"faults":>7}')
+            for c in self.clones:
+                e = c.lazy
+                print(f'  {c.name:<9} {e["total-ms"]:>13} '
+                      f'{e["pages-read"]:>10} {e["pages-zeroed"]:>7} '
+                      f'{e["pages-prefetched"]:>10} {e["faults"]:>7}')
         if not self.file_ok:
             print(f'  error: {os.path.basename(self.watched)} changed '
                   'while clones ran')
@@ -334,7 +362,7 @@ def main():
     else:
         modes = default_modes(support)
     print(f'paths:       {", ".join(modes)}')
-    for m in ('bypass', 'map'):
+    for m in ('bypass', 'map', 'lazy'):
         if m not in modes and not opts.mode and support[m]:
             print(f'             ({m} not run: {support[m]})')
     print()
