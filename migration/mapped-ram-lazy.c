@@ -582,12 +582,6 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                    "postcopy-ram");
         return false;
     }
-    if (migrate_mapped_ram_working_set()[0]) {
-        lazy.ws = mapped_ram_ws_load(migrate_mapped_ram_working_set(), errp);
-        if (!lazy.ws) {
-            return false;
-        }
-    }
     /*
      * A page discarded after it was placed would fault again, and nobody
      * would place it twice: no discard (balloon, virtio-mem, free page
@@ -602,6 +596,12 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                    "RAM (virtio-mem?) while the load goes on; load with "
                    "mapped-ram-load=copy");
         return false;
+    }
+    if (migrate_mapped_ram_working_set()[0]) {
+        lazy.ws = mapped_ram_ws_load(migrate_mapped_ram_working_set(), errp);
+        if (!lazy.ws) {
+            goto fail;
+        }
     }
     lazy.fd = mapped_ram_map_open_file(f, "lazy", &lazy.st, errp);
     if (lazy.fd < 0) {
