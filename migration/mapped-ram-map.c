@@ -51,7 +51,7 @@
 typedef struct MappedRamFile {
     dev_t dev;
     ino_t ino;
-    const char *use;        /* "maps", "is still loading from" */
+    const char *use;        /* "maps", "is still being loaded from" */
 } MappedRamFile;
 
 static struct {

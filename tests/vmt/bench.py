@@ -808,9 +808,7 @@ class Bench:
         for fr in r['flows'].values():
             fr['stats'] = stats(fr['samples'])
         if os.path.exists(path + '.ws'):
-            with open(path + '.ws', 'rb') as f:
-                head = f.read(24)
-            r['working_set_pages'] = int.from_bytes(head[16:20], 'big')
+            r['working_set_pages'] = vmt.working_set_header(path + '.ws')[2]
             os.unlink(path + '.ws')
         os.unlink(path)
         return i

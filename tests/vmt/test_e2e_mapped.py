@@ -247,10 +247,8 @@ class MappedRamCloneTest(unittest.TestCase):
                         time.monotonic() > deadline):
                     raise
                 time.sleep(0.1)
-        with open(ws, 'rb') as f:
-            head = f.read(24)
-        self.assertEqual(head[:8], b'QEMUMRWS')
-        pages = int.from_bytes(head[16:20], 'big')
+        magic, _, pages = vmt.working_set_header(ws)
+        self.assertEqual(magic, b'QEMUMRWS')
         vmt.log(f'working set of {c0.name}: {pages} pages')
         self.assertGreater(pages, 0)
         c = vmt.VM(name='lazy-ws', tmpdir=self.tmp.path,

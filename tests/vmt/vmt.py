@@ -1000,6 +1000,16 @@ def parse_size(s):
     return int(s)
 
 
+def working_set_header(path):
+    """(magic, blocks, pages) from the header of a working set file
+    (mapped-ram-save-working-set; format in
+    migration/mapped-ram-working-set.c)."""
+    with open(path, 'rb') as f:
+        head = f.read(24)
+    return (head[:8], int.from_bytes(head[12:16], 'big'),
+            int.from_bytes(head[16:20], 'big'))
+
+
 def file_sizes(path):
     """(apparent, allocated) size of a file in bytes."""
     st = os.stat(path)
