@@ -3,7 +3,7 @@
 #
 # Configure (once) and build a minimal x86_64-softmmu QEMU out of tree:
 #   build.sh SRC OBJ
-# KVM + TCG, system libfdt, malloc_trim, no docs, no downloads, no blobs.
+# KVM + TCG, system libfdt, malloc_trim, vhost-user, no docs, no downloads, no blobs.
 # Option ROMs are built from source; SeaBIOS and the NIC ROMs come from
 # Debian's packages and are copied into the build's data folder.  ccache is used when present, with
 # a cache outside the clone ($CCACHE_DIR, default ~/.cache/qemu-vmt-ccache).
@@ -15,8 +15,8 @@
 # system emulator links with -fsanitize=fuzzer-no-link and runs as usual).
 # Its ccache is $ASAN_CCACHE_DIR (default ~/.cache/qemu-vmt-ccache-asan).
 #
-# Ninja targets: qemu-system-x86_64 and migration-test (qemu-fuzz-x86_64
-# instead of migration-test for asan), or $BUILD_TARGETS; plus
+# Ninja targets: qemu-system-x86_64, migration-test and vhost-user-blk
+# (qemu-fuzz-x86_64 instead of the last two for asan), or $BUILD_TARGETS; plus
 # $EXTRA_TARGETS.
 set -eu
 
@@ -51,6 +51,11 @@ if [ "$FLAVOUR" != asan ]; then
     # VM keeps about 5 MiB of heap freed after start-up
     # (docs/devel/vmt-density.rst).  Not with ASan, which owns malloc.
     CONFIGURE_ARGS="$CONFIGURE_ARGS --enable-malloc-trim"
+    # vhost-user devices (a default feature too), and the tools switch that
+    # builds contrib/vhost-user-blk, the backend the lazy-load e2e test
+    # gives its clones.  Only the targets asked for are built.
+    CONFIGURE_ARGS="$CONFIGURE_ARGS --enable-vhost-user --enable-tools"
+    DEFAULT_TARGETS="$DEFAULT_TARGETS contrib/vhost-user-blk/vhost-user-blk"
 fi
 if [ "$FLAVOUR" = asan ]; then
     # configure does not build option ROMs with clang: gcc, as binutils

@@ -21,14 +21,22 @@
  * pages), which is freed once the device state is loaded: a lazy load
  * outlives it.
  *
+ * A device that maps shared guest RAM in another process (a vhost-user
+ * back end) waits for its pages as it does in postcopy: the postcopy
+ * notifiers have it create a userfaultfd of its own and register its
+ * mapping (ADVISE, LISTEN), the fault thread reads that userfaultfd too,
+ * and the device's handler (vhost-user.c) turns each fault into a block
+ * and an offset for mapped_ram_lazy_request_shared(), which places the
+ * page and wakes the back end.  On completion the back end is told
+ * (INBOUND_END) before the fault thread stops.
+ *
  * Invariants:
  * - each page is placed exactly once: a thread places a page only after
  *   claiming its bit in the block's 'claimed' bitmap; a fault on a page
- *   another thread claimed is woken by that thread's UFFDIO_COPY;
+ *   another thread claimed is woken by that thread's UFFDIO_COPY, and a
+ *   back end's fault on it waits for its bit in 'placed';
  * - RAM that userfaultfd can register: anonymous, memfd, tmpfs or
- *   hugetlbfs, private or shared; shared RAM only if no device maps it
- *   in another process (vhost-user: it registers a postcopy notifier),
- *   which would not wait for the pages;
+ *   hugetlbfs, private or shared;
  * - a host page is placed whole: huge pages are built in a buffer from
  *   the file's target pages and zeroes (hugetlbfs has no ZEROPAGE);
  * - a page that cannot be read (I/O error, file truncated under the VM)
@@ -67,6 +75,8 @@
 #define LAZY_ZERO_BATCH 512
 /* RAM blocks a lazy load handles (x86 VMs have about ten). */
 #define RAM_BLOCKS_MAX  MAPPED_RAM_WS_MAX_BLOCKS
+/* Userfaultfds of vhost-user back ends the fault thread reads. */
+#define LAZY_REMOTE_MAX 16
 
 typedef struct LazyBlock {
     RAMBlock *rb;
@@ -76,6 +86,7 @@ typedef struct LazyBlock {
     size_t psize;               /* host page size of the block */
     long tpp;                   /* target pages per host page */
     unsigned long *claimed;     /* of host pages: placed, or being placed */
+    unsigned long *placed;      /* of host pages: placed */
 } LazyBlock;
 
 /* A page the guest (or QEMU) touched before it was placed. */
@@ -92,7 +103,13 @@ static struct {
     QemuThread fault_thread;
     QemuThread fill_thread;
     bool fill_started;
-    int quit_fd;                /* eventfd: the fault thread stops */
+    int quit_fd;                /* eventfd: the fault thread looks again */
+    bool quit;                  /* ... and stops */
+    uint8_t *fault_buf;         /* the fault thread's, max_psize bytes */
+    /* back ends' userfaultfds (our duplicates), added before the VM runs */
+    struct PostCopyFD remote[LAZY_REMOTE_MAX];
+    unsigned nremote;
+    bool remote_asked;          /* the back ends were asked (ADVISE) */
     VMChangeStateEntry *vmstate;
     size_t max_psize;           /* the largest page size of guest RAM */
     int64_t start_us;
@@ -101,6 +118,7 @@ static struct {
     int64_t total_us;           /* set on completion */
     uint64_t total_pages;       /* target pages of the blocks */
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
+    uint64_t remote_faults;     /* atomic */
     bool completed;
     GPtrArray *names;           /* of the blocks, in order */
     GArray *touched;            /* of LazyTouch; the fault thread's */
@@ -158,6 +176,7 @@ static void place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
     if (ret) {
         lazy_fatal(lb->rb, first, "cannot place the page", -ret);
     }
+    bitmap_set_atomic(lb->placed, first, n);
     qatomic_add(buf ? &lazy.copied : &lazy.zeroed, n);
 }
 
@@ -222,6 +241,7 @@ static void place_huge(LazyBlock *lb, long hp, uint8_t *buf)
     if (ret) {
         lazy_fatal(lb->rb, first, "cannot place the page", -ret);
     }
+    bitmap_set_atomic(lb->placed, hp, 1);
     qatomic_add(&lazy.copied, read);
     qatomic_add(&lazy.zeroed, lb->tpp - read);
 }
@@ -260,7 +280,7 @@ static void record_touch(LazyBlock *lb, long page, int64_t now)
     }
 }
 
-static void serve_fault(uint64_t addr, uint8_t *buf)
+static void serve_fault(uint64_t addr)
 {
     int64_t t0 = g_get_monotonic_time();
     ram_addr_t offset;
@@ -276,7 +296,7 @@ static void serve_fault(uint64_t addr, uint8_t *buf)
     }
     page = offset >> TARGET_PAGE_BITS;
     record_touch(lb, page, t0);
-    if (!place_host_page(lb, page, buf)) {
+    if (!place_host_page(lb, page, lazy.fault_buf)) {
         /* claimed by the fill thread: its UFFDIO_COPY wakes the fault */
         trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
         return;
@@ -287,20 +307,79 @@ static void serve_fault(uint64_t addr, uint8_t *buf)
                                 g_get_monotonic_time() - t0);
 }
 
+bool mapped_ram_lazy_active(void)
+{
+    return qatomic_read(&lazy.uffd) >= 0;
+}
+
+/*
+ * A back end faulted on @offset of @rb at @client_addr (in its own address
+ * space): place the page, unless it is there already or being placed (then
+ * wait for it), and wake the back end.  In the fault thread, through the
+ * device's handler and postcopy_request_shared_page().
+ */
+int mapped_ram_lazy_request_shared(struct PostCopyFD *pcfd, RAMBlock *rb,
+                                   uint64_t client_addr, uint64_t offset)
+{
+    int64_t t0 = g_get_monotonic_time();
+    LazyBlock *lb = find_block(rb);
+    long page = offset >> TARGET_PAGE_BITS, hp;
+
+    if (!lb || offset >= rb->used_length) {
+        /* not loaded lazily: its pages are all there */
+        return postcopy_wake_shared(pcfd, client_addr, rb);
+    }
+    hp = page / lb->tpp;
+    record_touch(lb, page, t0);
+    if (place_host_page(lb, page, lazy.fault_buf)) {
+        qatomic_inc(&lazy.remote_faults);
+    } else {
+        /* the fill thread has it: it wakes our vCPUs, not the back end */
+        while (!(qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp))) {
+            g_usleep(20);
+        }
+    }
+    trace_mapped_ram_lazy_remote_fault(pcfd->idstr, rb->idstr, page,
+                                       g_get_monotonic_time() - t0);
+    return postcopy_wake_shared(pcfd, client_addr, rb);
+}
+
+/* Serve the faults of the back end behind @pcfd. */
+static void serve_remote(struct PostCopyFD *pcfd)
+{
+    struct uffd_msg msg[16];
+    int n = uffd_read_events(pcfd->fd, msg, ARRAY_SIZE(msg));
+    int i;
+
+    for (i = 0; i < n; i++) {
+        if (msg[i].event == UFFD_EVENT_PAGEFAULT &&
+            pcfd->handler(pcfd, &msg[i]) < 0) {
+            error_report("mapped-ram-load=lazy: cannot serve a fault of %s "
+                         "at 0x%" PRIx64, pcfd->idstr,
+                         (uint64_t)msg[i].arg.pagefault.address);
+            exit(EXIT_FAILURE);
+        }
+    }
+}
+
 static void *fault_thread(void *opaque)
 {
-    g_autofree uint8_t *buf = g_malloc(lazy.max_psize);
-    struct pollfd pfd[2] = {
-        { .fd = lazy.uffd, .events = POLLIN },
-        { .fd = lazy.quit_fd, .events = POLLIN },
-    };
+    struct pollfd pfd[2 + LAZY_REMOTE_MAX];
 
     rcu_register_thread();
     for (;;) {
+        unsigned nremote = qatomic_load_acquire(&lazy.nremote);
         struct uffd_msg msg[16];
+        unsigned r;
         int n, i;
 
-        if (poll(pfd, 2, -1) < 0) {
+        pfd[0] = (struct pollfd) { .fd = lazy.uffd, .events = POLLIN };
+        pfd[1] = (struct pollfd) { .fd = lazy.quit_fd, .events = POLLIN };
+        for (r = 0; r < nremote; r++) {
+            pfd[2 + r] = (struct pollfd) { .fd = lazy.remote[r].fd,
+                                           .events = POLLIN };
+        }
+        if (poll(pfd, 2 + nremote, -1) < 0) {
             if (errno == EINTR) {
                 continue;
             }
@@ -308,12 +387,29 @@ static void *fault_thread(void *opaque)
             exit(EXIT_FAILURE);
         }
         if (pfd[1].revents) {
-            break;
+            uint64_t v;
+
+            if (qatomic_read(&lazy.quit)) {
+                break;
+            }
+            /* back ends were added: poll them too */
+            if (read(lazy.quit_fd, &v, sizeof(v)) < 0) {
+                /* nothing to read: another look is harmless */
+            }
+            continue;
+        }
+        for (r = 0; r < nremote; r++) {
+            if (pfd[2 + r].revents) {
+                serve_remote(&lazy.remote[r]);
+            }
+        }
+        if (!pfd[0].revents) {
+            continue;
         }
         n = uffd_read_events(lazy.uffd, msg, ARRAY_SIZE(msg));
         for (i = 0; i < n; i++) {
             if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
-                serve_fault(msg[i].arg.pagefault.address, buf);
+                serve_fault(msg[i].arg.pagefault.address);
             }
         }
     }
@@ -340,10 +436,8 @@ static void fill_block(LazyBlock *lb, uint8_t *buf)
     long p = 0;
 
     if (lb->tpp > 1) {
-        for (p = 0; p < used / lb->tpp; p++) {
-            if (claim_page(lb, p)) {
-                place_huge(lb, p, buf);
-            }
+        for (p = 0; p < used; p += lb->tpp) {
+            place_host_page(lb, p, buf);
         }
         return;
     }
@@ -416,22 +510,37 @@ static void prefetch(uint8_t *buf)
                                    skipped, g_get_monotonic_time() - t0);
 }
 
-static void finish(void)
+/* Have the fault thread look at its descriptors again. */
+static void kick_fault_thread(void)
 {
     uint64_t eventfd_one = 1;
-    guint i;
 
     if (write(lazy.quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0) {
-        error_report("mapped-ram-load=lazy: cannot stop the fault thread: %s",
+        error_report("mapped-ram-load=lazy: cannot wake the fault thread: %s",
                      strerror(errno));
     }
+}
+
+static void finish(void)
+{
+    guint i;
+
+    qatomic_set(&lazy.quit, true);
+    kick_fault_thread();
     qemu_thread_join(&lazy.fault_thread);
+    for (i = 0; i < lazy.nremote; i++) {
+        close(lazy.remote[i].fd);
+    }
+    lazy.nremote = 0;
+    g_free(lazy.fault_buf);
+    lazy.fault_buf = NULL;
     for (i = 0; i < lazy.blocks->len; i++) {
         LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
 
         uffd_unregister_memory(lazy.uffd, lb->rb->host, lb->rb->used_length);
         g_free(lb->bitmap);
         g_free(lb->claimed);
+        g_free(lb->placed);
         g_free(lb);
     }
     g_ptr_array_set_size(lazy.blocks, 0);
@@ -451,8 +560,16 @@ static void finish(void)
  */
 static void complete(void *opaque)
 {
+    Error *err = NULL;
     int64_t total_us;
 
+    /* the back ends may fault until they hear it: the fault thread runs */
+    if (lazy.nremote &&
+        postcopy_notify(POSTCOPY_NOTIFY_INBOUND_END, &err)) {
+        error_prepend(&err, "mapped-ram-load=lazy: a vhost-user back end "
+                      "did not leave its postcopy mode: ");
+        error_report_err(err);
+    }
     finish();
     ram_block_discard_disable(false);
     /* the fault thread is gone: the counters hold still */
@@ -470,10 +587,16 @@ static void *fill_thread(void *opaque)
 {
     g_autofree uint8_t *buf = g_malloc(MAX(LAZY_FILL_BATCH * TARGET_PAGE_SIZE,
                                            lazy.max_psize));
-    int64_t t0 = g_get_monotonic_time();
+    uint32_t delay_ms = migrate_mapped_ram_lazy_fill_delay_ms();
+    int64_t t0;
     guint i;
 
     rcu_register_thread();
+    if (delay_ms) {
+        /* x-mapped-ram-lazy-fill-delay-ms (tests): faults only, for now */
+        g_usleep(delay_ms * 1000ULL);
+    }
+    t0 = g_get_monotonic_time();
     if (lazy.ws) {
         prefetch(buf);
     }
@@ -528,6 +651,7 @@ MappedRamLazyInfo *mapped_ram_lazy_query(void)
     info->pages_zeroed = qatomic_read(&lazy.zeroed);
     info->pages_prefetched = qatomic_read(&lazy.prefetched);
     info->faults = qatomic_read(&lazy.faults);
+    info->remote_faults = qatomic_read(&lazy.remote_faults);
     info->fault_us = qatomic_read(&lazy.fault_us);
     return info;
 }
@@ -553,9 +677,6 @@ static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
         why = "the host page size differs from the target page size";
     } else if (rb->guest_memfd >= 0) {
         why = "it uses guest_memfd";
-    } else if (qemu_ram_is_shared(rb) && postcopy_has_notifiers()) {
-        why = "it is shared and a device maps guest RAM in another "
-              "process (vhost-user), which would not wait for its pages";
     }
     if (why) {
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': %s; load "
@@ -563,6 +684,57 @@ static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
         return false;
     }
     return true;
+}
+
+/*
+ * @rb is shared with the vhost-user back ends (a device registered a
+ * postcopy notifier): have them take part as they do in postcopy, and read
+ * the userfaultfds they registered.  A back end that cannot fails the load.
+ */
+static bool lazy_remote_setup(RAMBlock *rb, Error **errp)
+{
+    GArray *fds = migration_incoming_get_current()->postcopy_remote_fds;
+    unsigned n = 0;
+
+    if (postcopy_notify(POSTCOPY_NOTIFY_PROBE, errp) ||
+        postcopy_notify(POSTCOPY_NOTIFY_INBOUND_ADVISE, errp)) {
+        goto fail;
+    }
+    if (!fds || fds->len > LAZY_REMOTE_MAX) {
+        error_setg(errp, "%u back ends, at most %d are supported",
+                   fds ? fds->len : 0, LAZY_REMOTE_MAX);
+        goto fail;
+    }
+    for (n = 0; n < fds->len; n++) {
+        struct PostCopyFD *pcfd = &g_array_index(fds, struct PostCopyFD, n);
+
+        lazy.remote[n] = *pcfd;
+        /* ours: the device closes its own at INBOUND_END */
+        lazy.remote[n].fd = fcntl(pcfd->fd, F_DUPFD_CLOEXEC, 0);
+        if (lazy.remote[n].fd < 0) {
+            error_setg_errno(errp, errno, "cannot duplicate the userfaultfd "
+                             "of %s", pcfd->idstr);
+            goto fail;
+        }
+    }
+    if (postcopy_notify(POSTCOPY_NOTIFY_INBOUND_LISTEN, errp)) {
+        goto fail;
+    }
+    trace_mapped_ram_lazy_remote_setup(rb->idstr, n);
+    qatomic_store_release(&lazy.nremote, n);
+    kick_fault_thread();
+    return true;
+
+fail:
+    while (n--) {
+        close(lazy.remote[n].fd);
+    }
+    error_prepend(errp, "mapped-ram-load=lazy: RAM block '%s' is shared with "
+                  "a vhost-user back end, which must wait for its pages: ",
+                  rb->idstr);
+    error_append_hint(errp, "Load it with mapped-ram-load=copy, or give the "
+                      "back end userfaultfd (postcopy) support.\n");
+    return false;
 }
 
 static bool lazy_setup(QEMUFile *f, Error **errp)
@@ -633,6 +805,8 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     lazy.start_us = g_get_monotonic_time();
     /* blocks come after the fault thread starts: size for any of them */
     lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);
+    lazy.fault_buf = g_malloc(lazy.max_psize);
+    lazy.quit = false;
     qemu_thread_create(&lazy.fault_thread, "mapped-ram-fault", fault_thread,
                        NULL, QEMU_THREAD_JOINABLE);
     lazy.vmstate = qemu_add_vm_change_state_handler(vm_running, NULL);
@@ -657,28 +831,11 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                            const unsigned long *bitmap, long num_pages,
                            Error **errp)
 {
-    size_t len = (size_t)num_pages << TARGET_PAGE_BITS;
     uint64_t ioctls;
     LazyBlock *lb;
-    struct stat st;
 
-    if (!block_can_be_lazy(rb, errp)) {
-        return false;
-    }
-    if (len > rb->used_length) {
-        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': the file has "
-                   "%ld pages, the block 0x" RAM_ADDR_FMT " bytes", rb->idstr,
-                   num_pages, rb->used_length);
-        return false;
-    }
-    if (!lazy_setup(f, errp)) {
-        return false;
-    }
-    if (fstat(lazy.fd, &st) < 0 || rb->pages_offset > st.st_size ||
-        len > st.st_size - rb->pages_offset) {
-        error_setg(errp, "mapped-ram-load=lazy: RAM block '%s': the file is "
-                   "truncated (its pages end at %" PRIu64 ")", rb->idstr,
-                   rb->pages_offset + len);
+    if (!block_can_be_lazy(rb, errp) || !lazy_setup(f, errp) ||
+        !mapped_ram_map_check_extent("lazy", rb, num_pages, &lazy.st, errp)) {
         return false;
     }
     if (lazy.blocks->len >= RAM_BLOCKS_MAX) {
@@ -696,6 +853,13 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s' appears twice "
                    "in the stream", rb->idstr);
         return false;
+    }
+    if (qemu_ram_is_shared(rb) && postcopy_has_notifiers() &&
+        !lazy.remote_asked) {
+        lazy.remote_asked = true;
+        if (!lazy_remote_setup(rb, errp)) {
+            return false;
+        }
     }
     /* What ROMs or firmware wrote at reset must not hide the file's pages. */
     if (ram_block_discard_range(rb, 0, rb->used_length)) {
@@ -725,6 +889,7 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     lb->psize = rb->page_size;
     lb->tpp = rb->page_size >> TARGET_PAGE_BITS;
     lb->claimed = bitmap_new(rb->used_length / rb->page_size);
+    lb->placed = bitmap_new(rb->used_length / rb->page_size);
     g_ptr_array_add(lazy.blocks, lb);
     g_ptr_array_add(lazy.names, g_strdup(rb->idstr));
     lazy.total_pages += rb->used_length >> TARGET_PAGE_BITS;

@@ -30,6 +30,19 @@ MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp);
 
 /* The progress of the lazy load of this process, or NULL if none ran. */
 MappedRamLazyInfo *mapped_ram_lazy_query(void);
+
+/* True while a lazy load runs: its pages are not all present yet. */
+bool mapped_ram_lazy_active(void);
+
+struct PostCopyFD;
+/*
+ * For postcopy_request_shared_page() while a lazy load runs: the back end
+ * behind @pcfd faulted on @offset of @rb, at @client_addr in its address
+ * space.  Places the page and wakes the back end; returns what the wake
+ * returned.
+ */
+int mapped_ram_lazy_request_shared(struct PostCopyFD *pcfd, RAMBlock *rb,
+                                   uint64_t client_addr, uint64_t offset);
 #else
 
 static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
@@ -50,6 +63,11 @@ static inline MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms,
 static inline MappedRamLazyInfo *mapped_ram_lazy_query(void)
 {
     return NULL;
+}
+
+static inline bool mapped_ram_lazy_active(void)
+{
+    return false;
 }
 #endif
 

@@ -259,6 +259,29 @@ static bool zero_stale_pages(RAMBlock *rb, int fd, const unsigned long *bitmap,
     return true;
 }
 
+bool mapped_ram_map_check_extent(const char *mode, RAMBlock *rb,
+                                 long num_pages, const struct stat *st,
+                                 Error **errp)
+{
+    uint64_t len = (uint64_t)num_pages << TARGET_PAGE_BITS;
+
+    if (len > rb->used_length) {
+        error_setg(errp, "mapped-ram-load=%s: RAM block '%s': the file has "
+                   "%ld pages, the block 0x" RAM_ADDR_FMT " bytes", mode,
+                   rb->idstr, num_pages, rb->used_length);
+        return false;
+    }
+    if (rb->pages_offset > st->st_size ||
+        len > st->st_size - rb->pages_offset) {
+        error_setg(errp, "mapped-ram-load=%s: RAM block '%s': the file is "
+                   "truncated (%" PRIu64 " bytes, its pages end at %" PRIu64
+                   ")", mode, rb->idstr, (uint64_t)st->st_size,
+                   rb->pages_offset + len);
+        return false;
+    }
+    return true;
+}
+
 bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                           const unsigned long *bitmap, long num_pages,
                           Error **errp)
@@ -273,12 +296,6 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
     if (!block_can_be_mapped(rb, errp)) {
         return false;
     }
-    if (len > rb->used_length) {
-        error_setg(errp, "mapped-ram-load=map: RAM block '%s': the file has "
-                   "%ld pages, the block 0x" RAM_ADDR_FMT " bytes", rb->idstr,
-                   num_pages, rb->used_length);
-        return false;
-    }
     if (!QEMU_IS_ALIGNED(rb->pages_offset, qemu_real_host_page_size())) {
         error_setg(errp, "mapped-ram-load=map: RAM block '%s': its pages "
                    "start at file offset 0x%" PRIx64 ", not a multiple of the "
@@ -290,11 +307,7 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
     if (fd < 0) {
         return false;
     }
-    if (rb->pages_offset > st.st_size || len > st.st_size - rb->pages_offset) {
-        error_setg(errp, "mapped-ram-load=map: RAM block '%s': the file is "
-                   "truncated (%" PRIu64 " bytes, its pages end at %" PRIu64
-                   ")", rb->idstr, (uint64_t)st.st_size,
-                   rb->pages_offset + len);
+    if (!mapped_ram_map_check_extent("map", rb, num_pages, &st, errp)) {
         goto out;
     }
     if (!disable_discard(errp)) {

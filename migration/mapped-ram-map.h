@@ -20,6 +20,15 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                           Error **errp);
 
 /*
+ * Check that the file (@st) holds @num_pages pages of @rb from
+ * @rb->pages_offset on, and that they fit in the block.  @mode is the
+ * mapped-ram-load value, for the error message.
+ */
+bool mapped_ram_map_check_extent(const char *mode, RAMBlock *rb,
+                                 long num_pages, const struct stat *st,
+                                 Error **errp);
+
+/*
  * Open a read-only descriptor of our own of the regular file behind @f (a
  * file: or fd: migration), and fstat() it into @st.  @mode is the
  * mapped-ram-load value that needs it, for the error message.  Returns the

@@ -124,6 +124,29 @@ while IFS= read -r line; do
     net)
         do_net
         ;;
+    disk)
+        # read from the device, not from the page cache
+        if [ ! -b /dev/vda ]; then
+            reply "disk none"
+        elif echo 3 > /proc/sys/vm/drop_caches &&
+             s=$(sha256sum /dev/vda); then
+            reply "disk ${s%% *}"
+        else
+            reply "err disk read failed"
+        fi
+        ;;
+    diskloop)
+        # the same reads, again and again, in the background
+        if [ ! -b /dev/vda ]; then
+            reply "disk none"
+        else
+            (while :; do
+                echo 3 > /proc/sys/vm/drop_caches
+                cat /dev/vda > /dev/null
+            done) < /dev/null > /dev/null 2>&1 &
+            reply "ok diskloop"
+        fi
+        ;;
     *)
         reply "err unknown $line"
         ;;

@@ -22,7 +22,8 @@
 #                          has them as modules, each NAME or NAME=CONFIG_OPT
 #                          (default: "vmgenid", i.e. CONFIG_VMGENID)
 #   VMT_GUEST_FLAVOUR      "vmgenid": the generic kernel (linux-image-amd64)
-#                          and the modules vmgenid, virtio_pci, virtio_net
+#                          and the modules vmgenid, virtio_pci, virtio_net,
+#                          virtio_blk
 #   BUSYBOX                static busybox binary (default: /bin/busybox)
 
 set -eu
@@ -39,10 +40,11 @@ out=$(cd "$1" && pwd)
 # re-run keeps the kernel flavour chosen earlier.
 # VMT_GUEST_FLAVOUR=vmgenid: Debian's generic kernel, which has
 # CONFIG_VMGENID, with the virtio-net driver (qemu-template's identity
-# tests: a clone's new generation ID and hotplugged NIC)
+# tests: a clone's new generation ID and hotplugged NIC) and the virtio-blk
+# driver (a lazy clone with a vhost-user-blk disk)
 if [ "${VMT_GUEST_FLAVOUR:-}" = vmgenid ]; then
     VMT_GUEST_KERNEL_META=linux-image-amd64
-    VMT_GUEST_MODULES=${VMT_GUEST_MODULES:-vmgenid virtio_pci virtio_net}
+    VMT_GUEST_MODULES=${VMT_GUEST_MODULES:-vmgenid virtio_pci virtio_net virtio_blk}
 fi
 if [ -n "${VMT_GUEST_KERNEL_META:-}" ]; then
     meta=$VMT_GUEST_KERNEL_META
