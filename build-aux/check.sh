@@ -193,6 +193,8 @@ if want vmt; then
             # lazy: vCPU faults through KVM, and a fault nobody can serve
             lpaths="-p /x86_64/vmt/mapped-ram/lazy/clones
                     -p /x86_64/vmt/mapped-ram/lazy/truncated
+                    -p /x86_64/vmt/mapped-ram/lazy/truncated-fill
+                    -p /x86_64/vmt/mapped-ram/lazy/save-while-loading
                     -p /x86_64/vmt/mapped-ram/lazy/working-set
                     -p /x86_64/vmt/mapped-ram/lazy/shared-memfd
                     -p /x86_64/vmt/mapped-ram/lazy/hugetlbfs"

@@ -40,8 +40,13 @@
  * - a host page is placed whole: huge pages are built in a buffer from
  *   the file's target pages and zeroes (hugetlbfs has no ZEROPAGE);
  * - a page that cannot be read (I/O error, file truncated under the VM)
- *   is fatal: the guest must not see wrong memory, and a vCPU blocked on
- *   a fault nobody can serve must not hang the process.
+ *   is never replaced by another: the guest must not see wrong memory.
+ *   Found by the fill, it stops the VM for good (internal-error) and
+ *   blocks migration; found for a thread that faulted on it, it ends
+ *   QEMU, as that thread (a vCPU, under TCG or KVM, or QEMU's own) waits
+ *   in the kernel and cannot be stopped.  The fault thread makes sure
+ *   the VM stops within LAZY_STOP_TIMEOUT_MS of a failure, or ends QEMU:
+ *   never a hang.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -61,6 +66,7 @@
 #include "exec/target_page.h"
 #include "system/hostmem.h"
 #include "system/runstate.h"
+#include "migration/blocker.h"
 #include "migration.h"
 #include "options.h"
 #include "postcopy-ram.h"
@@ -77,6 +83,8 @@
 #define RAM_BLOCKS_MAX  MAPPED_RAM_WS_MAX_BLOCKS
 /* Userfaultfds of vhost-user back ends the fault thread reads. */
 #define LAZY_REMOTE_MAX 16
+/* After a failure, the VM must stop within this time, or QEMU exits. */
+#define LAZY_STOP_TIMEOUT_MS 2000
 
 typedef struct LazyBlock {
     RAMBlock *rb;
@@ -119,6 +127,9 @@ static struct {
     uint64_t total_pages;       /* target pages of the blocks */
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
     uint64_t remote_faults;     /* atomic */
+    char *error;                /* the first failure, or NULL */
+    int64_t stop_deadline_us;   /* after a failure: the VM stops by then */
+    bool stopped;               /* ... and it did */
     bool completed;
     GPtrArray *names;           /* of the blocks, in order */
     GArray *touched;            /* of LazyTouch; the fault thread's */
@@ -140,13 +151,77 @@ static LazyBlock *find_block(RAMBlock *rb)
     return NULL;
 }
 
-static void G_NORETURN lazy_fatal(RAMBlock *rb, long page, const char *why,
-                                  int err)
+/* A page cannot be placed, and the VM cannot be stopped without it. */
+static void G_NORETURN lazy_fatal(const char *why)
 {
-    error_report("mapped-ram-load=lazy: RAM block '%s', page %ld: %s%s%s; "
-                 "the VM cannot go on without it", rb->idstr, page, why,
-                 err ? ": " : "", err ? strerror(err) : "");
+    error_report("mapped-ram-load=lazy: %s; exiting", why);
     exit(EXIT_FAILURE);
+}
+
+/* Have the fault thread look at its descriptors and its deadline again. */
+static void kick_fault_thread(void)
+{
+    uint64_t eventfd_one = 1;
+
+    if (write(lazy.quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0) {
+        error_report("mapped-ram-load=lazy: cannot wake the fault thread: %s",
+                     strerror(errno));
+    }
+}
+
+static void lazy_stop_notify(void *opaque, bool running, RunState state)
+{
+    if (!running) {
+        qatomic_set(&lazy.stopped, true);
+    }
+}
+
+/*
+ * In the main loop, after a failure: stop the VM (it needs a reset to
+ * run again), refuse to save it, and say why.
+ */
+static void lazy_stop_bh(void *opaque)
+{
+    Error *blocker = NULL;
+
+    qemu_add_vm_change_state_handler(lazy_stop_notify, NULL);
+    if (runstate_is_running()) {
+        qemu_system_vmstop_request_prepare();
+        qemu_system_vmstop_request(RUN_STATE_INTERNAL_ERROR);
+    } else {
+        qatomic_set(&lazy.stopped, true);
+    }
+    error_setg(&blocker, "%s", lazy.error);
+    if (migrate_add_blocker(&blocker, NULL) < 0) {
+        /* a save is running: it stops at the page, like the guest */
+        error_free(blocker);
+    }
+    qapi_event_send_mapped_ram_lazy_failed(lazy.error);
+}
+
+/*
+ * A page cannot be placed: the load failed.  The first failure is kept
+ * and stops the VM; the fault thread then makes sure that the VM stops
+ * soon (a thread that waits for the page may keep it from stopping).
+ * Returns false.
+ */
+static bool lazy_fail(RAMBlock *rb, long page, const char *why, int err)
+{
+    char *msg = g_strdup_printf("mapped-ram-load=lazy: RAM block '%s', "
+                                "page %ld: %s%s%s; the VM cannot go on "
+                                "without it", rb->idstr, page, why,
+                                err ? ": " : "", err ? strerror(err) : "");
+
+    if (qatomic_cmpxchg(&lazy.error, NULL, msg)) {
+        g_free(msg);            /* reported already */
+        return false;
+    }
+    error_report("%s", msg);
+    qatomic_set(&lazy.stop_deadline_us,
+                g_get_monotonic_time() + LAZY_STOP_TIMEOUT_MS * 1000);
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), lazy_stop_bh, NULL);
+    kick_fault_thread();
+    return false;
 }
 
 /* Claim host page @page of @lb; false if another thread has it. */
@@ -157,12 +232,22 @@ static bool claim_page(LazyBlock *lb, long page)
     return !(qatomic_fetch_or(&lb->claimed[BIT_WORD(page)], mask) & mask);
 }
 
+/* Give up host pages [first, first + n) of @lb, which were not placed. */
+static void unclaim_pages(LazyBlock *lb, long first, long n)
+{
+    long p;
+
+    for (p = first; p < first + n; p++) {
+        qatomic_and(&lb->claimed[BIT_WORD(p)], ~BIT_MASK(p));
+    }
+}
+
 /*
  * Place pages [first, first + n) of @lb, which the caller claimed: from
  * @buf (the file's pages, read already) or as zero pages if @buf is NULL.
  * Either wakes the threads that fault on them.
  */
-static void place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+static bool place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 {
     void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
     size_t len = (size_t)n << TARGET_PAGE_BITS;
@@ -174,14 +259,15 @@ static void place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
         ret = uffd_zero_page(lazy.uffd, host, len, false);
     }
     if (ret) {
-        lazy_fatal(lb->rb, first, "cannot place the page", -ret);
+        return lazy_fail(lb->rb, first, "cannot place the page", -ret);
     }
     bitmap_set_atomic(lb->placed, first, n);
     qatomic_add(buf ? &lazy.copied : &lazy.zeroed, n);
+    return true;
 }
 
 /* Read @n pages of @lb from @first into @buf. */
-static void read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+static bool read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 {
     size_t len = n << TARGET_PAGE_BITS;
     off_t off = lb->rb->pages_offset + ((off_t)first << TARGET_PAGE_BITS);
@@ -194,15 +280,17 @@ static void read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
             continue;
         }
         if (r < 0) {
-            lazy_fatal(lb->rb, first, "cannot read the page from the file",
-                       errno);
+            return lazy_fail(lb->rb, first,
+                             "cannot read the page from the file", errno);
         }
         if (r == 0) {
-            lazy_fatal(lb->rb, first + (done >> TARGET_PAGE_BITS),
-                       "the file ends before the page (truncated?)", 0);
+            return lazy_fail(lb->rb, first + (done >> TARGET_PAGE_BITS),
+                             "the file ends before the page (truncated?)",
+                             0);
         }
         done += r;
     }
+    return true;
 }
 
 /*
@@ -210,7 +298,7 @@ static void read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
  * @buf (psize bytes) gets the target pages in the file, zeroes for the
  * others (hugetlbfs has no UFFDIO_ZEROPAGE), and is copied in at once.
  */
-static void place_huge(LazyBlock *lb, long hp, uint8_t *buf)
+static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
 {
     long first = hp * lb->tpp, end = first + lb->tpp;
     long in_file = MIN(end, lb->num_pages);
@@ -229,7 +317,9 @@ static void place_huge(LazyBlock *lb, long hp, uint8_t *buf)
             next = MIN(find_next_bit(lb->bitmap, in_file, t), end);
         }
         if (set) {
-            read_pages(lb, t, next - t, at);
+            if (!read_pages(lb, t, next - t, at)) {
+                return false;
+            }
             read += next - t;
         } else {
             memset(at, 0, (next - t) << TARGET_PAGE_BITS);
@@ -239,31 +329,40 @@ static void place_huge(LazyBlock *lb, long hp, uint8_t *buf)
     ret = uffd_copy_page(lazy.uffd, lb->rb->host + hp * lb->psize, buf,
                          lb->psize, false);
     if (ret) {
-        lazy_fatal(lb->rb, first, "cannot place the page", -ret);
+        return lazy_fail(lb->rb, first, "cannot place the page", -ret);
     }
     bitmap_set_atomic(lb->placed, hp, 1);
     qatomic_add(&lazy.copied, read);
     qatomic_add(&lazy.zeroed, lb->tpp - read);
+    return true;
 }
 
 /*
  * Place the host page of @lb that holds target page @page, unless another
- * thread claimed it: from the file, or zero.  False if it was claimed.
+ * thread claimed it: from the file, or zero.  Returns 1 if placed, 0 if
+ * another thread has it, -1 if it cannot be placed (the load failed).
  */
-static bool place_host_page(LazyBlock *lb, long page, uint8_t *buf)
+static int place_host_page(LazyBlock *lb, long page, uint8_t *buf)
 {
-    if (!claim_page(lb, page / lb->tpp)) {
-        return false;
+    long hp = page / lb->tpp;
+    bool ok;
+
+    if (!claim_page(lb, hp)) {
+        return 0;
     }
     if (lb->tpp > 1) {
-        place_huge(lb, page / lb->tpp, buf);
+        ok = place_huge(lb, hp, buf);
     } else if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
-        read_pages(lb, page, 1, buf);
-        place_pages(lb, page, 1, buf);
+        ok = read_pages(lb, page, 1, buf) && place_pages(lb, page, 1, buf);
     } else {
-        place_pages(lb, page, 1, NULL);
+        ok = place_pages(lb, page, 1, NULL);
     }
-    return true;
+    if (!ok) {
+        /* whoever faults on it next tries again, and fails again */
+        unclaim_pages(lb, hp, 1);
+        return -1;
+    }
+    return 1;
 }
 
 static void record_touch(LazyBlock *lb, long page, int64_t now)
@@ -280,14 +379,16 @@ static void record_touch(LazyBlock *lb, long page, int64_t now)
     }
 }
 
-static void serve_fault(uint64_t addr)
+static void serve_fault(struct uffd_msg *msg)
 {
+    uint64_t addr = msg->arg.pagefault.address;
     int64_t t0 = g_get_monotonic_time();
     ram_addr_t offset;
     RAMBlock *rb = qemu_ram_block_from_host((void *)(uintptr_t)addr, false,
                                             &offset);
     LazyBlock *lb = rb ? find_block(rb) : NULL;
     long page;
+    int r;
 
     if (!lb) {
         error_report("mapped-ram-load=lazy: fault at 0x%" PRIx64 " outside "
@@ -296,10 +397,16 @@ static void serve_fault(uint64_t addr)
     }
     page = offset >> TARGET_PAGE_BITS;
     record_touch(lb, page, t0);
-    if (!place_host_page(lb, page, lazy.fault_buf)) {
+    r = place_host_page(lb, page, lazy.fault_buf);
+    if (r == 0) {
         /* claimed by the fill thread: its UFFDIO_COPY wakes the fault */
         trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
         return;
+    }
+    if (r < 0) {
+        /* a vCPU (TCG or KVM) or QEMU's own thread: none would stop */
+        lazy_fatal("the thread that faulted on the page waits for it, and "
+                   "cannot be stopped");
     }
     qatomic_inc(&lazy.faults);
     qatomic_add(&lazy.fault_us, g_get_monotonic_time() - t0);
@@ -331,13 +438,22 @@ int mapped_ram_lazy_request_shared(struct PostCopyFD *pcfd, RAMBlock *rb,
     }
     hp = page / lb->tpp;
     record_touch(lb, page, t0);
-    if (place_host_page(lb, page, lazy.fault_buf)) {
-        qatomic_inc(&lazy.remote_faults);
-    } else {
-        /* the fill thread has it: it wakes our vCPUs, not the back end */
-        while (!(qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp))) {
-            g_usleep(20);
+    for (;;) {
+        int r = place_host_page(lb, page, lazy.fault_buf);
+
+        if (r < 0) {
+            lazy_fatal("a vhost-user back end needs the page, and cannot be "
+                       "stopped");
         }
+        if (r > 0) {
+            qatomic_inc(&lazy.remote_faults);
+            break;
+        }
+        /* the fill thread has it: it wakes our vCPUs, not the back end */
+        if (qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp)) {
+            break;
+        }
+        g_usleep(20);
     }
     trace_mapped_ram_lazy_remote_fault(pcfd->idstr, rb->idstr, page,
                                        g_get_monotonic_time() - t0);
@@ -369,9 +485,23 @@ static void *fault_thread(void *opaque)
     rcu_register_thread();
     for (;;) {
         unsigned nremote = qatomic_load_acquire(&lazy.nremote);
+        int64_t deadline = qatomic_read(&lazy.stop_deadline_us);
         struct uffd_msg msg[16];
+        int timeout = -1;
         unsigned r;
         int n, i;
+
+        if (deadline && !qatomic_read(&lazy.stopped)) {
+            int64_t left = deadline - g_get_monotonic_time();
+
+            if (left <= 0) {
+                lazy_fatal("the VM did not stop within "
+                           stringify(LAZY_STOP_TIMEOUT_MS) " ms after the "
+                           "failure: a thread waits for a page that cannot "
+                           "be placed");
+            }
+            timeout = left / 1000 + 1;
+        }
 
         pfd[0] = (struct pollfd) { .fd = lazy.uffd, .events = POLLIN };
         pfd[1] = (struct pollfd) { .fd = lazy.quit_fd, .events = POLLIN };
@@ -379,7 +509,7 @@ static void *fault_thread(void *opaque)
             pfd[2 + r] = (struct pollfd) { .fd = lazy.remote[r].fd,
                                            .events = POLLIN };
         }
-        if (poll(pfd, 2 + nremote, -1) < 0) {
+        if (poll(pfd, 2 + nremote, timeout) < 0) {
             if (errno == EINTR) {
                 continue;
             }
@@ -409,7 +539,7 @@ static void *fault_thread(void *opaque)
         n = uffd_read_events(lazy.uffd, msg, ARRAY_SIZE(msg));
         for (i = 0; i < n; i++) {
             if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
-                serve_fault(msg[i].arg.pagefault.address);
+                serve_fault(&msg[i]);
             }
         }
     }
@@ -430,16 +560,19 @@ static long claim_run(LazyBlock *lb, long first, long end)
     return p;
 }
 
-static void fill_block(LazyBlock *lb, uint8_t *buf)
+/* Place every page of @lb not placed yet; false if the load failed. */
+static bool fill_block(LazyBlock *lb, uint8_t *buf)
 {
     long used = lb->rb->used_length >> TARGET_PAGE_BITS;
     long p = 0;
 
     if (lb->tpp > 1) {
         for (p = 0; p < used; p += lb->tpp) {
-            place_host_page(lb, p, buf);
+            if (place_host_page(lb, p, buf) < 0) {
+                return false;
+            }
         }
-        return;
+        return true;
     }
 
     while (p < used) {
@@ -464,14 +597,15 @@ static void fill_block(LazyBlock *lb, uint8_t *buf)
             p++;
             continue;
         }
-        if (in_file) {
-            read_pages(lb, p, run - p, buf);
-            place_pages(lb, p, run - p, buf);
-        } else {
-            place_pages(lb, p, run - p, NULL);
+        if (in_file ? !read_pages(lb, p, run - p, buf) ||
+                      !place_pages(lb, p, run - p, buf) :
+                      !place_pages(lb, p, run - p, NULL)) {
+            unclaim_pages(lb, p, run - p);
+            return false;
         }
         p = run;
     }
+    return true;
 }
 
 /*
@@ -479,12 +613,13 @@ static void fill_block(LazyBlock *lb, uint8_t *buf)
  * blocks this VM does not load lazily, or beyond them, are skipped: the
  * working set is a hint.
  */
-static void prefetch(uint8_t *buf)
+static bool prefetch(uint8_t *buf)
 {
     g_autofree LazyBlock **map = g_new0(LazyBlock *, lazy.ws->blocks->len);
     int64_t t0 = g_get_monotonic_time();
     uint64_t skipped = 0;
     guint i, j;
+    int r;
 
     for (i = 0; i < lazy.ws->blocks->len; i++) {
         for (j = 0; j < lazy.blocks->len; j++) {
@@ -502,23 +637,19 @@ static void prefetch(uint8_t *buf)
 
         if (!lb || page >= lb->rb->used_length >> TARGET_PAGE_BITS) {
             skipped++;
-        } else if (place_host_page(lb, page, buf)) {
+            continue;
+        }
+        r = place_host_page(lb, page, buf);
+        if (r < 0) {
+            return false;
+        }
+        if (r > 0) {
             qatomic_inc(&lazy.prefetched);
         }
     }
     trace_mapped_ram_lazy_prefetch(lazy.ws->pages->len, lazy.prefetched,
                                    skipped, g_get_monotonic_time() - t0);
-}
-
-/* Have the fault thread look at its descriptors again. */
-static void kick_fault_thread(void)
-{
-    uint64_t eventfd_one = 1;
-
-    if (write(lazy.quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0) {
-        error_report("mapped-ram-load=lazy: cannot wake the fault thread: %s",
-                     strerror(errno));
-    }
+    return true;
 }
 
 static void finish(void)
@@ -597,14 +728,18 @@ static void *fill_thread(void *opaque)
         g_usleep(delay_ms * 1000ULL);
     }
     t0 = g_get_monotonic_time();
-    if (lazy.ws) {
-        prefetch(buf);
+    if (qatomic_read(&lazy.error) || (lazy.ws && !prefetch(buf))) {
+        goto failed;
     }
     for (i = 0; i < lazy.blocks->len; i++) {
-        fill_block(g_ptr_array_index(lazy.blocks, i), buf);
+        if (!fill_block(g_ptr_array_index(lazy.blocks, i), buf)) {
+            goto failed;
+        }
     }
     lazy.fill_us = g_get_monotonic_time() - t0;
     aio_bh_schedule_oneshot(qemu_get_aio_context(), complete, NULL);
+failed:
+    /* the VM stops (lazy_stop_bh); the load never completes */
     rcu_unregister_thread();
     return NULL;
 }
@@ -652,6 +787,7 @@ MappedRamLazyInfo *mapped_ram_lazy_query(void)
     info->pages_prefetched = qatomic_read(&lazy.prefetched);
     info->faults = qatomic_read(&lazy.faults);
     info->remote_faults = qatomic_read(&lazy.remote_faults);
+    info->error_desc = g_strdup(qatomic_read(&lazy.error));
     info->fault_us = qatomic_read(&lazy.fault_us);
     return info;
 }

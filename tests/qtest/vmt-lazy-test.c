@@ -54,21 +54,58 @@ static QDict *query_lazy(QTestState *who)
 }
 
 /* A paused VM that loaded @file lazily (its fill starts with 'cont'). */
-static QTestState *load_paused(const char *file, const char *backend,
-                               const char *serial, const char *errlog)
+static QTestState *load_paused_args(const char *file, const char *backend,
+                                    const char *serial, const char *errlog,
+                                    const char *extra)
 {
     g_autofree char *vm = vmt_vm_args(backend ? backend :
                                       "memory-backend-ram", serial);
     g_autofree char *redirect = errlog ?
         g_strdup_printf("2>%s", errlog) : g_strdup("");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
-    QTestState *to = qtest_initf("%s -S -incoming defer %s", vm, redirect);
+    QTestState *to = qtest_initf("%s -S -incoming defer %s %s", vm, extra,
+                                 redirect);
 
     vmt_set_mapped_ram_caps(to, false, false);
     migrate_set_parameter_str(to, "mapped-ram-load", "lazy");
     migrate_incoming_qmp(to, uri, NULL, "{}");
     wait_for_migration_complete(to);
     return to;
+}
+
+static QTestState *load_paused(const char *file, const char *backend,
+                               const char *serial, const char *errlog)
+{
+    return load_paused_args(file, backend, serial, errlog, "");
+}
+
+/*
+ * @who's lazy load failed with @expect: the VM is stopped for good (cont
+ * needs a reset), cannot be saved, and says why.
+ */
+static void check_lazy_failed(QTestState *who, const char *expect)
+{
+    g_autofree char *uri = g_strdup_printf("file:%s",
+                                           vmt_path("lazy-failed.img"));
+    QDict *ev = qtest_qmp_eventwait_ref(who, "MAPPED_RAM_LAZY_FAILED");
+    QDict *rsp, *lazy;
+    const char *desc;
+
+    desc = qdict_get_str(qdict_get_qdict(ev, "data"), "error-desc");
+    g_test_message("MAPPED_RAM_LAZY_FAILED: %s", desc);
+    g_assert_nonnull(strstr(desc, expect));
+    qobject_unref(ev);
+    vmt_wait_for_status(who, "internal-error");
+    rsp = qtest_qmp(who, "{ 'execute': 'query-migrate' }");
+    lazy = qdict_get_qdict(qdict_get_qdict(rsp, "return"), "mapped-ram-lazy");
+    g_assert_false(qdict_get_bool(lazy, "completed"));
+    g_assert_nonnull(strstr(qdict_get_str(lazy, "error-desc"), expect));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(who, "{ 'execute': 'cont' }");
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"), "eset"));
+    qobject_unref(rsp);
+    vmt_migrate_must_fail(who, uri, expect);
 }
 
 static void save_ws_must_fail(QTestState *who, const char *ws,
@@ -250,7 +287,11 @@ static void test_lazy_fault_and_stale_page(void)
     unlink(file);
 }
 
-/* The file loses pages under a lazy clone: an error, never a hang. */
+/*
+ * The file loses pages under a lazy clone, and the guest touches one of
+ * them first (the fill is held back): its vCPU waits in the fault and
+ * cannot be stopped, so QEMU exits with the error.  Never a hang.
+ */
 static void test_lazy_truncated(void)
 {
     g_autofree char *file = vmt_path("lazy-trunc.img");
@@ -265,22 +306,94 @@ static void test_lazy_truncated(void)
     }
     vmt_save_fixed(file, &s);
     vmt_find_header(file, &bitmap_offset, &pages_offset);
-    to = load_paused(file, NULL, "trunc_serial", errlog);
+    to = load_paused_args(file, NULL, "trunc_serial", errlog,
+                          "-global migration.x-mapped-ram-lazy-fill-delay-ms="
+                          "60000");
     /* the boot block's pages from 2 MiB on are gone */
     g_assert_cmpint(truncate(file, pages_offset + 2 * 1024 * 1024), ==, 0);
     qtest_set_expected_status(to, 1);
     qtest_qmp_send(to, "{ 'execute': 'cont' }");
     qtest_wait_qemu(to);
+    qtest_quit(to);
     g_assert_true(g_file_get_contents(errlog, &err, NULL, NULL));
     g_test_message("QEMU said: %s", err);
-    /* the fill thread or the guest's next page, whichever comes first */
     g_assert_nonnull(strstr(err, "mapped-ram-load=lazy: RAM block 'mem0', "
                             "page "));
     g_assert_nonnull(strstr(err, ": the file ends before the page "
                             "(truncated?); the VM cannot go on without "
                             "it"));
-    qtest_quit(to);
+    g_assert_nonnull(strstr(err, "the thread that faulted on the page waits "
+                            "for it, and cannot be stopped; exiting"));
     unlink(errlog);
+    unlink(file);
+}
+
+/*
+ * The file loses pages the guest does not touch (the BIOS's): the fill
+ * finds it, and the VM stops with the error, under TCG and KVM alike.
+ */
+static void test_lazy_truncated_fill(void)
+{
+    g_autofree char *file = vmt_path("lazy-trunc-fill.img");
+    g_autofree char *errlog = vmt_path("lazy-trunc-fill.err");
+    g_autofree char *err = NULL;
+    uint64_t bitmap_offset, pages_offset;
+    VmtSaveOpts s = { 0 };
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    /* pc.bios comes after mem0's pages */
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    vmt_find_block_header_from(file, pages_offset + VMT_MEM_BYTES, "pc.bios",
+                               256 * 1024, 0, &bitmap_offset, &pages_offset);
+    to = load_paused(file, NULL, "trunc_fill_serial", errlog);
+    /* the device state is loaded: the file ends where the BIOS began */
+    g_assert_cmpint(truncate(file, pages_offset), ==, 0);
+    qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+    check_lazy_failed(to, "RAM block 'pc.bios', page ");
+    /* the guest ran on, in RAM the file still had */
+    vmt_check_boot_code(to);
+    qtest_quit(to);
+    g_assert_true(g_file_get_contents(errlog, &err, NULL, NULL));
+    g_assert_nonnull(strstr(err, ": the file ends before the page "
+                            "(truncated?); the VM cannot go on without "
+                            "it"));
+    g_assert_null(strstr(err, "exiting"));
+    unlink(errlog);
+    unlink(file);
+}
+
+/*
+ * Saved into another file while its load goes on (the fill held back):
+ * the save's reads fault the pages in, and the new file is whole.
+ */
+static void test_lazy_save_while_loading(void)
+{
+    g_autofree char *file = vmt_path("lazy-w1.img");
+    g_autofree char *file2 = vmt_path("lazy-w2.img");
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "copy" };
+    QTestState *mid;
+    QDict *rsp;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    mid = load_paused_args(file, NULL, "midw_serial", NULL,
+                           "-global migration.x-mapped-ram-lazy-fill-delay-ms="
+                           "60000");
+    qtest_qmp_assert_success(mid, "{ 'execute': 'cont' }");
+    wait_for_serial("midw_serial");
+    rsp = qtest_qmp(mid, "{ 'execute': 'query-migrate' }");
+    g_assert_false(qdict_get_bool(qdict_get_qdict(qdict_get_qdict(rsp,
+                                  "return"), "mapped-ram-lazy"), "completed"));
+    qobject_unref(rsp);
+    vmt_save_and_load_again(mid, file2, &l, "lastw_serial");
+    unlink(file2);
     unlink(file);
 }
 
@@ -482,7 +595,11 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/lazy/fault-and-stale-page",
                    test_lazy_fault_and_stale_page);
     qtest_add_func("/vmt/mapped-ram/lazy/truncated", test_lazy_truncated);
+    qtest_add_func("/vmt/mapped-ram/lazy/truncated-fill",
+                   test_lazy_truncated_fill);
     qtest_add_func("/vmt/mapped-ram/lazy/save-again", test_lazy_save_again);
+    qtest_add_func("/vmt/mapped-ram/lazy/save-while-loading",
+                   test_lazy_save_while_loading);
     qtest_add_func("/vmt/mapped-ram/lazy/working-set",
                    test_lazy_working_set);
     qtest_add_func("/vmt/mapped-ram/lazy/bypass", test_lazy_bypass);

@@ -360,14 +360,15 @@ void vmt_check_continues(QTestState *to, const char *serial)
  * x-ignore-shared), then (version, page size, bitmap offset, pages
  * offset), big endian.  Returns the header's offset in the file.
  */
-off_t vmt_find_block_header(const char *file, const char *name,
-                            uint64_t size, size_t skip,
-                            uint64_t *bitmap_offset, uint64_t *pages_offset)
+off_t vmt_find_block_header_from(const char *file, off_t from,
+                                 const char *name, uint64_t size, size_t skip,
+                                 uint64_t *bitmap_offset,
+                                 uint64_t *pages_offset)
 {
     size_t n = strlen(name);
     g_autofree uint8_t *buf = g_malloc(16 << 20);
     int fd = open(file, O_RDONLY);
-    ssize_t len = pread(fd, buf, 16 << 20, 0);
+    ssize_t len = pread(fd, buf, 16 << 20, from);
     ssize_t i;
 
     close(fd);
@@ -382,9 +383,17 @@ off_t vmt_find_block_header(const char *file, const char *name,
         p += 1 + n + 8 + skip;
         *bitmap_offset = ldq_be_p(p + 12);
         *pages_offset = ldq_be_p(p + 20);
-        return p - buf;
+        return from + (p - buf);
     }
     g_assert_not_reached();
+}
+
+off_t vmt_find_block_header(const char *file, const char *name,
+                            uint64_t size, size_t skip,
+                            uint64_t *bitmap_offset, uint64_t *pages_offset)
+{
+    return vmt_find_block_header_from(file, 0, name, size, skip,
+                                      bitmap_offset, pages_offset);
 }
 
 off_t vmt_find_header(const char *file, uint64_t *bitmap_offset,

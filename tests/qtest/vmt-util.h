@@ -136,6 +136,12 @@ off_t vmt_find_block_header(const char *file, const char *name,
                             uint64_t size, size_t skip,
                             uint64_t *bitmap_offset, uint64_t *pages_offset);
 
+/* The same, looking from offset @from of @file on. */
+off_t vmt_find_block_header_from(const char *file, off_t from,
+                                 const char *name, uint64_t size, size_t skip,
+                                 uint64_t *bitmap_offset,
+                                 uint64_t *pages_offset);
+
 /* The same for the test guest's RAM block, mem0. */
 off_t vmt_find_header(const char *file, uint64_t *bitmap_offset,
                       uint64_t *pages_offset);
