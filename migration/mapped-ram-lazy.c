@@ -522,7 +522,7 @@ static void *fault_thread(void *opaque)
             if (qatomic_read(&lazy.quit)) {
                 break;
             }
-            /* back ends were added: poll them too */
+            /* back ends were added, or a failure set the deadline */
             if (read(lazy.quit_fd, &v, sizeof(v)) < 0) {
                 /* nothing to read: another look is harmless */
             }

@@ -53,6 +53,30 @@ static QDict *query_lazy(QTestState *who)
     return lazy;
 }
 
+/* The fill starts a minute after the guest: until then, faults only. */
+#define FILL_HELD_BACK \
+    "-global migration.x-mapped-ram-lazy-fill-delay-ms=60000"
+
+/*
+ * What QEMU wrote to @errlog (removed) once it found pages of RAM block
+ * @block missing from the truncated file; the caller frees it.
+ */
+static char *read_truncation_error(const char *errlog, const char *block)
+{
+    g_autofree char *at = g_strdup_printf("mapped-ram-load=lazy: RAM block "
+                                          "'%s', page ", block);
+    char *err = NULL;
+
+    g_assert_true(g_file_get_contents(errlog, &err, NULL, NULL));
+    g_test_message("QEMU said: %s", err);
+    g_assert_nonnull(strstr(err, at));
+    g_assert_nonnull(strstr(err, ": the file ends before the page "
+                            "(truncated?); the VM cannot go on without "
+                            "it"));
+    unlink(errlog);
+    return err;
+}
+
 /* A paused VM that loaded @file lazily (its fill starts with 'cont'). */
 static QTestState *load_paused_args(const char *file, const char *backend,
                                     const char *serial, const char *errlog,
@@ -96,11 +120,10 @@ static void check_lazy_failed(QTestState *who, const char *expect)
     g_assert_nonnull(strstr(desc, expect));
     qobject_unref(ev);
     vmt_wait_for_status(who, "internal-error");
-    rsp = qtest_qmp(who, "{ 'execute': 'query-migrate' }");
-    lazy = qdict_get_qdict(qdict_get_qdict(rsp, "return"), "mapped-ram-lazy");
+    lazy = query_lazy(who);
     g_assert_false(qdict_get_bool(lazy, "completed"));
     g_assert_nonnull(strstr(qdict_get_str(lazy, "error-desc"), expect));
-    qobject_unref(rsp);
+    qobject_unref(lazy);
     rsp = qtest_qmp(who, "{ 'execute': 'cont' }");
     g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
                                           "desc"), "eset"));
@@ -306,25 +329,16 @@ static void test_lazy_truncated(void)
     }
     vmt_save_fixed(file, &s);
     vmt_find_header(file, &bitmap_offset, &pages_offset);
-    to = load_paused_args(file, NULL, "trunc_serial", errlog,
-                          "-global migration.x-mapped-ram-lazy-fill-delay-ms="
-                          "60000");
+    to = load_paused_args(file, NULL, "trunc_serial", errlog, FILL_HELD_BACK);
     /* the boot block's pages from 2 MiB on are gone */
     g_assert_cmpint(truncate(file, pages_offset + 2 * 1024 * 1024), ==, 0);
     qtest_set_expected_status(to, 1);
     qtest_qmp_send(to, "{ 'execute': 'cont' }");
     qtest_wait_qemu(to);
     qtest_quit(to);
-    g_assert_true(g_file_get_contents(errlog, &err, NULL, NULL));
-    g_test_message("QEMU said: %s", err);
-    g_assert_nonnull(strstr(err, "mapped-ram-load=lazy: RAM block 'mem0', "
-                            "page "));
-    g_assert_nonnull(strstr(err, ": the file ends before the page "
-                            "(truncated?); the VM cannot go on without "
-                            "it"));
+    err = read_truncation_error(errlog, "mem0");
     g_assert_nonnull(strstr(err, "the thread that faulted on the page waits "
                             "for it, and cannot be stopped; exiting"));
-    unlink(errlog);
     unlink(file);
 }
 
@@ -357,12 +371,8 @@ static void test_lazy_truncated_fill(void)
     /* the guest ran on, in RAM the file still had */
     vmt_check_boot_code(to);
     qtest_quit(to);
-    g_assert_true(g_file_get_contents(errlog, &err, NULL, NULL));
-    g_assert_nonnull(strstr(err, ": the file ends before the page "
-                            "(truncated?); the VM cannot go on without "
-                            "it"));
+    err = read_truncation_error(errlog, "pc.bios");
     g_assert_null(strstr(err, "exiting"));
-    unlink(errlog);
     unlink(file);
 }
 
@@ -377,21 +387,18 @@ static void test_lazy_save_while_loading(void)
     VmtSaveOpts s = { 0 };
     VmtLoadOpts l = { .mode = "copy" };
     QTestState *mid;
-    QDict *rsp;
+    QDict *lazy;
 
     if (!vmt_accel_available()) {
         return;
     }
     vmt_save_fixed(file, &s);
-    mid = load_paused_args(file, NULL, "midw_serial", NULL,
-                           "-global migration.x-mapped-ram-lazy-fill-delay-ms="
-                           "60000");
+    mid = load_paused_args(file, NULL, "midw_serial", NULL, FILL_HELD_BACK);
     qtest_qmp_assert_success(mid, "{ 'execute': 'cont' }");
     wait_for_serial("midw_serial");
-    rsp = qtest_qmp(mid, "{ 'execute': 'query-migrate' }");
-    g_assert_false(qdict_get_bool(qdict_get_qdict(qdict_get_qdict(rsp,
-                                  "return"), "mapped-ram-lazy"), "completed"));
-    qobject_unref(rsp);
+    lazy = query_lazy(mid);
+    g_assert_false(qdict_get_bool(lazy, "completed"));
+    qobject_unref(lazy);
     vmt_save_and_load_again(mid, file2, &l, "lastw_serial");
     unlink(file2);
     unlink(file);
