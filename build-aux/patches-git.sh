@@ -59,7 +59,7 @@ export)
     fi
     old=$(grep -v '^[[:space:]]*\(#\|$\)' "$TOP/patches/series" 2>/dev/null || true)
     for p in $old; do rm -f "$TOP/patches/$p"; done
-    g format-patch -q --no-signature --zero-commit --no-numbered \
+    g format-patch -q --no-signature --zero-commit --no-numbered --abbrev=8 \
         -o "$TOP/patches" overlay..HEAD
     g log --reverse --format=%H overlay..HEAD | {
         n=1

@@ -16,7 +16,12 @@
  * guest starts, before the rest of the fill.
  *
  * Pages are placed with QEMU's userfaultfd helpers (util/userfaultfd.c),
- * several at a time where they are alike.  postcopy-ram.c's own placing
+ * several at a time where they are alike.  Into private anonymous RAM,
+ * the fill builds each 2 MiB chunk that holds pages of the file, and that
+ * no fault touched yet, in memory of its own (a transparent huge page)
+ * and moves it in whole (UFFDIO_MOVE, Linux 6.8): the guest gets the huge
+ * pages a copy load gives it, and the kernel allocates one page instead
+ * of 512.  postcopy-ram.c's own placing
  * keeps the incoming migration's state (received bitmaps, requested
  * pages), which is freed once the device state is loaded: a lazy load
  * outlives it.
@@ -54,8 +59,11 @@
 #include "qemu/osdep.h"
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include "qemu/bitops.h"
 #include "qemu/error-report.h"
+#include "qemu/madvise.h"
+#include "qemu/units.h"
 #include "qemu/main-loop.h"
 #include "qemu/thread.h"
 #include "qemu/userfaultfd.h"
@@ -79,6 +87,9 @@
 /* Pages the fill thread reads with one pread(), and zeroes at once. */
 #define LAZY_FILL_BATCH 64
 #define LAZY_ZERO_BATCH 512
+/* Anonymous private RAM is filled in chunks of a huge page, if it can. */
+#define LAZY_CHUNK_SIZE (2 * MiB)
+#define LAZY_CHUNK_PAGES (LAZY_CHUNK_SIZE >> TARGET_PAGE_BITS)
 /* RAM blocks a lazy load handles (x86 VMs have about ten). */
 #define RAM_BLOCKS_MAX  MAPPED_RAM_WS_MAX_BLOCKS
 /* Userfaultfds of vhost-user back ends the fault thread reads. */
@@ -95,6 +106,7 @@ typedef struct LazyBlock {
     long tpp;                   /* target pages per host page */
     unsigned long *claimed;     /* of host pages: placed, or being placed */
     unsigned long *placed;      /* of host pages: placed */
+    bool move;                  /* anonymous private: chunks are moved in */
 } LazyBlock;
 
 /* A page the guest (or QEMU) touched before it was placed. */
@@ -135,6 +147,8 @@ static struct {
     GArray *touched;            /* of LazyTouch; the fault thread's */
     MappedRamWorkingSet *ws;    /* to place first, or NULL */
     uint64_t prefetched;        /* pages of @ws placed by the fill */
+    uint64_t features;          /* of the kernel's userfaultfd */
+    uint64_t moved;             /* chunks moved in; the fill thread's */
 } lazy = { .uffd = -1, .fd = -1, .quit_fd = -1 };
 
 static LazyBlock *find_block(RAMBlock *rb)
@@ -294,16 +308,14 @@ static bool read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 }
 
 /*
- * Place host page @hp of a block of huge pages, which the caller claimed:
- * @buf (psize bytes) gets the target pages in the file, zeroes for the
- * others (hugetlbfs has no UFFDIO_ZEROPAGE), and is copied in at once.
+ * Build @n target pages of @lb from @first in @buf: the file's pages where
+ * their bit is set, zeroes for the others.  Returns the number of pages
+ * read, or -1 if the load failed.
  */
-static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
+static long build_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 {
-    long first = hp * lb->tpp, end = first + lb->tpp;
-    long in_file = MIN(end, lb->num_pages);
+    long end = first + n, in_file = MIN(end, lb->num_pages);
     long t = first, next, read = 0;
-    int ret;
 
     while (t < end) {
         bool set = t < in_file && test_bit(t, lb->bitmap);
@@ -318,13 +330,30 @@ static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
         }
         if (set) {
             if (!read_pages(lb, t, next - t, at)) {
-                return false;
+                return -1;
             }
             read += next - t;
         } else {
             memset(at, 0, (next - t) << TARGET_PAGE_BITS);
         }
         t = next;
+    }
+    return read;
+}
+
+/*
+ * Place host page @hp of a block of huge pages, which the caller claimed:
+ * built in @buf (psize bytes; hugetlbfs has no UFFDIO_ZEROPAGE) and
+ * copied in at once.
+ */
+static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
+{
+    long first = hp * lb->tpp;
+    long read = build_pages(lb, first, lb->tpp, buf);
+    int ret;
+
+    if (read < 0) {
+        return false;
     }
     ret = uffd_copy_page(lazy.uffd, lb->rb->host + hp * lb->psize, buf,
                          lb->psize, false);
@@ -338,6 +367,28 @@ static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
 }
 
 /*
+ * Place host page @hp of @lb, which the caller claimed: from the file, or
+ * zero.  On failure, the page is given up: whoever faults on it next
+ * tries again, and fails again.
+ */
+static bool place_claimed(LazyBlock *lb, long hp, uint8_t *buf)
+{
+    bool ok;
+
+    if (lb->tpp > 1) {
+        ok = place_huge(lb, hp, buf);
+    } else if (hp < lb->num_pages && test_bit(hp, lb->bitmap)) {
+        ok = read_pages(lb, hp, 1, buf) && place_pages(lb, hp, 1, buf);
+    } else {
+        ok = place_pages(lb, hp, 1, NULL);
+    }
+    if (!ok) {
+        unclaim_pages(lb, hp, 1);
+    }
+    return ok;
+}
+
+/*
  * Place the host page of @lb that holds target page @page, unless another
  * thread claimed it: from the file, or zero.  Returns 1 if placed, 0 if
  * another thread has it, -1 if it cannot be placed (the load failed).
@@ -345,24 +396,11 @@ static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
 static int place_host_page(LazyBlock *lb, long page, uint8_t *buf)
 {
     long hp = page / lb->tpp;
-    bool ok;
 
     if (!claim_page(lb, hp)) {
         return 0;
     }
-    if (lb->tpp > 1) {
-        ok = place_huge(lb, hp, buf);
-    } else if (page < lb->num_pages && test_bit(page, lb->bitmap)) {
-        ok = read_pages(lb, page, 1, buf) && place_pages(lb, page, 1, buf);
-    } else {
-        ok = place_pages(lb, page, 1, NULL);
-    }
-    if (!ok) {
-        /* whoever faults on it next tries again, and fails again */
-        unclaim_pages(lb, hp, 1);
-        return -1;
-    }
-    return 1;
+    return place_claimed(lb, hp, buf) ? 1 : -1;
 }
 
 static void record_touch(LazyBlock *lb, long page, int64_t now)
@@ -560,11 +598,95 @@ static long claim_run(LazyBlock *lb, long first, long end)
     return p;
 }
 
-/* Place every page of @lb not placed yet; false if the load failed. */
-static bool fill_block(LazyBlock *lb, uint8_t *buf)
+/*
+ * Place chunk [first, first + LAZY_CHUNK_PAGES) of @lb, which the caller
+ * claimed whole, through @chunk: memory of our own that the move left
+ * empty, so the kernel gives it a transparent huge page when the build
+ * writes to it.  Moved into guest RAM (UFFDIO_MOVE), that page becomes
+ * guest RAM as it is, as a copy load's huge page would have: one copy of
+ * the data and one page table entry, where UFFDIO_COPY would copy 512
+ * small pages (and allocate each).  What the move does not take (the
+ * kernel had no huge page, or cannot move) is copied.
+ */
+static bool place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
+{
+    void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
+    long read = build_pages(lb, first, LAZY_CHUNK_PAGES, chunk);
+    struct uffdio_move mv = {
+        .dst = (uintptr_t)host,
+        .src = (uintptr_t)chunk,
+        .len = LAZY_CHUNK_SIZE,
+    };
+    uint64_t moved;
+    int ret, err;
+
+    if (read < 0) {
+        return false;
+    }
+    if (ioctl(lazy.uffd, UFFDIO_MOVE, &mv)) {
+        err = errno;
+        moved = mv.move > 0 ? mv.move : 0;
+        trace_mapped_ram_lazy_move_failed(lb->rb->idstr, first, moved, err);
+        if (err != EAGAIN && err != EBUSY) {
+            lb->move = false;   /* for good: copy the rest of the block */
+        }
+        if (moved) {
+            uffd_wakeup(lazy.uffd, host, moved);
+        }
+        ret = uffd_copy_page(lazy.uffd, host + moved, chunk + moved,
+                             LAZY_CHUNK_SIZE - moved, false);
+        if (ret) {
+            return lazy_fail(lb->rb, first + (moved >> TARGET_PAGE_BITS),
+                             "cannot place the page", -ret);
+        }
+    } else {
+        lazy.moved++;
+    }
+    bitmap_set_atomic(lb->placed, first, LAZY_CHUNK_PAGES);
+    qatomic_add(&lazy.copied, read);
+    qatomic_add(&lazy.zeroed, LAZY_CHUNK_PAGES - read);
+    return true;
+}
+
+/*
+ * Claim chunk [first, first + LAZY_CHUNK_PAGES) of @lb whole, if it holds
+ * pages of the file and no thread touched it.  A fault may claim one of
+ * its pages meanwhile: the pages claimed by then are placed one by one
+ * (the faulting thread waits for them), and the chunk is not ours.
+ */
+static bool claim_chunk(LazyBlock *lb, long first, uint8_t *buf, bool *ok)
+{
+    long end = first + LAZY_CHUNK_PAGES, p, run;
+
+    *ok = true;
+    if (first >= lb->num_pages ||
+        find_next_bit(lb->bitmap, MIN(end, lb->num_pages), first) >=
+        MIN(end, lb->num_pages) ||
+        find_next_bit(lb->claimed, end, first) < end) {
+        return false;
+    }
+    run = claim_run(lb, first, end);
+    if (run == end) {
+        return true;
+    }
+    for (p = first; p < run && *ok; p++) {
+        *ok = place_claimed(lb, p, buf);
+    }
+    if (!*ok) {
+        unclaim_pages(lb, p, run - p);
+    }
+    return false;
+}
+
+/*
+ * Place every page of @lb not placed yet; false if the load failed.
+ * @chunk: LAZY_CHUNK_SIZE bytes, aligned, for blocks that move chunks in.
+ */
+static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
 {
     long used = lb->rb->used_length >> TARGET_PAGE_BITS;
     long p = 0;
+    bool ok;
 
     if (lb->tpp > 1) {
         for (p = 0; p < used; p += lb->tpp) {
@@ -579,6 +701,20 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf)
         bool in_file = p < lb->num_pages && test_bit(p, lb->bitmap);
         long end, run;
 
+        if (chunk && lb->move && !(p % LAZY_CHUNK_PAGES) &&
+            p + LAZY_CHUNK_PAGES <= used) {
+            if (claim_chunk(lb, p, buf, &ok)) {
+                if (!place_chunk(lb, p, chunk)) {
+                    unclaim_pages(lb, p, LAZY_CHUNK_PAGES);
+                    return false;
+                }
+                p += LAZY_CHUNK_PAGES;
+                continue;
+            }
+            if (!ok) {
+                return false;
+            }
+        }
         if (test_bit(p, lb->claimed)) {     /* a hint: claim_run() decides */
             p++;
             continue;
@@ -592,6 +728,10 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf)
             end = find_next_bit(lb->bitmap, lb->num_pages, p);
         }
         end = MIN(end, p + (in_file ? LAZY_FILL_BATCH : LAZY_ZERO_BATCH));
+        if (chunk && lb->move) {
+            /* stop at the next chunk: it may be moved in */
+            end = MIN(end, ROUND_UP(p + 1, LAZY_CHUNK_PAGES));
+        }
         run = claim_run(lb, p, end);
         if (run == p) {
             p++;
@@ -714,11 +854,43 @@ static void complete(void *opaque)
                                            lazy.fault_us, lazy.prefetched);
 }
 
+/*
+ * Memory of our own to build chunks in, for blocks that move them in, or
+ * NULL (*@area: what to unmap).
+ */
+static uint8_t *chunk_area(void **area)
+{
+    uint8_t *chunk;
+    guint i;
+
+    *area = MAP_FAILED;
+    for (i = 0; i < lazy.blocks->len; i++) {
+        LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
+
+        if (lb->move) {
+            break;
+        }
+    }
+    if (i == lazy.blocks->len) {
+        return NULL;
+    }
+    *area = mmap(NULL, 2 * LAZY_CHUNK_SIZE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (*area == MAP_FAILED) {
+        return NULL;            /* the fill copies instead */
+    }
+    chunk = QEMU_ALIGN_PTR_UP((uint8_t *)*area, LAZY_CHUNK_SIZE);
+    qemu_madvise(chunk, LAZY_CHUNK_SIZE, QEMU_MADV_HUGEPAGE);
+    return chunk;
+}
+
 static void *fill_thread(void *opaque)
 {
     g_autofree uint8_t *buf = g_malloc(MAX(LAZY_FILL_BATCH * TARGET_PAGE_SIZE,
                                            lazy.max_psize));
     uint32_t delay_ms = migrate_mapped_ram_lazy_fill_delay_ms();
+    void *area;
+    uint8_t *chunk = chunk_area(&area);
     int64_t t0;
     guint i;
 
@@ -732,14 +904,18 @@ static void *fill_thread(void *opaque)
         goto failed;
     }
     for (i = 0; i < lazy.blocks->len; i++) {
-        if (!fill_block(g_ptr_array_index(lazy.blocks, i), buf)) {
+        if (!fill_block(g_ptr_array_index(lazy.blocks, i), buf, chunk)) {
             goto failed;
         }
     }
     lazy.fill_us = g_get_monotonic_time() - t0;
+    trace_mapped_ram_lazy_fill(lazy.fill_us, lazy.moved);
     aio_bh_schedule_oneshot(qemu_get_aio_context(), complete, NULL);
 failed:
     /* the VM stops (lazy_stop_bh); the load never completes */
+    if (area != MAP_FAILED) {
+        munmap(area, 2 * LAZY_CHUNK_SIZE);
+    }
     rcu_unregister_thread();
     return NULL;
 }
@@ -916,13 +1092,17 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
         goto fail;
     }
     mapped_ram_map_hold_file(&lazy.st, "is still being loaded from");
-    /* what the kernel has of: missing faults on tmpfs and hugetlbfs */
+    /*
+     * What the kernel has of: missing faults on tmpfs and hugetlbfs, and
+     * moving pages into anonymous RAM (Linux 6.8)
+     */
     if (uffd_query_features(&features) < 0) {
         features = 0;
     }
-    lazy.uffd = uffd_create_fd(features & (UFFD_FEATURE_MISSING_SHMEM |
-                                           UFFD_FEATURE_MISSING_HUGETLBFS),
-                               true);
+    lazy.features = features & (UFFD_FEATURE_MISSING_SHMEM |
+                                UFFD_FEATURE_MISSING_HUGETLBFS |
+                                UFFD_FEATURE_MOVE);
+    lazy.uffd = uffd_create_fd(lazy.features, true);
     if (lazy.uffd < 0) {
         error_setg(errp, "mapped-ram-load=lazy: cannot create a userfaultfd "
                    "(see vm.unprivileged_userfaultfd, or run with "
@@ -1026,9 +1206,15 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     lb->tpp = rb->page_size >> TARGET_PAGE_BITS;
     lb->claimed = bitmap_new(rb->used_length / rb->page_size);
     lb->placed = bitmap_new(rb->used_length / rb->page_size);
+    /* UFFDIO_MOVE takes private anonymous memory only */
+    lb->move = (lazy.features & UFFD_FEATURE_MOVE) &&
+               (ioctls & BIT_ULL(_UFFDIO_MOVE)) && lb->tpp == 1 &&
+               rb->fd < 0 && !qemu_ram_is_shared(rb) &&
+               QEMU_PTR_IS_ALIGNED(rb->host, LAZY_CHUNK_SIZE);
     g_ptr_array_add(lazy.blocks, lb);
     g_ptr_array_add(lazy.names, g_strdup(rb->idstr));
     lazy.total_pages += rb->used_length >> TARGET_PAGE_BITS;
-    trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset);
+    trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset,
+                                lb->move);
     return true;
 }
