@@ -332,6 +332,7 @@ def table_restore_lazy(res):
               'placed first', [
                   'RAM', 'working set', 'n', 'load complete after (ms)',
                   'fill (ms)', 'fill rate (GB/s, RAM size / fill)',
+                  'data rate (GB/s, pages read / fill)',
                   'pages read', 'pages zeroed', 'pages prefetched',
                   'faults served', 'fault service, mean (us)',
                   'fault service p50 (us)', 'p99 (us)'])
@@ -352,6 +353,8 @@ def table_restore_lazy(res):
                 label += f' ({r["working_set_pages"]} pages)'
             t.add(size, label, len(ev), med('total-ms'), fill,
                   fnum(pages * 4096 / (fill * 1e6)) if fill else NA,
+                  fnum(med('pages-read') * 4096 / (fill * 1e6))
+                  if fill else NA,
                   med('pages-read'), med('pages-zeroed'),
                   med('pages-prefetched'), faults,
                   fnum(med('fault-us') / faults) if faults else NA,
