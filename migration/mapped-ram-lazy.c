@@ -166,8 +166,14 @@ static LazyBlock *find_block(RAMBlock *rb)
 }
 
 /* A page cannot be placed, and the VM cannot be stopped without it. */
-static void G_NORETURN lazy_fatal(const char *why)
+static void G_NORETURN G_GNUC_PRINTF(1, 2) lazy_fatal(const char *fmt, ...)
 {
+    g_autofree char *why = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    why = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
     error_report("mapped-ram-load=lazy: %s; exiting", why);
     exit(EXIT_FAILURE);
 }
@@ -429,9 +435,7 @@ static void serve_fault(struct uffd_msg *msg)
     int r;
 
     if (!lb) {
-        error_report("mapped-ram-load=lazy: fault at 0x%" PRIx64 " outside "
-                     "lazy guest RAM", addr);
-        exit(EXIT_FAILURE);
+        lazy_fatal("fault at 0x%" PRIx64 " outside lazy guest RAM", addr);
     }
     page = offset >> TARGET_PAGE_BITS;
     record_touch(lb, page, t0);
@@ -508,10 +512,8 @@ static void serve_remote(struct PostCopyFD *pcfd)
     for (i = 0; i < n; i++) {
         if (msg[i].event == UFFD_EVENT_PAGEFAULT &&
             pcfd->handler(pcfd, &msg[i]) < 0) {
-            error_report("mapped-ram-load=lazy: cannot serve a fault of %s "
-                         "at 0x%" PRIx64, pcfd->idstr,
-                         (uint64_t)msg[i].arg.pagefault.address);
-            exit(EXIT_FAILURE);
+            lazy_fatal("cannot serve a fault of %s at 0x%" PRIx64,
+                       pcfd->idstr, (uint64_t)msg[i].arg.pagefault.address);
         }
     }
 }
