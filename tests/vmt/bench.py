@@ -1166,14 +1166,14 @@ def parse_args(argv=None):
                     help='clone latency: clones per flow after a warm-up '
                     'one (default 20, quick 3)')
     ap.add_argument('--sizes', help='restore: RAM sizes, comma separated '
-                    '(default 256M,1G,4G, quick 256M,1G)')
+                    '(default 256M,1G,4G, quick 256M)')
     ap.add_argument('--restore-fill', type=float, default=None,
                     help='restore: fraction of the RAM the guest writes '
                     'before the save (default 0.25, quick 0.125; at most '
                     '1024 MiB)')
     ap.add_argument('--scale', type=int,
                     help='scale: idle clones at once per mode of ours '
-                    '(default 500, quick 4; upstream flows at most 50 '
+                    '(default 500, quick 2; upstream flows at most 50 '
                     'and 20)')
     ap.add_argument('--scale-machine', default='pc',
                     help='scale: the -machine of every VM (default pc: '
@@ -1209,13 +1209,13 @@ def parse_args(argv=None):
     if o.clones is None:
         o.clones = 3 if q else 50
     if o.scale is None:
-        o.scale = 4 if q else 500
+        o.scale = 2 if q else 500
     if o.restore_fill is None:
         o.restore_fill = 0.125 if q else 0.25
     if not 0 < o.restore_fill <= 0.5:
         ap.error('--restore-fill: between 0 and 0.5 (guest tmpfs is half '
                  'of its RAM)')
-    o.sizes = (o.sizes or ('256M,1G' if q else '256M,1G,4G')).split(',')
+    o.sizes = (o.sizes or ('256M' if q else '256M,1G,4G')).split(',')
     o.only = (o.only or ','.join(SCENARIOS)).split(',')
     for s in o.only:
         if s not in SCENARIOS:
