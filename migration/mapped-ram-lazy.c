@@ -682,7 +682,7 @@ static bool claim_chunk(LazyBlock *lb, long first, uint8_t *buf, bool *ok)
 
 /*
  * Place every page of @lb not placed yet; false if the load failed.
- * @chunk: LAZY_CHUNK_SIZE bytes, aligned, for blocks that move chunks in.
+ * @chunk: LAZY_CHUNK_SIZE bytes, aligned, if @lb moves chunks in.
  */
 static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
 {
@@ -703,7 +703,7 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
         bool in_file = p < lb->num_pages && test_bit(p, lb->bitmap);
         long end, run;
 
-        if (chunk && lb->move && !(p % LAZY_CHUNK_PAGES) &&
+        if (lb->move && !(p % LAZY_CHUNK_PAGES) &&
             p + LAZY_CHUNK_PAGES <= used) {
             if (claim_chunk(lb, p, buf, &ok)) {
                 if (!place_chunk(lb, p, chunk)) {
@@ -730,7 +730,7 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
             end = find_next_bit(lb->bitmap, lb->num_pages, p);
         }
         end = MIN(end, p + (in_file ? LAZY_FILL_BATCH : LAZY_ZERO_BATCH));
-        if (chunk && lb->move) {
+        if (lb->move) {
             /* stop at the next chunk: it may be moved in */
             end = MIN(end, ROUND_UP(p + 1, LAZY_CHUNK_PAGES));
         }
@@ -858,7 +858,7 @@ static void complete(void *opaque)
 
 /*
  * Memory of our own to build chunks in, for blocks that move them in, or
- * NULL (*@area: what to unmap).
+ * NULL (*@area: what to unmap).  Without it, no block moves chunks in.
  */
 static uint8_t *chunk_area(void **area)
 {
@@ -879,7 +879,11 @@ static uint8_t *chunk_area(void **area)
     *area = mmap(NULL, 2 * LAZY_CHUNK_SIZE, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (*area == MAP_FAILED) {
-        return NULL;            /* the fill copies instead */
+        for (i = 0; i < lazy.blocks->len; i++) {
+            /* the fill copies instead */
+            ((LazyBlock *)g_ptr_array_index(lazy.blocks, i))->move = false;
+        }
+        return NULL;
     }
     chunk = QEMU_ALIGN_PTR_UP((uint8_t *)*area, LAZY_CHUNK_SIZE);
     qemu_madvise(chunk, LAZY_CHUNK_SIZE, QEMU_MADV_HUGEPAGE);
