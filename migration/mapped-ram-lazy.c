@@ -46,12 +46,16 @@
  *   the file's target pages and zeroes (hugetlbfs has no ZEROPAGE);
  * - a page that cannot be read (I/O error, file truncated under the VM)
  *   is never replaced by another: the guest must not see wrong memory.
- *   Found by the fill, it stops the VM for good (internal-error) and
- *   blocks migration; found for a thread that faulted on it, it ends
- *   QEMU, as that thread (a vCPU, under TCG or KVM, or QEMU's own) waits
- *   in the kernel and cannot be stopped.  The fault thread makes sure
- *   the VM stops within LAZY_STOP_TIMEOUT_MS of a failure, or ends QEMU:
- *   never a hang.
+ *   It stops the VM for good (internal-error) and blocks migration.  A
+ *   KVM vCPU that faulted on it through the MMU leaves the fault when it
+ *   is asked to stop (KVM's fault is interruptible), and stops with the
+ *   others; any other thread (a TCG vCPU, QEMU's own threads) waits in
+ *   the kernel and cannot be stopped: QEMU exits at once.  The fault
+ *   thread makes sure the VM stops within LAZY_STOP_TIMEOUT_MS of a
+ *   failure, or ends QEMU: never a hang.  (KVM's instruction emulator
+ *   reads guest memory with a plain copy, which faults again instead of
+ *   leaving: under PVM, where the qtests' boot code is emulated, that
+ *   is how it ends.)
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -72,7 +76,9 @@
 #include "block/aio.h"
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
+#include "hw/core/cpu.h"
 #include "system/hostmem.h"
+#include "system/kvm.h"
 #include "system/runstate.h"
 #include "migration/blocker.h"
 #include "migration.h"
@@ -140,8 +146,8 @@ static struct {
     uint64_t faults, fault_us, copied, zeroed;  /* atomic */
     uint64_t remote_faults;     /* atomic */
     char *error;                /* the first failure, or NULL */
-    int64_t stop_deadline_us;   /* after a failure: the VM stops by then */
-    bool stopped;               /* ... and it did */
+    bool reported;              /* ... was (main loop) */
+    int64_t stop_deadline_us;   /* a stop is pending, due by then; or 0 */
     bool completed;
     GPtrArray *names;           /* of the blocks, in order */
     GArray *touched;            /* of LazyTouch; the fault thread's */
@@ -165,7 +171,12 @@ static LazyBlock *find_block(RAMBlock *rb)
     return NULL;
 }
 
-/* A page cannot be placed, and the VM cannot be stopped without it. */
+/*
+ * A page cannot be placed, and the VM cannot be stopped without it.
+ * _exit(), not exit(): exit()'s notifiers take the BQL, which the thread
+ * that waits for the page may hold (the main loop reading guest memory),
+ * and QEMU would hang instead of exiting.
+ */
 static void G_NORETURN G_GNUC_PRINTF(1, 2) lazy_fatal(const char *fmt, ...)
 {
     g_autofree char *why = NULL;
@@ -175,7 +186,7 @@ static void G_NORETURN G_GNUC_PRINTF(1, 2) lazy_fatal(const char *fmt, ...)
     why = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     error_report("mapped-ram-load=lazy: %s; exiting", why);
-    exit(EXIT_FAILURE);
+    _exit(EXIT_FAILURE);
 }
 
 /* Have the fault thread look at its descriptors and its deadline again. */
@@ -189,28 +200,33 @@ static void kick_fault_thread(void)
     }
 }
 
+/* The VM stopped: no vCPU waits in a fault any more. */
 static void lazy_stop_notify(void *opaque, bool running, RunState state)
 {
     if (!running) {
-        qatomic_set(&lazy.stopped, true);
+        qatomic_set(&lazy.stop_deadline_us, 0);
     }
 }
 
 /*
  * In the main loop, after a failure: stop the VM (it needs a reset to
- * run again), refuse to save it, and say why.
+ * run again); after the first, also refuse to save it, and say why.
  */
 static void lazy_stop_bh(void *opaque)
 {
     Error *blocker = NULL;
 
-    qemu_add_vm_change_state_handler(lazy_stop_notify, NULL);
     if (runstate_is_running()) {
         qemu_system_vmstop_request_prepare();
         qemu_system_vmstop_request(RUN_STATE_INTERNAL_ERROR);
     } else {
-        qatomic_set(&lazy.stopped, true);
+        lazy_stop_notify(NULL, false, runstate_get());
     }
+    if (lazy.reported) {
+        return;
+    }
+    lazy.reported = true;
+    qemu_add_vm_change_state_handler(lazy_stop_notify, NULL);
     error_setg(&blocker, "%s", lazy.error);
     if (migrate_add_blocker(&blocker, NULL) < 0) {
         /* a save is running: it stops at the page, like the guest */
@@ -220,9 +236,26 @@ static void lazy_stop_bh(void *opaque)
 }
 
 /*
+ * Stop the VM, and have the fault thread make sure it stops soon: a
+ * thread that waits for a page that failed may keep it from stopping.
+ * After every failure, as a reset VM may run into the page again; a
+ * failure while a stop is pending (a vCPU that faults again and again)
+ * neither asks again nor moves the deadline.
+ */
+static void lazy_request_stop(void)
+{
+    int64_t deadline = g_get_monotonic_time() + LAZY_STOP_TIMEOUT_MS * 1000;
+
+    if (qatomic_cmpxchg(&lazy.stop_deadline_us, 0, deadline)) {
+        return;
+    }
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), lazy_stop_bh, NULL);
+    kick_fault_thread();
+}
+
+/*
  * A page cannot be placed: the load failed.  The first failure is kept
- * and stops the VM; the fault thread then makes sure that the VM stops
- * soon (a thread that waits for the page may keep it from stopping).
+ * (reported, in query-migrate and the event); each one stops the VM.
  * Returns false.
  */
 static bool lazy_fail(RAMBlock *rb, long page, const char *why, int err)
@@ -232,15 +265,13 @@ static bool lazy_fail(RAMBlock *rb, long page, const char *why, int err)
                                 "without it", rb->idstr, page, why,
                                 err ? ": " : "", err ? strerror(err) : "");
 
+    trace_mapped_ram_lazy_failed(rb->idstr, page, err);
     if (qatomic_cmpxchg(&lazy.error, NULL, msg)) {
         g_free(msg);            /* reported already */
-        return false;
+    } else {
+        error_report("%s", msg);
     }
-    error_report("%s", msg);
-    qatomic_set(&lazy.stop_deadline_us,
-                g_get_monotonic_time() + LAZY_STOP_TIMEOUT_MS * 1000);
-    aio_bh_schedule_oneshot(qemu_get_aio_context(), lazy_stop_bh, NULL);
-    kick_fault_thread();
+    lazy_request_stop();
     return false;
 }
 
@@ -423,6 +454,43 @@ static void record_touch(LazyBlock *lb, long page, int64_t now)
     }
 }
 
+/* The vCPU whose thread is @tid, or NULL. */
+static CPUState *vcpu_of_thread(uint32_t tid)
+{
+    CPUState *cpu;
+
+    RCU_READ_LOCK_GUARD();
+    CPU_FOREACH(cpu) {
+        if (tid && cpu->thread_id == tid) {
+            return cpu;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The page that thread @tid (0: the kernel did not say) faulted on
+ * cannot be placed, and the thread waits for it.  Only a KVM vCPU in guest mode leaves the
+ * fault, when the VM stops (lazy_fail() asked for it; if the vCPU was
+ * emulating a device in QEMU, the deadline ends QEMU).  Any other thread
+ * waits in the kernel until QEMU exits.
+ */
+static void fault_failed(uint32_t tid)
+{
+    CPUState *cpu = vcpu_of_thread(tid);
+
+    if (tid && !cpu) {
+        lazy_fatal("QEMU's thread %" PRIu32 " waits for the page, and "
+                   "cannot be stopped", tid);
+    }
+    if (!kvm_enabled()) {
+        lazy_fatal("vCPU %d waits for the page, and a TCG vCPU cannot be "
+                   "stopped in a fault", cpu ? cpu->cpu_index : -1);
+    }
+    /* a KVM vCPU (or a thread the kernel did not name): the VM stops */
+    trace_mapped_ram_lazy_fault_failed(cpu ? cpu->cpu_index : -1);
+}
+
 static void serve_fault(struct uffd_msg *msg)
 {
     uint64_t addr = msg->arg.pagefault.address;
@@ -446,9 +514,8 @@ static void serve_fault(struct uffd_msg *msg)
         return;
     }
     if (r < 0) {
-        /* a vCPU (TCG or KVM) or QEMU's own thread: none would stop */
-        lazy_fatal("the thread that faulted on the page waits for it, and "
-                   "cannot be stopped");
+        fault_failed(msg->arg.pagefault.feat.ptid);
+        return;
     }
     qatomic_inc(&lazy.faults);
     qatomic_add(&lazy.fault_us, g_get_monotonic_time() - t0);
@@ -531,7 +598,7 @@ static void *fault_thread(void *opaque)
         unsigned r;
         int n, i;
 
-        if (deadline && !qatomic_read(&lazy.stopped)) {
+        if (deadline) {
             int64_t left = deadline - g_get_monotonic_time();
 
             if (left <= 0) {
@@ -553,8 +620,7 @@ static void *fault_thread(void *opaque)
             if (errno == EINTR) {
                 continue;
             }
-            error_report("mapped-ram-load=lazy: poll: %s", strerror(errno));
-            exit(EXIT_FAILURE);
+            lazy_fatal("nobody can serve faults: poll: %s", strerror(errno));
         }
         if (pfd[1].revents) {
             uint64_t v;
@@ -1107,7 +1173,8 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     }
     lazy.features = features & (UFFD_FEATURE_MISSING_SHMEM |
                                 UFFD_FEATURE_MISSING_HUGETLBFS |
-                                UFFD_FEATURE_MOVE);
+                                UFFD_FEATURE_MOVE |
+                                UFFD_FEATURE_THREAD_ID);
     lazy.uffd = uffd_create_fd(lazy.features, true);
     if (lazy.uffd < 0) {
         error_setg(errp, "mapped-ram-load=lazy: cannot create a userfaultfd "

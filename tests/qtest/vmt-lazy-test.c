@@ -409,35 +409,124 @@ static void test_lazy_fault_and_stale_page(void)
     unlink(file);
 }
 
+/* Whether @who runs its vCPUs under KVM (the default if it can). */
+static bool vm_uses_kvm(QTestState *who)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(who,
+                                              "{ 'execute': 'query-kvm' }");
+    bool kvm = qdict_get_bool(rsp, "enabled");
+
+    qobject_unref(rsp);
+    return kvm;
+}
+
+/*
+ * A template saved into @file, and a paused clone that loaded it lazily
+ * with @extra; then the file is cut where mem0's pages pass 2 MiB (the
+ * pattern's), or where pc.bios's pages begin if @bios.
+ */
+static QTestState *load_truncated(const char *file, const char *serial,
+                                  const char *errlog, const char *extra,
+                                  bool bios)
+{
+    uint64_t bitmap_offset, pages_offset;
+    VmtSaveOpts s = { 0 };
+    QTestState *to;
+
+    vmt_save_fixed(file, &s);
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    if (bios) {
+        /* pc.bios comes after mem0's pages */
+        vmt_find_block_header_from(file, pages_offset + VMT_MEM_BYTES,
+                                   "pc.bios", 256 * 1024, 0, &bitmap_offset,
+                                   &pages_offset);
+    }
+    to = load_paused_args(file, NULL, serial, errlog, extra);
+    /* the device state is loaded: the pages go */
+    g_assert_cmpint(truncate(file, pages_offset + (bios ? 0 : 2 * MiB)), ==,
+                    0);
+    return to;
+}
+
 /*
  * The file loses pages under a lazy clone, and the guest touches one of
- * them first (the fill is held back): its vCPU waits in the fault and
- * cannot be stopped, so QEMU exits with the error.  Never a hang.
+ * them first (the fill is held back), so its vCPU waits in the fault.
+ * Under KVM with hardware paging the vCPU leaves the fault when asked to
+ * stop: the VM stops (internal-error), and does so again each time it
+ * runs into the page after a reset.  Under PVM (kvm_pvm, KVM in a VM
+ * without nested virtualization) the boot code's accesses are emulated
+ * in the kernel, which faults again instead of leaving: QEMU exits when
+ * the VM has not stopped in time.  A TCG vCPU cannot leave the fault:
+ * QEMU exits at once.  Never a hang.
  */
 static void test_lazy_truncated(void)
 {
     g_autofree char *file = vmt_path("lazy-trunc.img");
     g_autofree char *errlog = vmt_path("lazy-trunc.err");
     g_autofree char *err = NULL;
-    uint64_t bitmap_offset, pages_offset;
-    VmtSaveOpts s = { 0 };
+    QTestState *to;
+    bool kvm;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    to = load_truncated(file, "trunc_serial", errlog, FILL_HELD_BACK, false);
+    kvm = vm_uses_kvm(to);
+    if (kvm && !g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR)) {
+        qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+        check_lazy_failed(to, "RAM block 'mem0', page ");
+        /* SeaBIOS and the boot block run again, into the same pages */
+        qtest_qmp_assert_success(to, "{ 'execute': 'system_reset' }");
+        vmt_wait_for_status(to, "paused");
+        qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+        vmt_wait_for_status(to, "internal-error");
+        qtest_quit(to);
+        err = read_truncation_error(errlog, "mem0");
+        g_assert_null(strstr(err, "exiting"));
+    } else {
+        qtest_set_expected_status(to, 1);
+        qtest_qmp_send(to, "{ 'execute': 'cont' }");
+        qtest_wait_qemu(to);
+        qtest_quit(to);
+        err = read_truncation_error(errlog, "mem0");
+        g_assert_nonnull(strstr(err, kvm ?
+                                "the VM did not stop within 2000 ms after "
+                                "the failure" :
+                                "vCPU 0 waits for the page, and a TCG vCPU "
+                                "cannot be stopped in a fault; exiting"));
+    }
+    unlink(file);
+}
+
+/*
+ * The file loses pages under a paused lazy clone, and QEMU's main thread
+ * reads one (HMP xp): no stop can take that thread out of its fault, so
+ * QEMU exits at once, naming the thread.
+ */
+static void test_lazy_truncated_qemu_thread(void)
+{
+    g_autofree char *file = vmt_path("lazy-trunc-main.img");
+    g_autofree char *errlog = vmt_path("lazy-trunc-main.err");
+    g_autofree char *err = NULL;
+    g_autofree char *who = NULL;
+    /* the pattern's page at 64 MiB: its bit is set, the file has no page */
+    g_autofree char *xp = g_strdup_printf("xp /1gx 0x%x", 64 * MiB);
     QTestState *to;
 
     if (!vmt_accel_available()) {
         return;
     }
-    vmt_save_fixed(file, &s);
-    vmt_find_header(file, &bitmap_offset, &pages_offset);
-    to = load_paused_args(file, NULL, "trunc_serial", errlog, FILL_HELD_BACK);
-    /* the boot block's pages from 2 MiB on are gone */
-    g_assert_cmpint(truncate(file, pages_offset + 2 * 1024 * 1024), ==, 0);
+    to = load_truncated(file, "trunc_main_serial", errlog, FILL_HELD_BACK,
+                        false);
+    who = g_strdup_printf("QEMU's thread %d waits for the page, and cannot "
+                          "be stopped; exiting", (int)qtest_pid(to));
     qtest_set_expected_status(to, 1);
-    qtest_qmp_send(to, "{ 'execute': 'cont' }");
+    qtest_qmp_send(to, "{ 'execute': 'human-monitor-command', 'arguments':"
+                   " { 'command-line': %s } }", xp);
     qtest_wait_qemu(to);
     qtest_quit(to);
     err = read_truncation_error(errlog, "mem0");
-    g_assert_nonnull(strstr(err, "the thread that faulted on the page waits "
-                            "for it, and cannot be stopped; exiting"));
+    g_assert_nonnull(strstr(err, who));
     unlink(file);
 }
 
@@ -450,21 +539,12 @@ static void test_lazy_truncated_fill(void)
     g_autofree char *file = vmt_path("lazy-trunc-fill.img");
     g_autofree char *errlog = vmt_path("lazy-trunc-fill.err");
     g_autofree char *err = NULL;
-    uint64_t bitmap_offset, pages_offset;
-    VmtSaveOpts s = { 0 };
     QTestState *to;
 
     if (!vmt_accel_available()) {
         return;
     }
-    vmt_save_fixed(file, &s);
-    /* pc.bios comes after mem0's pages */
-    vmt_find_header(file, &bitmap_offset, &pages_offset);
-    vmt_find_block_header_from(file, pages_offset + VMT_MEM_BYTES, "pc.bios",
-                               256 * 1024, 0, &bitmap_offset, &pages_offset);
-    to = load_paused(file, NULL, "trunc_fill_serial", errlog);
-    /* the device state is loaded: the file ends where the BIOS began */
-    g_assert_cmpint(truncate(file, pages_offset), ==, 0);
+    to = load_truncated(file, "trunc_fill_serial", errlog, "", true);
     qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
     check_lazy_failed(to, "RAM block 'pc.bios', page ");
     /* the guest ran on, in RAM the file still had */
@@ -701,6 +781,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/lazy/fault-and-stale-page",
                    test_lazy_fault_and_stale_page);
     qtest_add_func("/vmt/mapped-ram/lazy/truncated", test_lazy_truncated);
+    qtest_add_func("/vmt/mapped-ram/lazy/truncated-qemu-thread",
+                   test_lazy_truncated_qemu_thread);
     qtest_add_func("/vmt/mapped-ram/lazy/truncated-fill",
                    test_lazy_truncated_fill);
     qtest_add_func("/vmt/mapped-ram/lazy/save-again", test_lazy_save_again);
