@@ -470,10 +470,11 @@ static CPUState *vcpu_of_thread(uint32_t tid)
 
 /*
  * The page that thread @tid (0: the kernel did not say) faulted on
- * cannot be placed, and the thread waits for it.  Only a KVM vCPU in guest mode leaves the
- * fault, when the VM stops (lazy_fail() asked for it; if the vCPU was
- * emulating a device in QEMU, the deadline ends QEMU).  Any other thread
- * waits in the kernel until QEMU exits.
+ * cannot be placed, and the thread waits for it.  Only a KVM vCPU that
+ * faulted through KVM's MMU leaves the fault, when the VM stops
+ * (lazy_fail() asked for it; if it faulted in KVM's instruction emulator
+ * or in QEMU, the deadline ends QEMU).  Any other thread waits in the
+ * kernel until QEMU exits.
  */
 static void fault_failed(uint32_t tid)
 {
