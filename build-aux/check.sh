@@ -125,6 +125,16 @@ if want qtest; then
     # parked (patch "hw/timer/hpet: do not re-arm...").
     run_qtest "hpet-test" "$OBJ/tests/qtest/hpet-test" \
         QTEST_QEMU_BINARY="$QEMU" --
+    # Enumerating the classes of one kind no longer initializes the others
+    # (patch "qom: initialize only the classes..."): the unit test checks
+    # it; qom-test and device-introspect-test create and introspect every
+    # machine and device, which then initialize their classes on first use.
+    run_qtest "upstream check-qom-interface" \
+        "$OBJ/tests/unit/check-qom-interface" --
+    run_qtest "upstream qom-test" "$OBJ/tests/qtest/qom-test" \
+        QTEST_QEMU_BINARY="$QEMU" --
+    run_qtest "upstream device-introspect-test" \
+        "$OBJ/tests/qtest/device-introspect-test" QTEST_QEMU_BINARY="$QEMU" --
 fi
 
 if want compat; then

@@ -14,7 +14,9 @@ parks it (patch "hw/timer/hpet: do not re-arm a periodic timer...").
 
 - ours, bypass and mapped-ram: qemu-template makes a template, then
   "clone --no-pool --count BATCH" calls start clones (the tool spawns 8
-  QEMUs at once) until --scale of them run (default 500);
+  QEMUs at once) until --scale of them run (default 500); under TCG with
+  -accel tcg,tb-huge-pages=off (patch "accel/tcg: add the tb-huge-pages
+  property"), which upstream QEMU does not have;
 - upstream, x-ignore-shared: the bench makes a template of the same guest
   with upstream QEMU and starts its clones (share=off backend, -incoming
   defer, x-ignore-shared, migrate-incoming exec:cat), BATCH at a time, at
@@ -233,10 +235,13 @@ class Scale:
 
     def tool_flow(self, mode):
         name = f'scale-{mode}'
+        accel = self.b.accel
+        if accel == 'tcg':
+            accel += ',tb-huge-pages=off'       # dense clones (our option)
         self.run_tool('create', name, '--mode', mode, '--qemu',
                       self.b.bins['ours'], '--ready', vmt.TOOL_READY, '--',
                       *[self.machine if a == 'pc' else a for a in
-                        vmt.tool_guest_args(self.guest, self.b.accel)])
+                        vmt.tool_guest_args(self.guest, accel)])
 
         def start(k):
             recs = self.run_tool('clone', name, '--no-pool', '--count',

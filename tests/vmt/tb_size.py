@@ -5,6 +5,7 @@ TCG translation cache size for clones: memory against guest speed.
 
   /usr/bin/python3 tests/vmt/tb_size.py [--qemu PATH] [--sizes LIST]
                                         [--idle S] [--reps N]
+                                        [--tb-huge-pages on|off]
 
 One bypass template of the bundled guest; for each tb-size (MiB; default
 1024 (QEMU's default), 256, 64, 32, 16, 8) clones start with
@@ -12,8 +13,9 @@ One bypass template of the bundled guest; for each tb-size (MiB; default
 state, so a clone may use any size).  Per clone: the TCG cache's resident
 memory and the process Pss after --idle seconds (default 5), then the
 time of guest work that runs much code: the agent writes 16 MiB (awk)
-and checksums it.  Medians over --reps clones (default 2).  Measures
-only; TCG only.
+and checksums it.  Medians over --reps clones (default 2).
+--tb-huge-pages passes that TCG option to the clones (QEMU's default:
+on).  Measures only; TCG only.
 """
 
 import argparse
@@ -42,11 +44,13 @@ def main():
     ap.add_argument('--sizes', default='1024,256,64,32,16,8')
     ap.add_argument('--idle', type=float, default=5.0)
     ap.add_argument('--reps', type=int, default=2)
+    ap.add_argument('--tb-huge-pages', choices=('on', 'off'))
     o = ap.parse_args()
     binary = vmt.qemu_binary(o.qemu)
     sizes = [int(x) for x in o.sizes.split(',')]
+    hp = f',tb-huge-pages={o.tb_huge_pages}' if o.tb_huge_pages else ''
     print(f'tb-size: {binary}, guest {vmt.guest_dir()}, idle {o.idle:g} s, '
-          f'{o.reps} clones per size')
+          f'{o.reps} clones per size{hp}')
     print(f'{"tb-size (MiB)":>14} {"TCG idle (MiB)":>15} {"Pss idle (MiB)":>15}'
           f' {"TCG after (MiB)":>16} {"write 16 MiB (s)":>17}'
           f' {"sum (s)":>8}')
@@ -63,7 +67,7 @@ def main():
             rows = []
             for i in range(o.reps):
                 c = vmt.VM(binary, name=f'c{size}-{i}', tmpdir=tmp.path,
-                           accel=f'tcg,tb-size={size}',
+                           accel=f'tcg,tb-size={size}' + hp,
                            extra_args=vmt.clone_args(ram, state, 'bypass'))
                 with c:
                     c.launch()

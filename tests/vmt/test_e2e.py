@@ -233,6 +233,46 @@ class TemplateCloneTest(unittest.TestCase):
                 self.assertNotIn('hg', got[0], name)
 
 
+class TcgHugePagesTest(unittest.TestCase):
+    """-accel tcg,tb-huge-pages=off (patch "accel/tcg: tb-huge-pages...")
+    leaves the translation buffer without MADV_HUGEPAGE; on, QEMU's
+    default, asks for huge pages: VmFlags 'hg' of the buffer's mapping
+    (the only anonymous executable one) in a VM with -M none."""
+
+    def test_tb_huge_pages(self):
+        if not os.path.isdir('/sys/kernel/mm/transparent_hugepage'):
+            self.skipTest('the host kernel has no transparent huge pages')
+        with vmt.TempDir(prefix='vmt-e2e-tbhp-') as tmp:
+            for name, opt, want in (
+                    ('default', '', True),
+                    ('on', ',tb-huge-pages=on', True),
+                    ('off', ',tb-huge-pages=off', False)):
+                with vmt.VM(name=f'tbhp-{name}',
+                            tmpdir=tmp.path, accel='tcg' + opt,
+                            machine='none', mem='16M', with_guest=False,
+                            extra_args=['-S']) as vm:
+                    vm.launch(connect_agent=False)
+                    flags = tcg_buffer_flags(vm.pid)
+                    self.assertEqual(len(flags), 1, opt)
+                    self.assertEqual('hg' in flags[0], want, opt)
+                    self.assertNotIn('nh', flags[0], opt)
+
+
+def tcg_buffer_flags(pid):
+    """VmFlags of the anonymous executable mappings of pid."""
+    out = []
+    anon_x = False
+    with open(f'/proc/{pid}/smaps') as f:
+        for line in f:
+            first = line.split(' ', 1)[0]
+            if '-' in first and not first.endswith(':'):
+                fields = line.split()
+                anon_x = 'x' in fields[1] and len(fields) == 5
+            elif line.startswith('VmFlags:') and anon_x:
+                out.append(set(line.split()[1:]))
+    return out
+
+
 def ram_blocks(vm):
     """{name: (host address, used length)} from 'info ramblock'."""
     out = vm.cmd('human-monitor-command', **{'command-line': 'info ramblock'})
