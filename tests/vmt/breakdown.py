@@ -6,10 +6,17 @@ the process (/proc/PID/smaps) put in one class, by cause.
 
   /usr/bin/python3 tests/vmt/breakdown.py [--qemu PATH] [--mode M]...
                                           [--idle S] [--json FILE]
+                                          [--guest linux|bootblock]
 
 For each mode (default bypass and map) a template of the bundled guest
 boots and is saved, one clone starts from it, answers the agent, idles
-for --idle seconds (default 10), then its mappings are classified:
+for --idle seconds (default 10), then its mappings are classified.
+--guest bootblock uses the qtests' guest instead (upstream's migration
+boot sector, from the source tree: it increments a byte in every page
+of its first 100 MiB, forever), for the accelerators where the Linux
+guest does not boot; its clones run their loop instead of answering an
+agent, and their guest RAM is what the loop writes.  The accelerator is
+$VMT_ACCEL's, else the probe's (see vmt.py).  Classes:
 
   guest RAM        the guest RAM block's host range (the template's RAM
                    file, the fixed-ram file's mappings, anonymous pages)
@@ -69,9 +76,10 @@ def near(size, want):
 
 
 def classify(pid, binary, kernel, initrd, blocks):
-    """{class: {field: KiB}} for every mapping of pid."""
-    ksize = os.path.getsize(kernel)
-    isize = os.path.getsize(initrd)
+    """{class: {field: KiB}} for every mapping of pid; kernel and initrd
+    may be None (a VM without -kernel)."""
+    ksize = os.path.getsize(kernel) if kernel else -1
+    isize = os.path.getsize(initrd) if initrd else -1
     binary = os.path.realpath(binary)
     ram = [r for n, r in blocks.items() if n in GUEST_RAM_BLOCKS]
     other = [r for n, r in blocks.items() if n not in GUEST_RAM_BLOCKS]
@@ -111,28 +119,74 @@ def classify(pid, binary, kernel, initrd, blocks):
     return res
 
 
-def clone_breakdown(binary, mode, idle, tmp):
+BOOTBLOCK_H = 'tests/qtest/migration/i386/a-b-bootblock.h'
+BOOTBLOCK_RUNS_S = 3.0      # SeaBIOS and the loop's first passes
+
+
+def bootblock_file(path):
+    """Write the qtests' x86 boot sector (x86_bootsect[] of upstream's
+    a-b-bootblock.h, in build/src) to path; return the -drive arguments
+    that boot it as the qtests do."""
+    src = os.path.join(vmt.TOPDIR, 'build', 'src', BOOTBLOCK_H)
+    try:
+        with open(src) as f:
+            text = f.read()
+    except OSError as e:
+        raise vmt.VMTError(f'{src}: {e.strerror} (run make tree)') from None
+    body = text[text.index('x86_bootsect[]'):]
+    body = body[body.index('{') + 1:body.index('}')]
+    code = bytes(int(x, 16) for x in body.replace(',', ' ').split())
+    if len(code) != 512 or code[510:] != b'\x55\xaa':
+        raise vmt.VMTError(f'{src}: not a 512-byte boot sector')
+    with open(path, 'wb') as f:
+        f.write(code)
+    return ['-drive', f'if=none,id=d0,file={path},format=raw',
+            '-device', 'ide-hd,drive=d0,secs=1,cyls=1,heads=1']
+
+
+def guest_byte(vm, addr):
+    out = vm.cmd('human-monitor-command',
+                 **{'command-line': f'xp /1bx {addr:#x}'})
+    return int(out.split(':')[1].split()[0], 16)
+
+
+def clone_breakdown(binary, mode, idle, tmp, guest='linux'):
     """Boot a template, save it, start one clone; classify the clone."""
     state = os.path.join(tmp.path, f'{mode}.state')
     ram = os.path.join(tmp.path, f'{mode}.ram')
-    extra = ['-device', 'vmgenid']
+    linux = guest == 'linux'
+    dev = ['-device', 'vmgenid'] if linux else \
+        bootblock_file(os.path.join(tmp.path, 'bootsect'))
+    extra = dev
     if mode in vmt.SHARED_MODES:
-        extra = vmt.ram_backend_args(ram, True) + extra
+        extra = vmt.ram_backend_args(ram, True) + dev
     with vmt.VM(binary, name=f'{mode}-template', tmpdir=tmp.path,
-                extra_args=extra) as t:
-        t.launch()
-        t.wait_banner()
+                with_guest=linux, extra_args=extra) as t:
+        t.launch(connect_agent=linux)
+        if linux:
+            t.wait_banner()
+        else:
+            time.sleep(BOOTBLOCK_RUNS_S)
         vmt.save_template(t, state, mode)
         t.shutdown()
     c = vmt.VM(binary, name=f'{mode}-clone', tmpdir=tmp.path,
-               extra_args=vmt.clone_args(ram, state, mode) +
-               ['-device', 'vmgenid'])
+               with_guest=linux,
+               extra_args=vmt.clone_args(ram, state, mode) + dev)
     with c:
-        c.launch()
+        c.launch(connect_agent=linux)
         vmt.restore_clone(c, state, mode)
-        c.wait_pong()
-        time.sleep(idle)
-        kernel, initrd = vmt.guest_files()
+        if linux:
+            c.wait_pong()
+            time.sleep(idle)
+            kernel, initrd = vmt.guest_files()
+        else:
+            # the loop runs on in the clone: the byte at 1 MiB moves
+            before = guest_byte(c, 1 << 20)
+            time.sleep(idle)
+            if guest_byte(c, 1 << 20) == before:
+                raise vmt.VMTError(f'{mode}: the boot block does not run '
+                                   'in the clone')
+            kernel = initrd = None
         return classify(c.pid, binary, kernel, initrd, ramblocks(c))
 
 
@@ -164,15 +218,19 @@ def main():
     ap.add_argument('--mode', action='append', choices=vmt.MODES)
     ap.add_argument('--idle', type=float, default=10.0)
     ap.add_argument('--json', help='also write the figures (KiB) here')
+    ap.add_argument('--guest', choices=('linux', 'bootblock'),
+                    default='linux')
     o = ap.parse_args()
     binary = vmt.qemu_binary(o.qemu)
     modes = o.mode or ['bypass', 'map']
+    guest = vmt.guest_dir() if o.guest == 'linux' else 'boot block'
     print(f'breakdown: {binary}, accel {vmt.select_accel(binary)}, guest '
-          f'{vmt.guest_dir()}, idle {o.idle:g} s (MiB)')
+          f'{guest}, idle {o.idle:g} s (MiB)')
     results = {}
     with vmt.TempDir(prefix='vmt-breakdown-') as tmp:
         for mode in modes:
-            results[mode] = clone_breakdown(binary, mode, o.idle, tmp)
+            results[mode] = clone_breakdown(binary, mode, o.idle, tmp,
+                                            o.guest)
     print(table(results))
     if o.json:
         with open(o.json, 'w') as f:
