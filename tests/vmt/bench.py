@@ -171,8 +171,8 @@ def settle_memory(max_s=15.0):
 # /proc/PID/smaps, all mappings: the TCG translation buffer
 
 def smaps_entries(pid):
-    """Every mapping of pid: dict with start, bytes, perms, name and the
-    smaps fields in KiB."""
+    """Every mapping of pid: dict with start, bytes, perms, name, the
+    smaps fields in KiB and VmFlags (a set of the two-letter flags)."""
     maps = []
     cur = None
     with open(f'/proc/{pid}/smaps') as f:
@@ -188,7 +188,9 @@ def smaps_entries(pid):
             elif cur is not None and ':' in line:
                 key, rest = line.split(':', 1)
                 parts = rest.split()
-                if parts and parts[0].isdigit():
+                if key == 'VmFlags':
+                    cur[key] = set(parts)
+                elif parts and parts[0].isdigit():
                     cur[key] = int(parts[0])
     return maps
 

@@ -12,6 +12,7 @@ import time
 import unittest
 
 import vmt
+from bench import smaps_entries, is_tcg_buffer
 
 WRITE_MIB = 8
 
@@ -259,18 +260,8 @@ class TcgHugePagesTest(unittest.TestCase):
 
 
 def tcg_buffer_flags(pid):
-    """VmFlags of the anonymous executable mappings of pid."""
-    out = []
-    anon_x = False
-    with open(f'/proc/{pid}/smaps') as f:
-        for line in f:
-            first = line.split(' ', 1)[0]
-            if '-' in first and not first.endswith(':'):
-                fields = line.split()
-                anon_x = 'x' in fields[1] and len(fields) == 5
-            elif line.startswith('VmFlags:') and anon_x:
-                out.append(set(line.split()[1:]))
-    return out
+    """VmFlags of the TCG translation buffer's mappings of pid."""
+    return [m['VmFlags'] for m in smaps_entries(pid) if is_tcg_buffer(m)]
 
 
 def ram_blocks(vm):
@@ -287,16 +278,8 @@ def ram_blocks(vm):
 
 def vmflags(pid):
     """{(start, end): set of VmFlags} of every mapping of pid."""
-    out = {}
-    cur = None
-    with open(f'/proc/{pid}/smaps') as f:
-        for line in f:
-            first = line.split(' ', 1)[0]
-            if '-' in first and not first.endswith(':'):
-                cur = tuple(int(x, 16) for x in first.split('-'))
-            elif line.startswith('VmFlags:'):
-                out[cur] = set(line.split()[1:])
-    return out
+    return {(m['start'], m['start'] + m['bytes']): m['VmFlags']
+            for m in smaps_entries(pid)}
 
 
 class BypassCloneTest(TemplateCloneTest):
