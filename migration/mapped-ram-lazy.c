@@ -49,8 +49,11 @@
  *   It stops the VM for good (internal-error) and blocks migration.  A
  *   KVM vCPU that faulted on it through the MMU leaves the fault when it
  *   is asked to stop (KVM's fault is interruptible), and stops with the
- *   others; any other thread (a TCG vCPU, QEMU's own threads) waits in
- *   the kernel and cannot be stopped: QEMU exits at once.  The fault
+ *   others.  A TCG vCPU does not fault on guest RAM through its TLB: TCG
+ *   asks mapped_ram_lazy_tlb_fill() for each page before it maps it, and
+ *   the vCPU places the page itself, or stops.  Any other thread (a TCG
+ *   vCPU in a device's emulation, QEMU's own threads) waits in the kernel
+ *   and cannot be stopped: QEMU exits at once.  The fault
  *   thread makes sure the VM stops within LAZY_STOP_TIMEOUT_MS of a
  *   failure, or ends QEMU: never a hang.  (KVM's instruction emulator
  *   reads guest memory with a plain copy, which faults again instead of
@@ -68,7 +71,9 @@
 #include "qemu/error-report.h"
 #include "qemu/madvise.h"
 #include "qemu/units.h"
+#include "qemu/lockable.h"
 #include "qemu/main-loop.h"
+#include "qemu/rcu.h"
 #include "qemu/thread.h"
 #include "qemu/userfaultfd.h"
 #include "qapi/error.h"
@@ -150,25 +155,55 @@ static struct {
     int64_t stop_deadline_us;   /* a stop is pending, due by then; or 0 */
     bool completed;
     GPtrArray *names;           /* of the blocks, in order */
-    GArray *touched;            /* of LazyTouch; the fault thread's */
+    GArray *touched;            /* of LazyTouch; under touch_lock */
+    QemuMutex touch_lock;
+    /* lazy.blocks while the guest runs and the load goes on; RCU */
+    GPtrArray *tlb_blocks;
     MappedRamWorkingSet *ws;    /* to place first, or NULL */
     uint64_t prefetched;        /* pages of @ws placed by the fill */
     uint64_t features;          /* of the kernel's userfaultfd */
     uint64_t moved;             /* chunks moved in; the fill thread's */
 } lazy = { .uffd = -1, .fd = -1, .quit_fd = -1 };
 
-static LazyBlock *find_block(RAMBlock *rb)
+static LazyBlock *find_block_in(GPtrArray *blocks, RAMBlock *rb)
 {
     guint i;
 
-    for (i = 0; i < lazy.blocks->len; i++) {
-        LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
+    for (i = 0; i < blocks->len; i++) {
+        LazyBlock *lb = g_ptr_array_index(blocks, i);
 
         if (lb->rb == rb) {
             return lb;
         }
     }
     return NULL;
+}
+
+static LazyBlock *find_block(RAMBlock *rb)
+{
+    return find_block_in(lazy.blocks, rb);
+}
+
+static void lazy_block_free(gpointer p)
+{
+    LazyBlock *lb = p;
+
+    g_free(lb->bitmap);
+    g_free(lb->claimed);
+    g_free(lb->placed);
+    g_free(lb);
+}
+
+/* lazy.blocks, freed when no TLB fill looks at it any more */
+typedef struct LazyBlocksFree {
+    struct rcu_head rcu;
+    GPtrArray *blocks;
+} LazyBlocksFree;
+
+static void lazy_blocks_free(LazyBlocksFree *f)
+{
+    g_ptr_array_unref(f->blocks);
+    g_free(f);
 }
 
 /*
@@ -449,9 +484,47 @@ static void record_touch(LazyBlock *lb, long page, int64_t now)
                                            UINT32_MAX) : 0,
     };
 
+    QEMU_LOCK_GUARD(&lazy.touch_lock);
     if (lazy.touched->len < MAPPED_RAM_WS_MAX_PAGES) {
         g_array_append_val(lazy.touched, t);
     }
+}
+
+/* Whether host page @hp of @lb is present. */
+static bool page_placed(LazyBlock *lb, long hp)
+{
+    return qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp);
+}
+
+/*
+ * Have target page @page of @lb present: place it, or wait for the
+ * thread that claimed it.  Returns 1 if this thread placed it, 0 if
+ * another one did, -1 if it cannot be placed (the load failed).
+ */
+static int get_page(LazyBlock *lb, long page, uint8_t *buf)
+{
+    for (;;) {
+        int r = place_host_page(lb, page, buf);
+
+        if (r) {
+            return r;
+        }
+        if (page_placed(lb, page / lb->tpp)) {
+            return 0;
+        }
+        /* being placed; if that fails, it is unclaimed and we try */
+        g_usleep(20);
+    }
+}
+
+/* Page @page of @lb was placed for a thread that touched it at @t0. */
+static void served(LazyBlock *lb, long page, int64_t t0)
+{
+    int64_t us = g_get_monotonic_time() - t0;
+
+    qatomic_inc(&lazy.faults);
+    qatomic_add(&lazy.fault_us, us);
+    trace_mapped_ram_lazy_fault(lb->rb->idstr, page, us);
 }
 
 /* The vCPU whose thread is @tid, or NULL. */
@@ -485,8 +558,10 @@ static void fault_failed(uint32_t tid)
                    "cannot be stopped", tid);
     }
     if (!kvm_enabled()) {
-        lazy_fatal("vCPU %d waits for the page, and a TCG vCPU cannot be "
-                   "stopped in a fault", cpu ? cpu->cpu_index : -1);
+        /* not through its TLB (mapped_ram_lazy_tlb_fill()): a device's */
+        lazy_fatal("vCPU %d waits for the page in a device's emulation, "
+                   "and a TCG vCPU cannot be stopped in a fault",
+                   cpu ? cpu->cpu_index : -1);
     }
     /* a KVM vCPU (or a thread the kernel did not name): the VM stops */
     trace_mapped_ram_lazy_fault_failed(cpu ? cpu->cpu_index : -1);
@@ -518,10 +593,52 @@ static void serve_fault(struct uffd_msg *msg)
         fault_failed(msg->arg.pagefault.feat.ptid);
         return;
     }
-    qatomic_inc(&lazy.faults);
-    qatomic_add(&lazy.fault_us, g_get_monotonic_time() - t0);
-    trace_mapped_ram_lazy_fault(rb->idstr, page,
-                                g_get_monotonic_time() - t0);
+    served(lb, page, t0);
+}
+
+/* Stop this vCPU now, and the VM soon (vm_stop() from a vCPU thread). */
+static void stop_this_vcpu(void)
+{
+    /* qemu_cpu_stop()'s wakeup of pause_all_vcpus() needs the BQL */
+    BQL_LOCK_GUARD();
+
+    vm_stop(RUN_STATE_INTERNAL_ERROR);
+}
+
+bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
+{
+    g_autofree uint8_t *buf = NULL;
+    GPtrArray *blocks;
+    LazyBlock *lb;
+    int64_t t0;
+    long page;
+    int r;
+
+    RCU_READ_LOCK_GUARD();
+    blocks = qatomic_rcu_read(&lazy.tlb_blocks);
+    lb = blocks ? find_block_in(blocks, rb) : NULL;
+    if (likely(!lb)) {
+        return true;
+    }
+    page = ((uint8_t *)host - rb->host) >> TARGET_PAGE_BITS;
+    if (page_placed(lb, page / lb->tpp)) {
+        return true;
+    }
+    t0 = g_get_monotonic_time();
+    record_touch(lb, page, t0);
+    buf = g_malloc(lb->psize);
+    r = get_page(lb, page, buf);
+    if (r > 0) {
+        served(lb, page, t0);
+    }
+    if (r >= 0) {
+        return true;
+    }
+    /* lazy_fail() asked for the stop: this vCPU stops now, the rest soon */
+    trace_mapped_ram_lazy_tlb_fill_failed(current_cpu ?
+                                          current_cpu->cpu_index : -1);
+    stop_this_vcpu();
+    return false;
 }
 
 bool mapped_ram_lazy_active(void)
@@ -540,30 +657,21 @@ int mapped_ram_lazy_request_shared(struct PostCopyFD *pcfd, RAMBlock *rb,
 {
     int64_t t0 = g_get_monotonic_time();
     LazyBlock *lb = find_block(rb);
-    long page = offset >> TARGET_PAGE_BITS, hp;
+    long page = offset >> TARGET_PAGE_BITS;
 
     if (!lb || offset >= rb->used_length) {
         /* not loaded lazily: its pages are all there */
         return postcopy_wake_shared(pcfd, client_addr, rb);
     }
-    hp = page / lb->tpp;
     record_touch(lb, page, t0);
-    for (;;) {
-        int r = place_host_page(lb, page, lazy.fault_buf);
-
-        if (r < 0) {
-            lazy_fatal("a vhost-user back end needs the page, and cannot be "
-                       "stopped");
-        }
-        if (r > 0) {
-            qatomic_inc(&lazy.remote_faults);
-            break;
-        }
-        /* the fill thread has it: it wakes our vCPUs, not the back end */
-        if (qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp)) {
-            break;
-        }
-        g_usleep(20);
+    /* if another thread places it, that wakes our vCPUs, not the back end */
+    switch (get_page(lb, page, lazy.fault_buf)) {
+    case -1:
+        lazy_fatal("a vhost-user back end needs the page, and cannot be "
+                   "stopped");
+    case 1:
+        qatomic_inc(&lazy.remote_faults);
+        break;
     }
     trace_mapped_ram_lazy_remote_fault(pcfd->idstr, rb->idstr, page,
                                        g_get_monotonic_time() - t0);
@@ -863,8 +971,11 @@ static bool prefetch(uint8_t *buf)
 
 static void finish(void)
 {
+    LazyBlocksFree *f = g_new(LazyBlocksFree, 1);
     guint i;
 
+    /* every page is present: TLB fills need not look any more */
+    qatomic_rcu_set(&lazy.tlb_blocks, NULL);
     qatomic_set(&lazy.quit, true);
     kick_fault_thread();
     qemu_thread_join(&lazy.fault_thread);
@@ -878,12 +989,10 @@ static void finish(void)
         LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
 
         uffd_unregister_memory(lazy.uffd, lb->rb->host, lb->rb->used_length);
-        g_free(lb->bitmap);
-        g_free(lb->claimed);
-        g_free(lb->placed);
-        g_free(lb);
     }
-    g_ptr_array_set_size(lazy.blocks, 0);
+    f->blocks = lazy.blocks;
+    lazy.blocks = NULL;
+    call_rcu(f, lazy_blocks_free, rcu);
     mapped_ram_ws_free(lazy.ws);
     lazy.ws = NULL;
     uffd_close_fd(lazy.uffd);
@@ -1009,6 +1118,7 @@ MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp)
         g_ptr_array_add(ws->blocks,
                         g_strdup(g_ptr_array_index(lazy.names, i)));
     }
+    QEMU_LOCK_GUARD(&lazy.touch_lock);
     for (i = 0; i < lazy.touched->len; i++) {
         LazyTouch *t = &g_array_index(lazy.touched, LazyTouch, i);
 
@@ -1050,6 +1160,8 @@ static void vm_running(void *opaque, bool running, RunState state)
     qatomic_set(&lazy.run_us, g_get_monotonic_time());
     qemu_del_vm_change_state_handler(lazy.vmstate);
     lazy.vmstate = NULL;
+    /* before the vCPUs run: TCG's TLB fills place the pages they map */
+    qatomic_rcu_set(&lazy.tlb_blocks, lazy.blocks);
     qemu_thread_create(&lazy.fill_thread, "mapped-ram-fill", fill_thread,
                        NULL, QEMU_THREAD_DETACHED);
 }
@@ -1189,9 +1301,10 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
         goto fail;
     }
     /* no reallocation: the fault thread reads it unlocked */
-    lazy.blocks = g_ptr_array_sized_new(RAM_BLOCKS_MAX);
+    lazy.blocks = g_ptr_array_new_full(RAM_BLOCKS_MAX, lazy_block_free);
     lazy.names = g_ptr_array_new_with_free_func(g_free);
     lazy.touched = g_array_new(false, false, sizeof(LazyTouch));
+    qemu_mutex_init(&lazy.touch_lock);
     lazy.start_us = g_get_monotonic_time();
     /* blocks come after the fault thread starts: size for any of them */
     lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);

@@ -450,14 +450,16 @@ static QTestState *load_truncated(const char *file, const char *serial,
 
 /*
  * The file loses pages under a lazy clone, and the guest touches one of
- * them first (the fill is held back), so its vCPU waits in the fault.
- * Under KVM with hardware paging the vCPU leaves the fault when asked to
- * stop: the VM stops (internal-error), and does so again each time it
- * runs into the page after a reset.  Under PVM (kvm_pvm, KVM in a VM
- * without nested virtualization) the boot code's accesses are emulated
- * in the kernel, which faults again instead of leaving: QEMU exits when
- * the VM has not stopped in time.  A TCG vCPU cannot leave the fault:
- * QEMU exits at once.  Never a hang.
+ * them first (the fill is held back).  The VM stops (internal-error) and
+ * stays stopped; QEMU quits cleanly: a TCG vCPU places the page before
+ * its TLB maps it, and stops when that fails; a KVM vCPU with hardware
+ * paging waits in the fault, and leaves it when asked to stop.  (Not
+ * system_reset: the reset writes ROM contents into guest RAM from the
+ * main thread, and the pages it writes are among those the file lost
+ * here, so QEMU exits.)  Under PVM (kvm_pvm, KVM in a VM without
+ * nested virtualization) the boot code's accesses are emulated in the
+ * kernel, which faults again instead of leaving: QEMU exits when the VM
+ * has not stopped in time.  Never a hang.
  */
 static void test_lazy_truncated(void)
 {
@@ -472,13 +474,11 @@ static void test_lazy_truncated(void)
     }
     to = load_truncated(file, "trunc_serial", errlog, FILL_HELD_BACK, false);
     kvm = vm_uses_kvm(to);
-    if (kvm && !g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR)) {
+    if (!kvm || !g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR)) {
         qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
         check_lazy_failed(to, "RAM block 'mem0', page ");
-        /* SeaBIOS and the boot block run again, into the same pages */
-        qtest_qmp_assert_success(to, "{ 'execute': 'system_reset' }");
-        vmt_wait_for_status(to, "paused");
-        qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+        /* stopped for good: the vCPU did not go on */
+        g_usleep(200 * 1000);
         vmt_wait_for_status(to, "internal-error");
         qtest_quit(to);
         err = read_truncation_error(errlog, "mem0");
@@ -489,11 +489,8 @@ static void test_lazy_truncated(void)
         qtest_wait_qemu(to);
         qtest_quit(to);
         err = read_truncation_error(errlog, "mem0");
-        g_assert_nonnull(strstr(err, kvm ?
-                                "the VM did not stop within 2000 ms after "
-                                "the failure" :
-                                "vCPU 0 waits for the page, and a TCG vCPU "
-                                "cannot be stopped in a fault; exiting"));
+        g_assert_nonnull(strstr(err, "the VM did not stop within 2000 ms "
+                                "after the failure"));
     }
     unlink(file);
 }
