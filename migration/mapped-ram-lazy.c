@@ -295,16 +295,20 @@ static void lazy_request_stop(void)
  */
 static bool lazy_fail(RAMBlock *rb, long page, const char *why, int err)
 {
-    char *msg = g_strdup_printf("mapped-ram-load=lazy: RAM block '%s', "
-                                "page %ld: %s%s%s; the VM cannot go on "
-                                "without it", rb->idstr, page, why,
-                                err ? ": " : "", err ? strerror(err) : "");
+    char *msg;
 
     trace_mapped_ram_lazy_failed(rb->idstr, page, err);
-    if (qatomic_cmpxchg(&lazy.error, NULL, msg)) {
-        g_free(msg);            /* reported already */
-    } else {
-        error_report("%s", msg);
+    /* a vCPU in KVM's emulator may fail thousands of times a second */
+    if (!qatomic_read(&lazy.error)) {
+        msg = g_strdup_printf("mapped-ram-load=lazy: RAM block '%s', page "
+                              "%ld: %s%s%s; the VM cannot go on without it",
+                              rb->idstr, page, why, err ? ": " : "",
+                              err ? strerror(err) : "");
+        if (qatomic_cmpxchg(&lazy.error, NULL, msg)) {
+            g_free(msg);        /* another thread's came first */
+        } else {
+            error_report("%s", msg);
+        }
     }
     lazy_request_stop();
     return false;
@@ -532,9 +536,12 @@ static CPUState *vcpu_of_thread(uint32_t tid)
 {
     CPUState *cpu;
 
+    if (!tid) {
+        return NULL;
+    }
     RCU_READ_LOCK_GUARD();
     CPU_FOREACH(cpu) {
-        if (tid && cpu->thread_id == tid) {
+        if (cpu->thread_id == tid) {
             return cpu;
         }
     }
@@ -614,10 +621,13 @@ bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
     long page;
     int r;
 
+    if (likely(!qatomic_read(&lazy.tlb_blocks))) {
+        return true;            /* no lazy load runs */
+    }
     RCU_READ_LOCK_GUARD();
     blocks = qatomic_rcu_read(&lazy.tlb_blocks);
     lb = blocks ? find_block_in(blocks, rb) : NULL;
-    if (likely(!lb)) {
+    if (!lb) {
         return true;
     }
     page = ((uint8_t *)host - rb->host) >> TARGET_PAGE_BITS;
