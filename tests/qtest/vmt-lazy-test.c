@@ -507,7 +507,8 @@ static void test_lazy_truncated_qemu_thread(void)
     g_autofree char *err = NULL;
     g_autofree char *who = NULL;
     /* the pattern's page at 64 MiB: its bit is set, the file has no page */
-    g_autofree char *xp = g_strdup_printf("xp /1gx 0x%x", 64 * MiB);
+    g_autofree char *xp = g_strdup_printf("xp /1gx 0x%" PRIx64,
+                                          (uint64_t)(64 * MiB));
     QTestState *to;
 
     if (!vmt_accel_available()) {
