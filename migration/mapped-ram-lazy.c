@@ -1,49 +1,57 @@
 /*
  * Load a mapped-ram file lazily, through userfaultfd
  *
- * mapped-ram-load=lazy registers each RAM block that the file holds with
- * userfaultfd (missing mode) and lets the load go on without reading a
- * page.  A fault thread serves the pages the guest (or QEMU) touches: a
- * page whose bit is set is read from its fixed offset in the file and
- * placed with UFFDIO_COPY, one whose bit is clear is placed with
+ * mapped-ram-load=lazy (or, as upstream spells it, postcopy-ram with
+ * mapped-ram on the destination) registers each RAM block that the file
+ * holds with userfaultfd (missing mode) and lets the load go on without
+ * reading a page.  A fault server (userfault.c) hands the faults of
+ * QEMU's threads and of vhost-user back ends to this loader: a page
+ * whose bit is set is read from its fixed offset in the file and placed
+ * with UFFDIO_COPY, one whose bit is clear is placed with
  * UFFDIO_ZEROPAGE (no I/O, whatever the file holds there).  Once the VM
  * runs, a fill thread places every page not yet present, in file order;
- * when none is left, the RAM is unregistered and the load is complete.
+ * when every page is placed, the RAM is unregistered and the load is
+ * complete.
  *
  * The faults are recorded, in order: mapped-ram-save-working-set writes
  * those of the guest's first milliseconds to a file, and a later load
  * given it (mapped-ram-working-set) places those pages first, when the
  * guest starts, before the rest of the fill.
  *
- * Pages are placed with QEMU's userfaultfd helpers (util/userfaultfd.c),
- * several at a time where they are alike.  Into private anonymous RAM,
- * the fill builds each 2 MiB chunk that holds pages of the file, and that
- * no fault touched yet, in memory of its own (a transparent huge page)
- * and moves it in whole (UFFDIO_MOVE, Linux 6.8): the guest gets the huge
- * pages a copy load gives it, and the kernel allocates one page instead
- * of 512.  postcopy-ram.c's own placing
- * keeps the incoming migration's state (received bitmaps, requested
- * pages), which is freed once the device state is loaded: a lazy load
- * outlives it.
- *
- * A device that maps shared guest RAM in another process (a vhost-user
- * back end) waits for its pages as it does in postcopy: the postcopy
- * notifiers have it create a userfaultfd of its own and register its
- * mapping (ADVISE, LISTEN), the fault thread reads that userfaultfd too,
- * and the device's handler (vhost-user.c) turns each fault into a block
- * and an offset for mapped_ram_lazy_request_shared(), which places the
- * page and wakes the back end.  On completion the back end is told
- * (INBOUND_END) before the fault thread stops.
+ * Into private anonymous RAM, the fill builds each 2 MiB chunk that
+ * holds pages of the file, and that no fault touched yet, in memory of
+ * its own (a transparent huge page) and moves it in whole (UFFDIO_MOVE,
+ * Linux 6.8): the guest gets the huge pages a copy load gives it.
+ * postcopy-ram.c's own placing keeps the incoming migration's state
+ * (received bitmaps, requested pages), which is freed once the device
+ * state is loaded: a lazy load outlives it.
  *
  * Invariants:
  * - each page is placed exactly once: a thread places a page only after
- *   claiming its bit in the block's 'claimed' bitmap; a fault on a page
- *   another thread claimed is woken by that thread's UFFDIO_COPY, and a
- *   back end's fault on it waits for its bit in 'placed';
+ *   claiming its bit in the block's 'claimed' bitmap.  A fault on a page
+ *   another thread claimed is woken by that thread's UFFDIO_COPY; a TCG
+ *   vCPU or a back end's fault that needs it waits for its bit in
+ *   'placed' (placed_cond);
+ * - the load completes only when every page the load must place is
+ *   placed: the fill waits for the pages others claimed.  Only then are
+ *   the fault server stopped and the blocks unregistered; the
+ *   userfaultfd, the file and the blocks are released after an RCU grace
+ *   period, when no TLB fill (mapped_ram_lazy_tlb_fill()) can still
+ *   look at them;
+ * - a block's length is the one it had when it was registered: a block
+ *   resized later (ACPI tables rebuilt at a reset) keeps its bitmaps,
+ *   and the part that grew was never registered;
+ * - zero pages of shared RAM (memfd, tmpfs, hugetlbfs with share=on)
+ *   are not placed by the fill: the block was discarded at setup, so
+ *   they are holes of the memory file that read as zero once
+ *   unregistered, and placing them would allocate them.  A fault on one
+ *   before that is served with a zero page; one that races with the
+ *   unregistration finds the page there, or no longer registered, which
+ *   is fine for a page that reads as zero either way;
  * - RAM that userfaultfd can register: anonymous, memfd, tmpfs or
- *   hugetlbfs, private or shared;
- * - a host page is placed whole: huge pages are built in a buffer from
- *   the file's target pages and zeroes (hugetlbfs has no ZEROPAGE);
+ *   hugetlbfs, private or shared; a host page is placed whole: huge
+ *   pages are built in a buffer from the file's target pages and zeroes
+ *   (hugetlbfs has no ZEROPAGE);
  * - a page that cannot be read (I/O error, file truncated under the VM)
  *   is never replaced by another: the guest must not see wrong memory.
  *   It stops the VM for good (internal-error) and blocks migration.  A
@@ -51,21 +59,19 @@
  *   is asked to stop (KVM's fault is interruptible), and stops with the
  *   others.  A TCG vCPU does not fault on guest RAM through its TLB: TCG
  *   asks mapped_ram_lazy_tlb_fill() for each page before it maps it, and
- *   the vCPU places the page itself, or stops.  Any other thread (a TCG
- *   vCPU in a device's emulation, QEMU's own threads) waits in the kernel
- *   and cannot be stopped: QEMU exits at once.  The fault
- *   thread makes sure the VM stops within LAZY_STOP_TIMEOUT_MS of a
- *   failure, or ends QEMU: never a hang.  (KVM's instruction emulator
- *   reads guest memory with a plain copy, which faults again instead of
- *   leaving: under PVM, where the qtests' boot code is emulated, that
- *   is how it ends.)
+ *   the vCPU places the page itself, or waits for whoever claimed it, or
+ *   stops.  Any other thread (a TCG vCPU in a device's emulation, QEMU's
+ *   own threads) waits in the kernel and cannot be stopped: QEMU exits
+ *   at once.  The fault server makes sure the VM stops within
+ *   LAZY_STOP_TIMEOUT_MS of a failure, or ends QEMU: never a hang.
+ *   (KVM's instruction emulator reads guest memory with a plain copy,
+ *   which faults again instead of leaving: under PVM, where the qtests'
+ *   boot code is emulated, that is how it ends.)
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include "qemu/bitops.h"
 #include "qemu/error-report.h"
@@ -77,6 +83,7 @@
 #include "qemu/thread.h"
 #include "qemu/userfaultfd.h"
 #include "qapi/error.h"
+#include "qapi/qapi-commands-migration.h"
 #include "qapi/qapi-events-migration.h"
 #include "block/aio.h"
 #include "exec/ramblock.h"
@@ -86,6 +93,7 @@
 #include "system/kvm.h"
 #include "system/runstate.h"
 #include "migration/blocker.h"
+#include "migration/misc.h"
 #include "migration.h"
 #include "options.h"
 #include "postcopy-ram.h"
@@ -93,6 +101,7 @@
 #include "mapped-ram-map.h"
 #include "mapped-ram-lazy.h"
 #include "mapped-ram-working-set.h"
+#include "userfault.h"
 #include "trace.h"
 
 /* Pages the fill thread reads with one pread(), and zeroes at once. */
@@ -103,21 +112,24 @@
 #define LAZY_CHUNK_PAGES (LAZY_CHUNK_SIZE >> TARGET_PAGE_BITS)
 /* RAM blocks a lazy load handles (x86 VMs have about ten). */
 #define RAM_BLOCKS_MAX  MAPPED_RAM_WS_MAX_BLOCKS
-/* Userfaultfds of vhost-user back ends the fault thread reads. */
-#define LAZY_REMOTE_MAX 16
 /* After a failure, the VM must stop within this time, or QEMU exits. */
 #define LAZY_STOP_TIMEOUT_MS 2000
+/* UFFDIO_* that placed nothing as the address space changed: retries. */
+#define LAZY_EAGAIN_RETRIES 1000
 
 typedef struct LazyBlock {
     RAMBlock *rb;
     unsigned index;             /* in lazy.blocks and lazy.names */
     long num_pages;             /* target pages the file holds */
     unsigned long *bitmap;      /* set: the target page is in the file */
+    ram_addr_t length;          /* registered: used_length back then */
+    long host_pages;            /* length / psize */
     size_t psize;               /* host page size of the block */
     long tpp;                   /* target pages per host page */
     unsigned long *claimed;     /* of host pages: placed, or being placed */
     unsigned long *placed;      /* of host pages: placed */
     bool move;                  /* anonymous private: chunks are moved in */
+    bool shared;                /* zero pages are left as holes */
 } LazyBlock;
 
 /* A page the guest (or QEMU) touched before it was placed. */
@@ -126,46 +138,67 @@ typedef struct LazyTouch {
     uint32_t ms;                /* since the guest started; 0 before */
 } LazyTouch;
 
-static struct {
+/* Counters, atomic; they hold still once the load completed. */
+typedef struct MappedRamLazyStats {
+    uint64_t faults;            /* pages placed for a thread that waited */
+    uint64_t fault_us;          /* ... and the time it waited */
+    uint64_t remote_faults;     /* pages placed for a vhost-user back end */
+    uint64_t copied;            /* target pages read from the file */
+    uint64_t zeroed;            /* target pages placed as zero */
+    uint64_t skipped;           /* zero pages of shared RAM left as holes */
+    uint64_t prefetched;        /* pages of the working set placed */
+    uint64_t moved;             /* chunks moved in (the fill thread's) */
+} MappedRamLazyStats;
+
+/* The load failed: the first failure, and the stop it asked for. */
+typedef struct MappedRamLazyFailure {
+    char *error;                /* the first failure's message, or NULL */
+    bool reported;              /* ... was (main loop) */
+    int64_t stop_deadline_us;   /* a stop is pending, due by then; or 0 */
+} MappedRamLazyFailure;
+
+typedef struct MappedRamLazyState {
     int uffd;
     int fd;                     /* our descriptor of the file */
     struct stat st;             /* of the file */
     GPtrArray *blocks;          /* of LazyBlock */
-    QemuThread fault_thread;
+    GPtrArray *names;           /* of the blocks, in order */
+    UserfaultServer server;
+    bool serving;               /* the server runs */
     QemuThread fill_thread;
     bool fill_started;
-    int quit_fd;                /* eventfd: the fault thread looks again */
-    bool quit;                  /* ... and stops */
-    uint8_t *fault_buf;         /* the fault thread's, max_psize bytes */
-    /* back ends' userfaultfds (our duplicates), added before the VM runs */
-    struct PostCopyFD remote[LAZY_REMOTE_MAX];
-    unsigned nremote;
+    bool draining;              /* every page placed; unregistering */
+    bool completed;
+    uint8_t *fault_buf;         /* the fault server's, max_psize bytes */
     bool remote_asked;          /* the back ends were asked (ADVISE) */
     VMChangeStateEntry *vmstate;
     size_t max_psize;           /* the largest page size of guest RAM */
+    uint64_t features;          /* of the kernel's userfaultfd */
+    uint64_t total_pages;       /* target pages of the blocks */
     int64_t start_us;
     int64_t run_us;             /* when the guest started */
     int64_t fill_us;
     int64_t total_us;           /* set on completion */
-    uint64_t total_pages;       /* target pages of the blocks */
-    uint64_t faults, fault_us, copied, zeroed;  /* atomic */
-    uint64_t remote_faults;     /* atomic */
-    char *error;                /* the first failure, or NULL */
-    bool reported;              /* ... was (main loop) */
-    int64_t stop_deadline_us;   /* a stop is pending, due by then; or 0 */
-    bool completed;
-    GPtrArray *names;           /* of the blocks, in order */
     GArray *touched;            /* of LazyTouch; under touch_lock */
     QemuMutex touch_lock;
     /* lazy.blocks while the guest runs and the load goes on; RCU */
     GPtrArray *tlb_blocks;
+    /* waiting for a page another thread claimed */
+    QemuMutex placed_lock;
+    QemuCond placed_cond;
+    unsigned placed_waiters;    /* atomic */
+    /* huge pages that TCG vCPUs place: one at a time, built here */
+    QemuMutex vcpu_huge_lock;
+    uint8_t *vcpu_huge_buf;
     MappedRamWorkingSet *ws;    /* to place first, or NULL */
-    uint64_t prefetched;        /* pages of @ws placed by the fill */
-    uint64_t features;          /* of the kernel's userfaultfd */
-    uint64_t moved;             /* chunks moved in; the fill thread's */
-} lazy = { .uffd = -1, .fd = -1, .quit_fd = -1 };
+    uint32_t place_delay_ms;    /* tests: hold a claimed page that long */
+    MappedRamLazyStats stats;
+    MappedRamLazyFailure failure;
+} MappedRamLazyState;
 
-static LazyBlock *find_block_in(GPtrArray *blocks, RAMBlock *rb)
+static MappedRamLazyState lazy = { .uffd = -1, .fd = -1 };
+
+static LazyBlock *lazy_find_block_in(GPtrArray *blocks, RAMBlock *rb)
 {
     guint i;
 
@@ -179,9 +212,9 @@ static LazyBlock *find_block_in(GPtrArray *blocks, RAMBlock *rb)
     return NULL;
 }
 
-static LazyBlock *find_block(RAMBlock *rb)
+static LazyBlock *lazy_find_block(RAMBlock *rb)
 {
-    return find_block_in(lazy.blocks, rb);
+    return lazy_find_block_in(lazy.blocks, rb);
 }
 
 static void lazy_block_free(gpointer p)
@@ -194,16 +227,26 @@ static void lazy_block_free(gpointer p)
     g_free(lb);
 }
 
-/* lazy.blocks, freed when no TLB fill looks at it any more */
-typedef struct LazyBlocksFree {
+/*
+ * What a completed load still holds, released when no TLB fill can
+ * look at it any more: a TCG vCPU that read lazy.tlb_blocks before the
+ * completion may still use the blocks and the descriptors.
+ */
+typedef struct LazyRelease {
     struct rcu_head rcu;
     GPtrArray *blocks;
-} LazyBlocksFree;
+    int uffd;
+    int fd;
+} LazyRelease;
 
-static void lazy_blocks_free(LazyBlocksFree *f)
+static void lazy_release_rcu(LazyRelease *r)
 {
-    g_ptr_array_unref(f->blocks);
-    g_free(f);
+    g_ptr_array_unref(r->blocks);
+    uffd_close_fd(r->uffd);
+    close(r->fd);
+    qatomic_set(&lazy.uffd, -1);
+    qatomic_set(&lazy.fd, -1);
+    g_free(r);
 }
 
 /*
@@ -224,22 +267,11 @@ static void G_NORETURN G_GNUC_PRINTF(1, 2) lazy_fatal(const char *fmt, ...)
     _exit(EXIT_FAILURE);
 }
 
-/* Have the fault thread look at its descriptors and its deadline again. */
-static void kick_fault_thread(void)
-{
-    uint64_t eventfd_one = 1;
-
-    if (write(lazy.quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0) {
-        error_report("mapped-ram-load=lazy: cannot wake the fault thread: %s",
-                     strerror(errno));
-    }
-}
-
 /* The VM stopped: no vCPU waits in a fault any more. */
 static void lazy_stop_notify(void *opaque, bool running, RunState state)
 {
     if (!running) {
-        qatomic_set(&lazy.stop_deadline_us, 0);
+        qatomic_set(&lazy.failure.stop_deadline_us, 0);
     }
 }
 
@@ -257,21 +289,21 @@ static void lazy_stop_bh(void *opaque)
     } else {
         lazy_stop_notify(NULL, false, runstate_get());
     }
-    if (lazy.reported) {
+    if (lazy.failure.reported) {
         return;
     }
-    lazy.reported = true;
+    lazy.failure.reported = true;
     qemu_add_vm_change_state_handler(lazy_stop_notify, NULL);
-    error_setg(&blocker, "%s", lazy.error);
+    error_setg(&blocker, "%s", lazy.failure.error);
     if (migrate_add_blocker(&blocker, NULL) < 0) {
         /* a save is running: it stops at the page, like the guest */
         error_free(blocker);
     }
-    qapi_event_send_mapped_ram_lazy_failed(lazy.error);
+    qapi_event_send_mapped_ram_lazy_failed(lazy.failure.error);
 }
 
 /*
- * Stop the VM, and have the fault thread make sure it stops soon: a
+ * Stop the VM, and have the fault server make sure it stops soon: a
  * thread that waits for a page that failed may keep it from stopping.
  * After every failure, as a reset VM may run into the page again; a
  * failure while a stop is pending (a vCPU that faults again and again)
@@ -281,11 +313,11 @@ static void lazy_request_stop(void)
 {
     int64_t deadline = g_get_monotonic_time() + LAZY_STOP_TIMEOUT_MS * 1000;
 
-    if (qatomic_cmpxchg(&lazy.stop_deadline_us, 0, deadline)) {
+    if (qatomic_cmpxchg(&lazy.failure.stop_deadline_us, 0, deadline)) {
         return;
     }
     aio_bh_schedule_oneshot(qemu_get_aio_context(), lazy_stop_bh, NULL);
-    kick_fault_thread();
+    userfault_server_kick(&lazy.server);
 }
 
 /*
@@ -299,12 +331,12 @@ static bool lazy_fail(RAMBlock *rb, long page, const char *why, int err)
 
     trace_mapped_ram_lazy_failed(rb->idstr, page, err);
     /* a vCPU in KVM's emulator may fail thousands of times a second */
-    if (!qatomic_read(&lazy.error)) {
+    if (!qatomic_read(&lazy.failure.error)) {
         msg = g_strdup_printf("mapped-ram-load=lazy: RAM block '%s', page "
                               "%ld: %s%s%s; the VM cannot go on without it",
                               rb->idstr, page, why, err ? ": " : "",
                               err ? strerror(err) : "");
-        if (qatomic_cmpxchg(&lazy.error, NULL, msg)) {
+        if (qatomic_cmpxchg(&lazy.failure.error, NULL, msg)) {
             g_free(msg);        /* another thread's came first */
         } else {
             error_report("%s", msg);
@@ -314,50 +346,129 @@ static bool lazy_fail(RAMBlock *rb, long page, const char *why, int err)
     return false;
 }
 
-/* Claim host page @page of @lb; false if another thread has it. */
-static bool claim_page(LazyBlock *lb, long page)
+/* Whether host page @hp of @lb is present. */
+static bool lazy_page_placed(LazyBlock *lb, long hp)
 {
-    unsigned long mask = BIT_MASK(page);
+    return qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp);
+}
 
-    return !(qatomic_fetch_or(&lb->claimed[BIT_WORD(page)], mask) & mask);
+/* Claim host page @hp of @lb; false if another thread has it. */
+static bool lazy_claim_page(LazyBlock *lb, long hp)
+{
+    unsigned long mask = BIT_MASK(hp);
+
+    return !(qatomic_fetch_or(&lb->claimed[BIT_WORD(hp)], mask) & mask);
+}
+
+/* Wake the threads that wait for a page another thread claimed. */
+static void lazy_wake_waiters(void)
+{
+    /* pairs with the barrier in lazy_wait_placer() */
+    smp_mb();
+    if (qatomic_read(&lazy.placed_waiters)) {
+        QEMU_LOCK_GUARD(&lazy.placed_lock);
+        qemu_cond_broadcast(&lazy.placed_cond);
+    }
 }
 
 /* Give up host pages [first, first + n) of @lb, which were not placed. */
-static void unclaim_pages(LazyBlock *lb, long first, long n)
+static void lazy_unclaim_pages(LazyBlock *lb, long first, long n)
 {
     long p;
 
     for (p = first; p < first + n; p++) {
         qatomic_and(&lb->claimed[BIT_WORD(p)], ~BIT_MASK(p));
     }
+    /* a waiter may claim them now */
+    lazy_wake_waiters();
+}
+
+/* Host pages [first, first + n) of @lb are present. */
+static void lazy_mark_placed(LazyBlock *lb, long first, long n)
+{
+    bitmap_set_atomic(lb->placed, first, n);
+    lazy_wake_waiters();
 }
 
 /*
- * Place pages [first, first + n) of @lb, which the caller claimed: from
- * @buf (the file's pages, read already) or as zero pages if @buf is NULL.
- * Either wakes the threads that fault on them.
+ * Wait until host page @hp of @lb, which another thread claimed, is
+ * placed or given up.  Without polling: placers wake us.
  */
-static bool place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+static void lazy_wait_placer(LazyBlock *lb, long hp)
 {
-    void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
-    size_t len = (size_t)n << TARGET_PAGE_BITS;
+    QEMU_LOCK_GUARD(&lazy.placed_lock);
+
+    qatomic_inc(&lazy.placed_waiters);
+    /* pairs with the barrier in lazy_wake_waiters() */
+    smp_mb();
+    while (!lazy_page_placed(lb, hp) && test_bit(hp, lb->claimed)) {
+        qemu_cond_wait(&lazy.placed_cond, &lazy.placed_lock);
+    }
+    qatomic_dec(&lazy.placed_waiters);
+}
+
+/*
+ * Tests (x-mapped-ram-lazy-place-delay-ms): a thread that claimed a page
+ * for a fault holds it that long before placing it, as a preempted vCPU
+ * on a busy host would.
+ */
+static void lazy_test_hold_claim(void)
+{
+    if (lazy.place_delay_ms) {
+        g_usleep(lazy.place_delay_ms * 1000ULL);
+    }
+}
+
+/*
+ * Place @len bytes at @host of @lb, from @src or as zero pages (NULL),
+ * through partial placements.  Once every page is placed and the blocks
+ * are being unregistered, only zero pages of shared RAM can still be
+ * placed: one found there already or no longer registered reads as zero
+ * anyway.  Returns 0 or -errno.
+ */
+static int lazy_uffd_place(LazyBlock *lb, void *host, const void *src,
+                           size_t len)
+{
+    int tries = 0;
     int ret;
 
-    if (buf) {
-        ret = uffd_copy_page(lazy.uffd, host, buf, len, false);
-    } else {
-        ret = uffd_zero_page(lazy.uffd, host, len, false);
+    do {
+        uint64_t placed = 0;
+
+        ret = uffd_place_range(lazy.uffd, host, src, len, false, &placed);
+        host = (uint8_t *)host + placed;
+        src = src ? (const uint8_t *)src + placed : NULL;
+        len -= placed;
+    } while (ret == -EAGAIN && ++tries < LAZY_EAGAIN_RETRIES &&
+             (sched_yield(), true));
+    if (ret && !src && lb->shared && qatomic_read(&lazy.draining) &&
+        (ret == -EEXIST || ret == -ENOENT)) {
+        trace_mapped_ram_lazy_zero_raced(lb->rb->idstr, ret);
+        return 0;
     }
+    return ret;
+}
+
+/*
+ * Place target pages [first, first + n) of @lb, which the caller
+ * claimed: from @buf (the file's pages, read already) or as zero pages
+ * if @buf is NULL.  Either wakes the threads that fault on them.
+ */
+static bool lazy_place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+{
+    void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
+    int ret = lazy_uffd_place(lb, host, buf, (size_t)n << TARGET_PAGE_BITS);
+
     if (ret) {
         return lazy_fail(lb->rb, first, "cannot place the page", -ret);
     }
-    bitmap_set_atomic(lb->placed, first, n);
-    qatomic_add(buf ? &lazy.copied : &lazy.zeroed, n);
+    lazy_mark_placed(lb, first, n);
+    qatomic_add(buf ? &lazy.stats.copied : &lazy.stats.zeroed, n);
     return true;
 }
 
 /* Read @n pages of @lb from @first into @buf. */
-static bool read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+static bool lazy_read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 {
     size_t len = n << TARGET_PAGE_BITS;
     off_t off = lb->rb->pages_offset + ((off_t)first << TARGET_PAGE_BITS);
@@ -388,7 +499,7 @@ static bool read_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
  * their bit is set, zeroes for the others.  Returns the number of pages
  * read, or -1 if the load failed.
  */
-static long build_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
+static long lazy_build_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 {
     long end = first + n, in_file = MIN(end, lb->num_pages);
     long t = first, next, read = 0;
@@ -405,7 +516,7 @@ static long build_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
             next = MIN(find_next_bit(lb->bitmap, in_file, t), end);
         }
         if (set) {
-            if (!read_pages(lb, t, next - t, at)) {
+            if (!lazy_read_pages(lb, t, next - t, at)) {
                 return -1;
             }
             read += next - t;
@@ -422,24 +533,33 @@ static long build_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
  * built in @buf (psize bytes; hugetlbfs has no UFFDIO_ZEROPAGE) and
  * copied in at once.
  */
-static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
+static bool lazy_place_huge(LazyBlock *lb, long hp, uint8_t *buf)
 {
     long first = hp * lb->tpp;
-    long read = build_pages(lb, first, lb->tpp, buf);
+    long read = lazy_build_pages(lb, first, lb->tpp, buf);
     int ret;
 
     if (read < 0) {
         return false;
     }
-    ret = uffd_copy_page(lazy.uffd, lb->rb->host + hp * lb->psize, buf,
-                         lb->psize, false);
+    ret = lazy_uffd_place(lb, lb->rb->host + hp * lb->psize, buf, lb->psize);
     if (ret) {
         return lazy_fail(lb->rb, first, "cannot place the page", -ret);
     }
-    bitmap_set_atomic(lb->placed, hp, 1);
-    qatomic_add(&lazy.copied, read);
-    qatomic_add(&lazy.zeroed, lb->tpp - read);
+    lazy_mark_placed(lb, hp, 1);
+    qatomic_add(&lazy.stats.copied, read);
+    qatomic_add(&lazy.stats.zeroed, lb->tpp - read);
     return true;
+}
+
+/* Whether the file has data for host page @hp of @lb. */
+static bool lazy_host_page_in_file(LazyBlock *lb, long hp)
+{
+    long first = hp * lb->tpp;
+
+    return first < lb->num_pages &&
+           find_next_bit(lb->bitmap, MIN(first + lb->tpp, lb->num_pages),
+                         first) < MIN(first + lb->tpp, lb->num_pages);
 }
 
 /*
@@ -447,39 +567,41 @@ static bool place_huge(LazyBlock *lb, long hp, uint8_t *buf)
  * zero.  On failure, the page is given up: whoever faults on it next
  * tries again, and fails again.
  */
-static bool place_claimed(LazyBlock *lb, long hp, uint8_t *buf)
+static bool lazy_place_claimed(LazyBlock *lb, long hp, uint8_t *buf)
 {
     bool ok;
 
     if (lb->tpp > 1) {
-        ok = place_huge(lb, hp, buf);
-    } else if (hp < lb->num_pages && test_bit(hp, lb->bitmap)) {
-        ok = read_pages(lb, hp, 1, buf) && place_pages(lb, hp, 1, buf);
+        ok = lazy_place_huge(lb, hp, buf);
+    } else if (lazy_host_page_in_file(lb, hp)) {
+        ok = lazy_read_pages(lb, hp, 1, buf) &&
+             lazy_place_pages(lb, hp, 1, buf);
     } else {
-        ok = place_pages(lb, hp, 1, NULL);
+        ok = lazy_place_pages(lb, hp, 1, NULL);
     }
     if (!ok) {
-        unclaim_pages(lb, hp, 1);
+        lazy_unclaim_pages(lb, hp, 1);
     }
     return ok;
 }
 
 /*
- * Place the host page of @lb that holds target page @page, unless another
- * thread claimed it: from the file, or zero.  Returns 1 if placed, 0 if
+ * For a thread that waits for target page @page of @lb: place its host
+ * page, unless another thread claimed it.  Returns 1 if placed, 0 if
  * another thread has it, -1 if it cannot be placed (the load failed).
  */
-static int place_host_page(LazyBlock *lb, long page, uint8_t *buf)
+static int lazy_place_for_fault(LazyBlock *lb, long page, uint8_t *buf)
 {
     long hp = page / lb->tpp;
 
-    if (!claim_page(lb, hp)) {
+    if (!lazy_claim_page(lb, hp)) {
         return 0;
     }
-    return place_claimed(lb, hp, buf) ? 1 : -1;
+    lazy_test_hold_claim();
+    return lazy_place_claimed(lb, hp, buf) ? 1 : -1;
 }
 
-static void record_touch(LazyBlock *lb, long page, int64_t now)
+static void lazy_record_touch(LazyBlock *lb, long page, int64_t now)
 {
     int64_t run_us = qatomic_read(&lazy.run_us);
     LazyTouch t = {
@@ -494,45 +616,41 @@ static void record_touch(LazyBlock *lb, long page, int64_t now)
     }
 }
 
-/* Whether host page @hp of @lb is present. */
-static bool page_placed(LazyBlock *lb, long hp)
-{
-    return qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp);
-}
-
 /*
  * Have target page @page of @lb present: place it, or wait for the
  * thread that claimed it.  Returns 1 if this thread placed it, 0 if
  * another one did, -1 if it cannot be placed (the load failed).
  */
-static int get_page(LazyBlock *lb, long page, uint8_t *buf)
+static int lazy_ensure_page(LazyBlock *lb, long page, uint8_t *buf)
 {
+    long hp = page / lb->tpp;
+
     for (;;) {
-        int r = place_host_page(lb, page, buf);
+        int r = lazy_place_for_fault(lb, page, buf);
 
         if (r) {
             return r;
         }
-        if (page_placed(lb, page / lb->tpp)) {
+        if (lazy_page_placed(lb, hp)) {
             return 0;
         }
         /* being placed; if that fails, it is unclaimed and we try */
-        g_usleep(20);
+        lazy_wait_placer(lb, hp);
     }
 }
 
 /* Page @page of @lb was placed for a thread that touched it at @t0. */
-static void served(LazyBlock *lb, long page, int64_t t0)
+static void lazy_count_fault(LazyBlock *lb, long page, int64_t t0)
 {
     int64_t us = g_get_monotonic_time() - t0;
 
-    qatomic_inc(&lazy.faults);
-    qatomic_add(&lazy.fault_us, us);
+    qatomic_inc(&lazy.stats.faults);
+    qatomic_add(&lazy.stats.fault_us, us);
     trace_mapped_ram_lazy_fault(lb->rb->idstr, page, us);
 }
 
 /* The vCPU whose thread is @tid, or NULL. */
-static CPUState *vcpu_of_thread(uint32_t tid)
+static CPUState *lazy_vcpu_of_thread(uint32_t tid)
 {
     CPUState *cpu;
 
@@ -556,9 +674,9 @@ static CPUState *vcpu_of_thread(uint32_t tid)
  * or in QEMU, the deadline ends QEMU).  Any other thread waits in the
  * kernel until QEMU exits.
  */
-static void fault_failed(uint32_t tid)
+static void lazy_fault_failed(uint32_t tid)
 {
-    CPUState *cpu = vcpu_of_thread(tid);
+    CPUState *cpu = lazy_vcpu_of_thread(tid);
 
     if (tid && !cpu) {
         lazy_fatal("QEMU's thread %" PRIu32 " waits for the page, and "
@@ -574,113 +692,59 @@ static void fault_failed(uint32_t tid)
     trace_mapped_ram_lazy_fault_failed(cpu ? cpu->cpu_index : -1);
 }
 
-static void serve_fault(struct uffd_msg *msg)
+/* UserfaultOps.fault: a thread of ours waits for a page. */
+static void lazy_serve_fault(void *opaque, RAMBlock *rb, ram_addr_t offset,
+                             uint64_t addr, uint32_t tid)
 {
-    uint64_t addr = msg->arg.pagefault.address;
     int64_t t0 = g_get_monotonic_time();
-    ram_addr_t offset;
-    RAMBlock *rb = qemu_ram_block_from_host((void *)(uintptr_t)addr, false,
-                                            &offset);
-    LazyBlock *lb = rb ? find_block(rb) : NULL;
+    LazyBlock *lb = rb ? lazy_find_block(rb) : NULL;
     long page;
     int r;
 
-    if (!lb) {
+    if (!lb || offset >= lb->length) {
         lazy_fatal("fault at 0x%" PRIx64 " outside lazy guest RAM", addr);
     }
     page = offset >> TARGET_PAGE_BITS;
-    record_touch(lb, page, t0);
-    r = place_host_page(lb, page, lazy.fault_buf);
+    lazy_record_touch(lb, page, t0);
+    r = lazy_place_for_fault(lb, page, lazy.fault_buf);
     if (r == 0) {
-        /* claimed by the fill thread: its UFFDIO_COPY wakes the fault */
+        /* claimed by another thread: its UFFDIO_COPY wakes the fault */
         trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
         return;
     }
     if (r < 0) {
-        fault_failed(msg->arg.pagefault.feat.ptid);
+        lazy_fault_failed(tid);
         return;
     }
-    served(lb, page, t0);
-}
-
-/* Stop this vCPU now, and the VM soon (vm_stop() from a vCPU thread). */
-static void stop_this_vcpu(void)
-{
-    /* qemu_cpu_stop()'s wakeup of pause_all_vcpus() needs the BQL */
-    BQL_LOCK_GUARD();
-
-    vm_stop(RUN_STATE_INTERNAL_ERROR);
-}
-
-bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
-{
-    g_autofree uint8_t *buf = NULL;
-    GPtrArray *blocks;
-    LazyBlock *lb;
-    int64_t t0;
-    long page;
-    int r;
-
-    if (likely(!qatomic_read(&lazy.tlb_blocks))) {
-        return true;            /* no lazy load runs */
-    }
-    RCU_READ_LOCK_GUARD();
-    blocks = qatomic_rcu_read(&lazy.tlb_blocks);
-    lb = blocks ? find_block_in(blocks, rb) : NULL;
-    if (!lb) {
-        return true;
-    }
-    page = ((uint8_t *)host - rb->host) >> TARGET_PAGE_BITS;
-    if (page_placed(lb, page / lb->tpp)) {
-        return true;
-    }
-    t0 = g_get_monotonic_time();
-    record_touch(lb, page, t0);
-    buf = g_malloc(lb->psize);
-    r = get_page(lb, page, buf);
-    if (r > 0) {
-        served(lb, page, t0);
-    }
-    if (r >= 0) {
-        return true;
-    }
-    /* lazy_fail() asked for the stop: this vCPU stops now, the rest soon */
-    trace_mapped_ram_lazy_tlb_fill_failed(current_cpu ?
-                                          current_cpu->cpu_index : -1);
-    stop_this_vcpu();
-    return false;
-}
-
-bool mapped_ram_lazy_active(void)
-{
-    return qatomic_read(&lazy.uffd) >= 0;
+    lazy_count_fault(lb, page, t0);
 }
 
 /*
- * A back end faulted on @offset of @rb at @client_addr (in its own address
- * space): place the page, unless it is there already or being placed (then
- * wait for it), and wake the back end.  In the fault thread, through the
- * device's handler and postcopy_request_shared_page().
+ * UserfaultOps.shared_fault: a back end faulted on @offset of @rb at
+ * @client_addr (in its own address space): place the page, unless it is
+ * there already or being placed (then wait for it), and wake the back
+ * end.
  */
-int mapped_ram_lazy_request_shared(struct PostCopyFD *pcfd, RAMBlock *rb,
-                                   uint64_t client_addr, uint64_t offset)
+static int lazy_serve_shared_fault(void *opaque, struct PostCopyFD *pcfd,
+                                   RAMBlock *rb, uint64_t client_addr,
+                                   ram_addr_t offset)
 {
     int64_t t0 = g_get_monotonic_time();
-    LazyBlock *lb = find_block(rb);
+    LazyBlock *lb = lazy_find_block(rb);
     long page = offset >> TARGET_PAGE_BITS;
 
-    if (!lb || offset >= rb->used_length) {
+    if (!lb || offset >= lb->length) {
         /* not loaded lazily: its pages are all there */
         return postcopy_wake_shared(pcfd, client_addr, rb);
     }
-    record_touch(lb, page, t0);
+    lazy_record_touch(lb, page, t0);
     /* if another thread places it, that wakes our vCPUs, not the back end */
-    switch (get_page(lb, page, lazy.fault_buf)) {
+    switch (lazy_ensure_page(lb, page, lazy.fault_buf)) {
     case -1:
         lazy_fatal("a vhost-user back end needs the page, and cannot be "
                    "stopped");
     case 1:
-        qatomic_inc(&lazy.remote_faults);
+        qatomic_inc(&lazy.stats.remote_faults);
         break;
     }
     trace_mapped_ram_lazy_remote_fault(pcfd->idstr, rb->idstr, page,
@@ -688,97 +752,154 @@ int mapped_ram_lazy_request_shared(struct PostCopyFD *pcfd, RAMBlock *rb,
     return postcopy_wake_shared(pcfd, client_addr, rb);
 }
 
-/* Serve the faults of the back end behind @pcfd. */
-static void serve_remote(struct PostCopyFD *pcfd)
+/* UserfaultOps.timeout_ms: the deadline of a pending stop. */
+static int lazy_stop_timeout_ms(void *opaque)
 {
-    struct uffd_msg msg[16];
-    int n = uffd_read_events(pcfd->fd, msg, ARRAY_SIZE(msg));
-    int i;
+    int64_t deadline = qatomic_read(&lazy.failure.stop_deadline_us);
+    int64_t left;
 
-    for (i = 0; i < n; i++) {
-        if (msg[i].event == UFFD_EVENT_PAGEFAULT &&
-            pcfd->handler(pcfd, &msg[i]) < 0) {
-            lazy_fatal("cannot serve a fault of %s at 0x%" PRIx64,
-                       pcfd->idstr, (uint64_t)msg[i].arg.pagefault.address);
-        }
+    if (!deadline) {
+        return -1;
     }
+    left = deadline - g_get_monotonic_time();
+    return left <= 0 ? 0 : left / 1000 + 1;
 }
 
-static void *fault_thread(void *opaque)
+/* UserfaultOps.timed_out */
+static void lazy_stop_timed_out(void *opaque)
 {
-    struct pollfd pfd[2 + LAZY_REMOTE_MAX];
+    lazy_fatal("the VM did not stop within " stringify(LAZY_STOP_TIMEOUT_MS)
+               " ms after the failure: a thread waits for a page that "
+               "cannot be placed");
+}
 
-    rcu_register_thread();
-    for (;;) {
-        unsigned nremote = qatomic_load_acquire(&lazy.nremote);
-        int64_t deadline = qatomic_read(&lazy.stop_deadline_us);
-        struct uffd_msg msg[16];
-        int timeout = -1;
-        unsigned r;
-        int n, i;
+/*
+ * UserfaultOps.check_plug: a device that maps guest RAM in another
+ * process would map shared RAM whose pages are not all there, and its
+ * back end would not wait for them (it was not asked to, at setup): its
+ * first access would create a page that the load then cannot place.
+ */
+static bool lazy_check_plug(void *opaque, const char *what, Error **errp)
+{
+    guint i;
 
-        if (deadline) {
-            int64_t left = deadline - g_get_monotonic_time();
+    for (i = 0; lazy.blocks && i < lazy.blocks->len; i++) {
+        LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
 
-            if (left <= 0) {
-                lazy_fatal("the VM did not stop within "
-                           stringify(LAZY_STOP_TIMEOUT_MS) " ms after the "
-                           "failure: a thread waits for a page that cannot "
-                           "be placed");
-            }
-            timeout = left / 1000 + 1;
-        }
-
-        pfd[0] = (struct pollfd) { .fd = lazy.uffd, .events = POLLIN };
-        pfd[1] = (struct pollfd) { .fd = lazy.quit_fd, .events = POLLIN };
-        for (r = 0; r < nremote; r++) {
-            pfd[2 + r] = (struct pollfd) { .fd = lazy.remote[r].fd,
-                                           .events = POLLIN };
-        }
-        if (poll(pfd, 2 + nremote, timeout) < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            lazy_fatal("nobody can serve faults: poll: %s", strerror(errno));
-        }
-        if (pfd[1].revents) {
-            uint64_t v;
-
-            if (qatomic_read(&lazy.quit)) {
-                break;
-            }
-            /* back ends were added, or a failure set the deadline */
-            if (read(lazy.quit_fd, &v, sizeof(v)) < 0) {
-                /* nothing to read: another look is harmless */
-            }
-            continue;
-        }
-        for (r = 0; r < nremote; r++) {
-            if (pfd[2 + r].revents) {
-                serve_remote(&lazy.remote[r]);
-            }
-        }
-        if (!pfd[0].revents) {
-            continue;
-        }
-        n = uffd_read_events(lazy.uffd, msg, ARRAY_SIZE(msg));
-        for (i = 0; i < n; i++) {
-            if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
-                serve_fault(&msg[i]);
-            }
+        if (lb->shared) {
+            error_setg(errp, "%s cannot be plugged while shared RAM block "
+                       "'%s' is still loaded lazily (mapped-ram-load=lazy)",
+                       what, lb->rb->idstr);
+            error_append_hint(errp, "Plug it once the MAPPED_RAM_LAZY_LOADED "
+                              "event came, or plug it before the incoming "
+                              "migration.\n");
+            return false;
         }
     }
-    rcu_unregister_thread();
-    return NULL;
+    return true;
+}
+
+static const UserfaultOps lazy_userfault_ops = {
+    .fault = lazy_serve_fault,
+    .shared_fault = lazy_serve_shared_fault,
+    .timeout_ms = lazy_stop_timeout_ms,
+    .timed_out = lazy_stop_timed_out,
+    .check_plug = lazy_check_plug,
+};
+
+/* Stop this vCPU now, and the VM soon (vm_stop() from a vCPU thread). */
+static void lazy_stop_this_vcpu(void)
+{
+    /* qemu_cpu_stop()'s wakeup of pause_all_vcpus() needs the BQL */
+    BQL_LOCK_GUARD();
+
+    vm_stop(RUN_STATE_INTERNAL_ERROR);
+}
+
+/* A buffer of one target page for the calling vCPU thread, kept. */
+static __thread uint8_t *lazy_vcpu_page_buf;
+
+static void lazy_vcpu_buf_free(Notifier *n, void *unused)
+{
+    g_free(lazy_vcpu_page_buf);
+    lazy_vcpu_page_buf = NULL;
+    g_free(n);
+}
+
+static uint8_t *lazy_vcpu_buf(void)
+{
+    if (!lazy_vcpu_page_buf) {
+        Notifier *n = g_new0(Notifier, 1);
+
+        lazy_vcpu_page_buf = g_malloc(TARGET_PAGE_SIZE);
+        n->notify = lazy_vcpu_buf_free;
+        qemu_thread_atexit_add(n);
+    }
+    return lazy_vcpu_page_buf;
+}
+
+/*
+ * Have the page at @host of @lb present, for a TLB fill.  Small pages
+ * are read into the vCPU thread's own buffer (one allocation per
+ * thread); huge pages are built in one buffer the vCPUs share, one at a
+ * time.  Returns what lazy_ensure_page() returns.
+ */
+static int lazy_vcpu_get_page(LazyBlock *lb, long page)
+{
+    if (lb->tpp == 1) {
+        return lazy_ensure_page(lb, page, lazy_vcpu_buf());
+    }
+    QEMU_LOCK_GUARD(&lazy.vcpu_huge_lock);
+    return lazy_ensure_page(lb, page, lazy.vcpu_huge_buf);
+}
+
+bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
+{
+    GPtrArray *blocks;
+    LazyBlock *lb;
+    ram_addr_t offset;
+    int64_t t0 = 0;
+    long page;
+    int r = 0;
+
+    if (likely(!qatomic_read(&lazy.tlb_blocks))) {
+        return true;            /* no lazy load runs */
+    }
+    WITH_RCU_READ_LOCK_GUARD() {
+        blocks = qatomic_rcu_read(&lazy.tlb_blocks);
+        lb = blocks ? lazy_find_block_in(blocks, rb) : NULL;
+        offset = (uint8_t *)host - rb->host;
+        if (!lb || offset >= lb->length) {
+            return true;        /* not loaded lazily, or grown since */
+        }
+        page = offset >> TARGET_PAGE_BITS;
+        if (lazy_page_placed(lb, page / lb->tpp)) {
+            return true;
+        }
+        t0 = g_get_monotonic_time();
+        lazy_record_touch(lb, page, t0);
+        r = lazy_vcpu_get_page(lb, page);
+        if (r > 0) {
+            lazy_count_fault(lb, page, t0);
+        }
+    }
+    if (r >= 0) {
+        return true;
+    }
+    /* lazy_fail() asked for the stop: this vCPU stops now, the rest soon */
+    trace_mapped_ram_lazy_tlb_fill_failed(current_cpu ?
+                                          current_cpu->cpu_index : -1);
+    lazy_stop_this_vcpu();
+    return false;
 }
 
 /* Claim pages [first, end) of @lb one by one; returns the first not taken. */
-static long claim_run(LazyBlock *lb, long first, long end)
+static long lazy_claim_run(LazyBlock *lb, long first, long end)
 {
     long p;
 
     for (p = first; p < end; p++) {
-        if (!claim_page(lb, p)) {
+        if (!lazy_claim_page(lb, p)) {
             break;
         }
     }
@@ -795,10 +916,10 @@ static long claim_run(LazyBlock *lb, long first, long end)
  * small pages (and allocate each).  What the move does not take (the
  * kernel had no huge page, or cannot move) is copied.
  */
-static bool place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
+static bool lazy_place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
 {
     void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
-    long read = build_pages(lb, first, LAZY_CHUNK_PAGES, chunk);
+    long read = lazy_build_pages(lb, first, LAZY_CHUNK_PAGES, chunk);
     struct uffdio_move mv = {
         .dst = (uintptr_t)host,
         .src = (uintptr_t)chunk,
@@ -820,18 +941,18 @@ static bool place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
         if (moved) {
             uffd_wakeup(lazy.uffd, host, moved);
         }
-        ret = uffd_copy_page(lazy.uffd, host + moved, chunk + moved,
-                             LAZY_CHUNK_SIZE - moved, false);
+        ret = lazy_uffd_place(lb, host + moved, chunk + moved,
+                              LAZY_CHUNK_SIZE - moved);
         if (ret) {
             return lazy_fail(lb->rb, first + (moved >> TARGET_PAGE_BITS),
                              "cannot place the page", -ret);
         }
     } else {
-        lazy.moved++;
+        lazy.stats.moved++;
     }
-    bitmap_set_atomic(lb->placed, first, LAZY_CHUNK_PAGES);
-    qatomic_add(&lazy.copied, read);
-    qatomic_add(&lazy.zeroed, LAZY_CHUNK_PAGES - read);
+    lazy_mark_placed(lb, first, LAZY_CHUNK_PAGES);
+    qatomic_add(&lazy.stats.copied, read);
+    qatomic_add(&lazy.stats.zeroed, LAZY_CHUNK_PAGES - read);
     return true;
 }
 
@@ -841,7 +962,8 @@ static bool place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
  * its pages meanwhile: the pages claimed by then are placed one by one
  * (the faulting thread waits for them), and the chunk is not ours.
  */
-static bool claim_chunk(LazyBlock *lb, long first, uint8_t *buf, bool *ok)
+static bool lazy_claim_chunk(LazyBlock *lb, long first, uint8_t *buf,
+                             bool *ok)
 {
     long end = first + LAZY_CHUNK_PAGES, p, run;
 
@@ -852,47 +974,58 @@ static bool claim_chunk(LazyBlock *lb, long first, uint8_t *buf, bool *ok)
         find_next_bit(lb->claimed, end, first) < end) {
         return false;
     }
-    run = claim_run(lb, first, end);
+    run = lazy_claim_run(lb, first, end);
     if (run == end) {
         return true;
     }
     for (p = first; p < run && *ok; p++) {
-        *ok = place_claimed(lb, p, buf);
+        *ok = lazy_place_claimed(lb, p, buf);
     }
     if (!*ok) {
-        unclaim_pages(lb, p, run - p);
+        lazy_unclaim_pages(lb, p, run - p);
     }
     return false;
 }
 
-/*
- * Place every page of @lb not placed yet; false if the load failed.
- * @chunk: LAZY_CHUNK_SIZE bytes, aligned, if @lb moves chunks in.
- */
-static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
+/* Fill the huge pages of @lb; those of shared RAM the file has no data for stay holes. */
+static bool lazy_fill_huge_block(LazyBlock *lb, uint8_t *buf)
 {
-    long used = lb->rb->used_length >> TARGET_PAGE_BITS;
+    long hp;
+
+    for (hp = 0; hp < lb->host_pages; hp++) {
+        if (lb->shared && !lazy_host_page_in_file(lb, hp)) {
+            continue;
+        }
+        if (lazy_claim_page(lb, hp) && !lazy_place_claimed(lb, hp, buf)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Place every page of @lb not placed yet, but the zero pages of shared
+ * RAM; false if the load failed.  @chunk: LAZY_CHUNK_SIZE bytes,
+ * aligned, if @lb moves chunks in.
+ */
+static bool lazy_fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
+{
+    long used = lb->host_pages;
     long p = 0;
     bool ok;
 
     if (lb->tpp > 1) {
-        for (p = 0; p < used; p += lb->tpp) {
-            if (place_host_page(lb, p, buf) < 0) {
-                return false;
-            }
-        }
-        return true;
+        return lazy_fill_huge_block(lb, buf);
     }
-
     while (p < used) {
         bool in_file = p < lb->num_pages && test_bit(p, lb->bitmap);
         long end, run;
 
         if (lb->move && !(p % LAZY_CHUNK_PAGES) &&
             p + LAZY_CHUNK_PAGES <= used) {
-            if (claim_chunk(lb, p, buf, &ok)) {
-                if (!place_chunk(lb, p, chunk)) {
-                    unclaim_pages(lb, p, LAZY_CHUNK_PAGES);
+            if (lazy_claim_chunk(lb, p, buf, &ok)) {
+                if (!lazy_place_chunk(lb, p, chunk)) {
+                    lazy_unclaim_pages(lb, p, LAZY_CHUNK_PAGES);
                     return false;
                 }
                 p += LAZY_CHUNK_PAGES;
@@ -902,11 +1035,7 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
                 return false;
             }
         }
-        if (test_bit(p, lb->claimed)) {     /* a hint: claim_run() decides */
-            p++;
-            continue;
-        }
-        /* a run of pages alike (in the file or not), not claimed yet */
+        /* a run of pages alike (in the file or not) */
         if (p >= lb->num_pages) {
             end = used;
         } else if (in_file) {
@@ -914,23 +1043,65 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
         } else {
             end = find_next_bit(lb->bitmap, lb->num_pages, p);
         }
+        if (!in_file && lb->shared) {
+            p = end;            /* holes of the memory file: zero already */
+            continue;
+        }
+        if (test_bit(p, lb->claimed)) {     /* a hint: claim_run() decides */
+            p++;
+            continue;
+        }
         end = MIN(end, p + (in_file ? LAZY_FILL_BATCH : LAZY_ZERO_BATCH));
         if (lb->move) {
             /* stop at the next chunk: it may be moved in */
             end = MIN(end, ROUND_UP(p + 1, LAZY_CHUNK_PAGES));
         }
-        run = claim_run(lb, p, end);
+        run = lazy_claim_run(lb, p, end);
         if (run == p) {
             p++;
             continue;
         }
-        if (in_file ? !read_pages(lb, p, run - p, buf) ||
-                      !place_pages(lb, p, run - p, buf) :
-                      !place_pages(lb, p, run - p, NULL)) {
-            unclaim_pages(lb, p, run - p);
+        if (in_file ? !lazy_read_pages(lb, p, run - p, buf) ||
+                      !lazy_place_pages(lb, p, run - p, buf) :
+                      !lazy_place_pages(lb, p, run - p, NULL)) {
+            lazy_unclaim_pages(lb, p, run - p);
             return false;
         }
         p = run;
+    }
+    return true;
+}
+
+/*
+ * The fill went over @lb: wait until the pages other threads claimed are
+ * placed too, so that every page the load must place is there (all of
+ * them, but the zero pages of shared RAM).  Places those given up by a
+ * thread that failed (and fails too, then).
+ */
+static bool lazy_wait_block_placed(LazyBlock *lb, uint8_t *buf)
+{
+    long hp, p;
+
+    if (lb->shared && lb->tpp == 1) {
+        /* the pages of the file, not the many holes around them */
+        for (p = find_next_bit(lb->bitmap, lb->num_pages, 0);
+             p < lb->num_pages;
+             p = find_next_bit(lb->bitmap, lb->num_pages, p + 1)) {
+            if (!lazy_page_placed(lb, p) && lazy_ensure_page(lb, p, buf) < 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+    for (hp = find_next_zero_bit(lb->placed, lb->host_pages, 0);
+         hp < lb->host_pages;
+         hp = find_next_zero_bit(lb->placed, lb->host_pages, hp + 1)) {
+        if (lb->shared && !lazy_host_page_in_file(lb, hp)) {
+            continue;
+        }
+        if (lazy_ensure_page(lb, hp * lb->tpp, buf) < 0) {
+            return false;
+        }
     }
     return true;
 }
@@ -940,113 +1111,121 @@ static bool fill_block(LazyBlock *lb, uint8_t *buf, uint8_t *chunk)
  * blocks this VM does not load lazily, or beyond them, are skipped: the
  * working set is a hint.
  */
-static bool prefetch(uint8_t *buf)
+static bool lazy_prefetch_working_set(uint8_t *buf)
 {
-    g_autofree LazyBlock **map = g_new0(LazyBlock *, lazy.ws->blocks->len);
+    MappedRamWorkingSet *ws = lazy.ws;
+    g_autofree LazyBlock **map = g_new0(LazyBlock *, ws->blocks->len);
     int64_t t0 = g_get_monotonic_time();
     uint64_t skipped = 0;
     guint i, j;
-    int r;
 
-    for (i = 0; i < lazy.ws->blocks->len; i++) {
+    for (i = 0; i < ws->blocks->len; i++) {
         for (j = 0; j < lazy.blocks->len; j++) {
             LazyBlock *lb = g_ptr_array_index(lazy.blocks, j);
 
-            if (!strcmp(lb->rb->idstr, g_ptr_array_index(lazy.ws->blocks, i))) {
+            if (!strcmp(lb->rb->idstr, g_ptr_array_index(ws->blocks, i))) {
                 map[i] = lb;
             }
         }
     }
-    for (i = 0; i < lazy.ws->pages->len; i++) {
-        uint64_t e = g_array_index(lazy.ws->pages, uint64_t, i);
+    for (i = 0; i < ws->pages->len; i++) {
+        uint64_t e = g_array_index(ws->pages, uint64_t, i);
         LazyBlock *lb = map[MAPPED_RAM_WS_BLOCK_OF(e)];
         uint64_t page = MAPPED_RAM_WS_PAGE_OF(e);
+        long hp;
 
-        if (!lb || page >= lb->rb->used_length >> TARGET_PAGE_BITS) {
+        if (!lb || page >= lb->length >> TARGET_PAGE_BITS) {
             skipped++;
             continue;
         }
-        r = place_host_page(lb, page, buf);
-        if (r < 0) {
+        hp = page / lb->tpp;
+        if (!lazy_claim_page(lb, hp)) {
+            continue;
+        }
+        if (!lazy_place_claimed(lb, hp, buf)) {
             return false;
         }
-        if (r > 0) {
-            qatomic_inc(&lazy.prefetched);
-        }
+        qatomic_inc(&lazy.stats.prefetched);
     }
-    trace_mapped_ram_lazy_prefetch(lazy.ws->pages->len, lazy.prefetched,
+    trace_mapped_ram_lazy_prefetch(ws->pages->len, lazy.stats.prefetched,
                                    skipped, g_get_monotonic_time() - t0);
     return true;
 }
 
-static void finish(void)
+/*
+ * Every page the load must place is placed: stop serving faults,
+ * unregister the RAM, and hand what TLB fills may still look at to RCU.
+ */
+static void lazy_release(void)
 {
-    LazyBlocksFree *f = g_new(LazyBlocksFree, 1);
+    LazyRelease *r = g_new0(LazyRelease, 1);
     guint i;
 
-    /* every page is present: TLB fills need not look any more */
+    /* TLB fills need not look any more; those that did, see it placed */
     qatomic_rcu_set(&lazy.tlb_blocks, NULL);
-    qatomic_set(&lazy.quit, true);
-    kick_fault_thread();
-    qemu_thread_join(&lazy.fault_thread);
-    for (i = 0; i < lazy.nremote; i++) {
-        close(lazy.remote[i].fd);
-    }
-    lazy.nremote = 0;
+    userfault_server_stop(&lazy.server);
+    lazy.serving = false;
     g_free(lazy.fault_buf);
     lazy.fault_buf = NULL;
+    /* a thread waiting for a zero page of shared RAM is woken, and retries */
     for (i = 0; i < lazy.blocks->len; i++) {
         LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
 
-        uffd_unregister_memory(lazy.uffd, lb->rb->host, lb->rb->used_length);
+        uffd_unregister_memory(lazy.uffd, lb->rb->host, lb->length);
     }
-    f->blocks = lazy.blocks;
+    /* lazy.uffd and lazy.fd stay valid until the grace period ended */
+    r->blocks = lazy.blocks;
+    r->uffd = lazy.uffd;
+    r->fd = lazy.fd;
     lazy.blocks = NULL;
-    call_rcu(f, lazy_blocks_free, rcu);
+    call_rcu(r, lazy_release_rcu, rcu);
     mapped_ram_ws_free(lazy.ws);
     lazy.ws = NULL;
-    uffd_close_fd(lazy.uffd);
-    close(lazy.quit_fd);
+    g_free(lazy.vcpu_huge_buf);
+    lazy.vcpu_huge_buf = NULL;
     mapped_ram_map_release_file(&lazy.st);
-    close(lazy.fd);
-    lazy.uffd = lazy.quit_fd = lazy.fd = -1;
 }
 
 /*
  * Every page is present: release userfaultfd and the file, and say so.
  * In the main loop, so that what the monitor and the outgoing migration
- * check (lazy.fd) changes under the BQL.
+ * check (the files RAM loads from) changes under the BQL.
  */
-static void complete(void *opaque)
+static void lazy_complete_bh(void *opaque)
 {
+    MappedRamLazyStats *st = &lazy.stats;
     Error *err = NULL;
     int64_t total_us;
 
-    /* the back ends may fault until they hear it: the fault thread runs */
-    if (lazy.nremote &&
+    /* the back ends may fault until they hear it: the server runs */
+    if (lazy.server.nremote &&
         postcopy_notify(POSTCOPY_NOTIFY_INBOUND_END, &err)) {
         error_prepend(&err, "mapped-ram-load=lazy: a vhost-user back end "
                       "did not leave its postcopy mode: ");
         error_report_err(err);
     }
-    finish();
+    lazy_release();
     ram_block_discard_disable(false);
-    /* the fault thread is gone: the counters hold still */
+    /* the server is gone: the counters hold still */
     total_us = lazy.total_us = g_get_monotonic_time() - lazy.start_us;
+    st->skipped = lazy.total_pages - MIN(lazy.total_pages,
+                                         st->copied + st->zeroed);
     lazy.completed = true;
-    trace_mapped_ram_lazy_complete(total_us, lazy.fill_us, lazy.copied,
-                                   lazy.zeroed, lazy.faults, lazy.fault_us);
+    trace_mapped_ram_lazy_complete(total_us, lazy.fill_us, st->copied,
+                                   st->zeroed, st->skipped, st->faults,
+                                   st->fault_us);
     qapi_event_send_mapped_ram_lazy_loaded(total_us / 1000,
-                                           lazy.fill_us / 1000, lazy.copied,
-                                           lazy.zeroed, lazy.faults,
-                                           lazy.fault_us, lazy.prefetched);
+                                           lazy.fill_us / 1000, st->copied,
+                                           st->zeroed, st->faults,
+                                           st->fault_us, st->prefetched,
+                                           st->skipped);
 }
 
 /*
  * Memory of our own to build chunks in, for blocks that move them in, or
  * NULL (*@area: what to unmap).  Without it, no block moves chunks in.
  */
-static uint8_t *chunk_area(void **area)
+static uint8_t *lazy_chunk_area(void **area)
 {
     uint8_t *chunk;
     guint i;
@@ -1076,15 +1255,37 @@ static uint8_t *chunk_area(void **area)
     return chunk;
 }
 
-static void *fill_thread(void *opaque)
+/* Place every page, wait for those others placed; false on failure. */
+static bool lazy_fill_all(uint8_t *buf, uint8_t *chunk)
+{
+    guint i;
+
+    if (qatomic_read(&lazy.failure.error) ||
+        (lazy.ws && !lazy_prefetch_working_set(buf))) {
+        return false;
+    }
+    for (i = 0; i < lazy.blocks->len; i++) {
+        if (!lazy_fill_block(g_ptr_array_index(lazy.blocks, i), buf, chunk)) {
+            return false;
+        }
+    }
+    for (i = 0; i < lazy.blocks->len; i++) {
+        if (!lazy_wait_block_placed(g_ptr_array_index(lazy.blocks, i),
+                                    buf)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void *lazy_fill_thread(void *opaque)
 {
     g_autofree uint8_t *buf = g_malloc(MAX(LAZY_FILL_BATCH * TARGET_PAGE_SIZE,
                                            lazy.max_psize));
     uint32_t delay_ms = migrate_mapped_ram_lazy_fill_delay_ms();
     void *area;
-    uint8_t *chunk = chunk_area(&area);
+    uint8_t *chunk = lazy_chunk_area(&area);
     int64_t t0;
-    guint i;
 
     rcu_register_thread();
     if (delay_ms) {
@@ -1092,19 +1293,15 @@ static void *fill_thread(void *opaque)
         g_usleep(delay_ms * 1000ULL);
     }
     t0 = g_get_monotonic_time();
-    if (qatomic_read(&lazy.error) || (lazy.ws && !prefetch(buf))) {
-        goto failed;
+    if (lazy_fill_all(buf, chunk)) {
+        lazy.fill_us = g_get_monotonic_time() - t0;
+        trace_mapped_ram_lazy_fill(lazy.fill_us, lazy.stats.moved);
+        /* from now on only zero pages of shared RAM can still be placed */
+        qatomic_set(&lazy.draining, true);
+        aio_bh_schedule_oneshot(qemu_get_aio_context(), lazy_complete_bh,
+                                NULL);
     }
-    for (i = 0; i < lazy.blocks->len; i++) {
-        if (!fill_block(g_ptr_array_index(lazy.blocks, i), buf, chunk)) {
-            goto failed;
-        }
-    }
-    lazy.fill_us = g_get_monotonic_time() - t0;
-    trace_mapped_ram_lazy_fill(lazy.fill_us, lazy.moved);
-    aio_bh_schedule_oneshot(qemu_get_aio_context(), complete, NULL);
-failed:
-    /* the VM stops (lazy_stop_bh); the load never completes */
+    /* else the VM stops (lazy_stop_bh); the load never completes */
     if (area != MAP_FAILED) {
         munmap(area, 2 * LAZY_CHUNK_SIZE);
     }
@@ -1112,7 +1309,11 @@ failed:
     return NULL;
 }
 
-MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp)
+/*
+ * The pages that faulted, in order, in the first @ms milliseconds after
+ * the guest started (before it, too), once the load completed.
+ */
+static MappedRamWorkingSet *lazy_working_set(uint32_t ms, Error **errp)
 {
     MappedRamWorkingSet *ws;
     guint i;
@@ -1139,8 +1340,22 @@ MappedRamWorkingSet *mapped_ram_lazy_working_set(uint32_t ms, Error **errp)
     return ws;
 }
 
+void qmp_mapped_ram_save_working_set(const char *filename,
+                                     bool has_duration_ms,
+                                     uint32_t duration_ms, Error **errp)
+{
+    MappedRamWorkingSet *ws;
+
+    ws = lazy_working_set(has_duration_ms ? duration_ms : UINT32_MAX, errp);
+    if (ws) {
+        mapped_ram_ws_save(ws, filename, errp);
+        mapped_ram_ws_free(ws);
+    }
+}
+
 MappedRamLazyInfo *mapped_ram_lazy_query(void)
 {
+    MappedRamLazyStats *st = &lazy.stats;
     MappedRamLazyInfo *info;
 
     if (!lazy.names) {
@@ -1151,17 +1366,18 @@ MappedRamLazyInfo *mapped_ram_lazy_query(void)
     info->elapsed_ms = (lazy.completed ? lazy.total_us :
                         g_get_monotonic_time() - lazy.start_us) / 1000;
     info->total_pages = lazy.total_pages;
-    info->pages_read = qatomic_read(&lazy.copied);
-    info->pages_zeroed = qatomic_read(&lazy.zeroed);
-    info->pages_prefetched = qatomic_read(&lazy.prefetched);
-    info->faults = qatomic_read(&lazy.faults);
-    info->remote_faults = qatomic_read(&lazy.remote_faults);
-    info->error_desc = g_strdup(qatomic_read(&lazy.error));
-    info->fault_us = qatomic_read(&lazy.fault_us);
+    info->pages_read = qatomic_read(&st->copied);
+    info->pages_zeroed = qatomic_read(&st->zeroed);
+    info->pages_skipped = qatomic_read(&st->skipped);
+    info->pages_prefetched = qatomic_read(&st->prefetched);
+    info->faults = qatomic_read(&st->faults);
+    info->remote_faults = qatomic_read(&st->remote_faults);
+    info->error_desc = g_strdup(qatomic_read(&lazy.failure.error));
+    info->fault_us = qatomic_read(&st->fault_us);
     return info;
 }
 
-static void vm_running(void *opaque, bool running, RunState state)
+static void lazy_vm_running(void *opaque, bool running, RunState state)
 {
     if (!running || lazy.fill_started) {
         return;
@@ -1172,11 +1388,11 @@ static void vm_running(void *opaque, bool running, RunState state)
     lazy.vmstate = NULL;
     /* before the vCPUs run: TCG's TLB fills place the pages they map */
     qatomic_rcu_set(&lazy.tlb_blocks, lazy.blocks);
-    qemu_thread_create(&lazy.fill_thread, "mapped-ram-fill", fill_thread,
-                       NULL, QEMU_THREAD_DETACHED);
+    qemu_thread_create(&lazy.fill_thread, "mapped-ram-fill",
+                       lazy_fill_thread, NULL, QEMU_THREAD_DETACHED);
 }
 
-static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
+static bool lazy_block_can_be_lazy(RAMBlock *rb, Error **errp)
 {
     const char *why = NULL;
 
@@ -1201,41 +1417,31 @@ static bool block_can_be_lazy(RAMBlock *rb, Error **errp)
 static bool lazy_remote_setup(RAMBlock *rb, Error **errp)
 {
     GArray *fds = migration_incoming_get_current()->postcopy_remote_fds;
-    unsigned n = 0;
+    unsigned n;
 
     if (postcopy_notify(POSTCOPY_NOTIFY_PROBE, errp) ||
         postcopy_notify(POSTCOPY_NOTIFY_INBOUND_ADVISE, errp)) {
         goto fail;
     }
-    if (!fds || fds->len > LAZY_REMOTE_MAX) {
-        error_setg(errp, "%u back ends, at most %d are supported",
-                   fds ? fds->len : 0, LAZY_REMOTE_MAX);
+    if (!fds) {
+        error_setg(errp, "no back end sent its userfaultfd");
         goto fail;
     }
     for (n = 0; n < fds->len; n++) {
-        struct PostCopyFD *pcfd = &g_array_index(fds, struct PostCopyFD, n);
-
-        lazy.remote[n] = *pcfd;
-        /* ours: the device closes its own at INBOUND_END */
-        lazy.remote[n].fd = fcntl(pcfd->fd, F_DUPFD_CLOEXEC, 0);
-        if (lazy.remote[n].fd < 0) {
-            error_setg_errno(errp, errno, "cannot duplicate the userfaultfd "
-                             "of %s", pcfd->idstr);
+        if (!userfault_server_add_remote(&lazy.server,
+                                         &g_array_index(fds,
+                                                        struct PostCopyFD,
+                                                        n), errp)) {
             goto fail;
         }
     }
     if (postcopy_notify(POSTCOPY_NOTIFY_INBOUND_LISTEN, errp)) {
         goto fail;
     }
-    trace_mapped_ram_lazy_remote_setup(rb->idstr, n);
-    qatomic_store_release(&lazy.nremote, n);
-    kick_fault_thread();
+    trace_mapped_ram_lazy_remote_setup(rb->idstr, fds->len);
     return true;
 
 fail:
-    while (n--) {
-        close(lazy.remote[n].fd);
-    }
     error_prepend(errp, "mapped-ram-load=lazy: RAM block '%s' is shared with "
                   "a vhost-user back end, which must wait for its pages: ",
                   rb->idstr);
@@ -1244,21 +1450,40 @@ fail:
     return false;
 }
 
+/* Undo what lazy_setup() did, after a failure before the guest ran. */
+static void lazy_setup_undo(void)
+{
+    if (lazy.serving) {
+        userfault_server_stop(&lazy.server);
+        lazy.serving = false;
+    }
+    if (lazy.vmstate) {
+        qemu_del_vm_change_state_handler(lazy.vmstate);
+        lazy.vmstate = NULL;
+    }
+    mapped_ram_ws_free(lazy.ws);
+    lazy.ws = NULL;
+    if (lazy.uffd >= 0) {
+        uffd_close_fd(lazy.uffd);
+    }
+    if (lazy.fd >= 0) {
+        mapped_ram_map_release_file(&lazy.st);
+        close(lazy.fd);
+    }
+    lazy.uffd = lazy.fd = -1;
+    ram_block_discard_disable(false);
+}
+
 static bool lazy_setup(QEMUFile *f, Error **errp)
 {
     uint64_t features;
 
-    if (lazy.uffd >= 0) {
-        return true;
+    if (lazy.serving) {
+        return true;            /* the load's first block set it up */
     }
-    if (lazy.fill_started) {
+    if (lazy.names) {
         error_setg(errp, "mapped-ram-load=lazy: a lazy load ran already in "
                    "this process");
-        return false;
-    }
-    if (migrate_postcopy_ram()) {
-        error_setg(errp, "mapped-ram-load=lazy cannot be used with "
-                   "postcopy-ram");
         return false;
     }
     /*
@@ -1305,38 +1530,37 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
                    "CAP_SYS_PTRACE); load with mapped-ram-load=copy or map");
         goto fail;
     }
-    lazy.quit_fd = eventfd(0, EFD_CLOEXEC);
-    if (lazy.quit_fd < 0) {
-        error_setg_errno(errp, errno, "mapped-ram-load=lazy: eventfd");
+    /* blocks come after the server starts: size for any of them */
+    lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);
+    lazy.fault_buf = g_malloc(lazy.max_psize);
+    if (lazy.max_psize > TARGET_PAGE_SIZE) {
+        lazy.vcpu_huge_buf = g_malloc(lazy.max_psize);
+    }
+    if (!userfault_server_start(&lazy.server, lazy.uffd, "mapped-ram-fault",
+                                &lazy_userfault_ops, NULL, errp)) {
+        error_prepend(errp, "mapped-ram-load=lazy: ");
         goto fail;
     }
-    /* no reallocation: the fault thread reads it unlocked */
+    lazy.serving = true;
+    /* no reallocation: the fault server reads it unlocked */
     lazy.blocks = g_ptr_array_new_full(RAM_BLOCKS_MAX, lazy_block_free);
     lazy.names = g_ptr_array_new_with_free_func(g_free);
     lazy.touched = g_array_new(false, false, sizeof(LazyTouch));
     qemu_mutex_init(&lazy.touch_lock);
+    qemu_mutex_init(&lazy.placed_lock);
+    qemu_cond_init(&lazy.placed_cond);
+    qemu_mutex_init(&lazy.vcpu_huge_lock);
+    lazy.place_delay_ms = migrate_mapped_ram_lazy_place_delay_ms();
     lazy.start_us = g_get_monotonic_time();
-    /* blocks come after the fault thread starts: size for any of them */
-    lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);
-    lazy.fault_buf = g_malloc(lazy.max_psize);
-    lazy.quit = false;
-    qemu_thread_create(&lazy.fault_thread, "mapped-ram-fault", fault_thread,
-                       NULL, QEMU_THREAD_JOINABLE);
-    lazy.vmstate = qemu_add_vm_change_state_handler(vm_running, NULL);
+    lazy.vmstate = qemu_add_vm_change_state_handler(lazy_vm_running, NULL);
     return true;
 
 fail:
-    mapped_ram_ws_free(lazy.ws);
-    lazy.ws = NULL;
-    if (lazy.uffd >= 0) {
-        uffd_close_fd(lazy.uffd);
-    }
-    if (lazy.fd >= 0) {
-        mapped_ram_map_release_file(&lazy.st);
-        close(lazy.fd);
-    }
-    lazy.uffd = lazy.fd = -1;
-    ram_block_discard_disable(false);
+    g_free(lazy.fault_buf);
+    lazy.fault_buf = NULL;
+    g_free(lazy.vcpu_huge_buf);
+    lazy.vcpu_huge_buf = NULL;
+    lazy_setup_undo();
     return false;
 }
 
@@ -1347,7 +1571,7 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     uint64_t ioctls;
     LazyBlock *lb;
 
-    if (!block_can_be_lazy(rb, errp) || !lazy_setup(f, errp) ||
+    if (!lazy_block_can_be_lazy(rb, errp) || !lazy_setup(f, errp) ||
         !mapped_ram_map_check_extent("lazy", rb, num_pages, &lazy.st, errp)) {
         return false;
     }
@@ -1362,7 +1586,7 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                    rb->page_size);
         return false;
     }
-    if (find_block(rb)) {
+    if (lazy_find_block(rb)) {
         error_setg(errp, "mapped-ram-load=lazy: RAM block '%s' appears twice "
                    "in the stream", rb->idstr);
         return false;
@@ -1399,19 +1623,22 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
     lb->num_pages = num_pages;
     lb->bitmap = bitmap_new(num_pages);
     bitmap_copy(lb->bitmap, bitmap, num_pages);
+    lb->length = rb->used_length;
     lb->psize = rb->page_size;
     lb->tpp = rb->page_size >> TARGET_PAGE_BITS;
-    lb->claimed = bitmap_new(rb->used_length / rb->page_size);
-    lb->placed = bitmap_new(rb->used_length / rb->page_size);
+    lb->host_pages = lb->length / lb->psize;
+    lb->claimed = bitmap_new(lb->host_pages);
+    lb->placed = bitmap_new(lb->host_pages);
+    lb->shared = qemu_ram_is_shared(rb);
     /* UFFDIO_MOVE takes private anonymous memory only */
     lb->move = (lazy.features & UFFD_FEATURE_MOVE) &&
                (ioctls & BIT_ULL(_UFFDIO_MOVE)) && lb->tpp == 1 &&
-               rb->fd < 0 && !qemu_ram_is_shared(rb) &&
+               rb->fd < 0 && !lb->shared &&
                QEMU_PTR_IS_ALIGNED(rb->host, LAZY_CHUNK_SIZE);
     g_ptr_array_add(lazy.blocks, lb);
     g_ptr_array_add(lazy.names, g_strdup(rb->idstr));
-    lazy.total_pages += rb->used_length >> TARGET_PAGE_BITS;
-    trace_mapped_ram_lazy_block(rb->idstr, rb->used_length, rb->pages_offset,
-                                lb->move);
+    lazy.total_pages += lb->length >> TARGET_PAGE_BITS;
+    trace_mapped_ram_lazy_block(rb->idstr, lb->length, rb->pages_offset,
+                                lb->move, lb->shared);
     return true;
 }

@@ -27,9 +27,7 @@
 #include "qemu/osdep.h"
 #include "qemu/bswap.h"
 #include "qapi/error.h"
-#include "qapi/qapi-commands-migration.h"
 #include "mapped-ram-working-set.h"
-#include "mapped-ram-lazy.h"
 #include "trace.h"
 
 #define WS_MAGIC        "QEMUMRWS"
@@ -180,18 +178,4 @@ bool mapped_ram_ws_save(const MappedRamWorkingSet *ws, const char *path,
     }
     trace_mapped_ram_ws_save(path, ws->blocks->len, ws->pages->len);
     return true;
-}
-
-void qmp_mapped_ram_save_working_set(const char *filename,
-                                     bool has_duration_ms,
-                                     uint32_t duration_ms, Error **errp)
-{
-    MappedRamWorkingSet *ws;
-
-    ws = mapped_ram_lazy_working_set(has_duration_ms ? duration_ms :
-                                     UINT32_MAX, errp);
-    if (ws) {
-        mapped_ram_ws_save(ws, filename, errp);
-        mapped_ram_ws_free(ws);
-    }
 }
