@@ -408,13 +408,13 @@ static void lazy_wait_placer(LazyBlock *lb, long hp)
 }
 
 /*
- * Tests (x-mapped-ram-lazy-place-delay-ms): a thread that claimed a page
- * for a fault holds it that long before placing it, as a preempted vCPU
- * on a busy host would.
+ * Tests (x-mapped-ram-lazy-place-delay-ms): once the guest runs, a
+ * thread that claimed a page for a fault holds it that long before
+ * placing it, as a preempted vCPU on a busy host would.
  */
 static void lazy_test_hold_claim(void)
 {
-    if (lazy.place_delay_ms) {
+    if (lazy.place_delay_ms && qatomic_read(&lazy.run_us)) {
         g_usleep(lazy.place_delay_ms * 1000ULL);
     }
 }

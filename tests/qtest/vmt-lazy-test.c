@@ -11,6 +11,7 @@
 #include <sys/vfs.h>
 #include <linux/magic.h>
 #include <linux/userfaultfd.h>
+#include "qemu/bswap.h"
 #include "qemu/cutils.h"
 #include "qemu/units.h"
 #include "libqtest.h"
@@ -20,26 +21,45 @@
 #include "qobject/qdict.h"
 #include "vmt-util.h"
 
-/* The load completed: every page present, userfaultfd released. */
-static void wait_loaded(QTestState *to)
+static QDict *query_lazy(QTestState *who);
+
+/*
+ * The load completed: every page present, userfaultfd released, and
+ * every page of the blocks accounted for: read, zeroed, or (shared RAM)
+ * left a hole.  Returns the event's data; the caller unrefs it.
+ */
+static QDict *wait_loaded_data(QTestState *to)
 {
     QDict *ev = qtest_qmp_eventwait_ref(to, "MAPPED_RAM_LAZY_LOADED");
     QDict *data = qdict_get_qdict(ev, "data");
+    QDict *lazy = query_lazy(to);
+    int64_t read = qdict_get_int(data, "pages-read");
+    int64_t zeroed = qdict_get_int(data, "pages-zeroed");
+    int64_t skipped = qdict_get_int(data, "pages-skipped");
 
     g_test_message("lazy load: %" PRId64 " ms (fill %" PRId64 " ms), %"
                    PRId64 " pages read, %" PRId64 " zeroed, %" PRId64
-                   " faults in %" PRId64 " us",
+                   " left as holes, %" PRId64 " faults in %" PRId64 " us",
                    qdict_get_int(data, "total-ms"),
-                   qdict_get_int(data, "fill-ms"),
-                   qdict_get_int(data, "pages-read"),
-                   qdict_get_int(data, "pages-zeroed"),
+                   qdict_get_int(data, "fill-ms"), read, zeroed, skipped,
                    qdict_get_int(data, "faults"),
                    qdict_get_int(data, "fault-us"));
     /* the boot block's pattern is in the file, the rest is zero */
-    g_assert_cmpint(qdict_get_int(data, "pages-read"), >,
+    g_assert_cmpint(read, >,
                     (end_address - start_address) / TEST_MEM_PAGE_SIZE);
-    g_assert_cmpint(qdict_get_int(data, "pages-zeroed"), >, 0);
+    g_assert_cmpint(zeroed + skipped, >, 0);
+    g_assert_true(qdict_get_bool(lazy, "completed"));
+    g_assert_cmpint(read + zeroed + skipped, ==,
+                    qdict_get_int(lazy, "total-pages"));
+    qobject_unref(lazy);
+    qobject_ref(data);
     qobject_unref(ev);
+    return data;
+}
+
+static void wait_loaded(QTestState *to)
+{
+    qobject_unref(wait_loaded_data(to));
 }
 
 /* query-migrate's mapped-ram-lazy member; the caller unrefs it. */
@@ -768,6 +788,349 @@ static void test_lazy_refuses_disk_file(void)
     unlink(file);
 }
 
+/*
+ * The vCPU that places the guest's first page is preempted right after
+ * it claimed the page (x-mapped-ram-lazy-place-delay-ms holds it 3 s,
+ * the fill starts 0.2 s after the guest): the fill finds that page being
+ * placed and goes on.  The load must complete only once the page is
+ * there, every page counted, and the vCPU must find its userfaultfd and
+ * file still open when it goes on (no failure after the completion).
+ */
+static void test_lazy_slow_placer(void)
+{
+    g_autofree char *file = vmt_path("lazy-slow.img");
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = {
+        .mode = "lazy",
+        .extra = "-global migration.x-mapped-ram-lazy-place-delay-ms=3000"
+                 " -global migration.x-mapped-ram-lazy-fill-delay-ms=200",
+    };
+    QDict *data, *lazy;
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    to = vmt_load_fixed(file, &l, "slow_serial");
+    data = wait_loaded_data(to);
+    /* the held page was placed by its vCPU (or fault thread) */
+    g_assert_cmpint(qdict_get_int(data, "faults"), >=, 1);
+    g_assert_cmpint(qdict_get_int(data, "pages-skipped"), ==, 0);
+    qobject_unref(data);
+    /* nothing failed afterwards (it would, with a descriptor closed) */
+    g_usleep(1000 * 1000);
+    lazy = query_lazy(to);
+    g_assert_false(qdict_haskey(lazy, "error-desc"));
+    qobject_unref(lazy);
+    vmt_wait_for_status(to, "running");
+    vmt_check_continues(to, "slow_serial");
+    qtest_quit(to);
+    unlink(file);
+}
+
+/* Bytes allocated to @path. */
+static uint64_t file_allocated(const char *path)
+{
+    struct stat st;
+
+    g_assert_cmpint(stat(path, &st), ==, 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+/*
+ * Shared RAM on a tmpfs file, loaded by copy and lazily: the lazy load
+ * leaves the zero pages as holes of the memory file, as the copy does,
+ * instead of allocating every page of the RAM.
+ */
+static void test_lazy_shared_holes(void)
+{
+    g_autofree char *file = vmt_path("lazy-holes.img");
+    g_autofree char *mem = g_strdup_printf("/dev/shm/vmt-lazy-holes-%d.ram",
+                                           getpid());
+    g_autofree char *backend = g_strdup_printf(
+        "memory-backend-file,mem-path=%s,share=on", mem);
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts copy = { .backend = backend, .mode = "copy" };
+    VmtLoadOpts l = { .backend = backend, .mode = "lazy" };
+    uint64_t copy_bytes, lazy_bytes;
+    QDict *data;
+    QTestState *to;
+
+    if (!is_tmpfs("/dev/shm")) {
+        g_test_skip("/dev/shm is not tmpfs");
+        return;
+    }
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+
+    to = vmt_load_fixed(file, &copy, "holes_copy_serial");
+    vmt_check_continues(to, "holes_copy_serial");
+    copy_bytes = file_allocated(mem);
+    qtest_quit(to);
+    unlink(mem);
+
+    to = vmt_load_fixed(file, &l, "holes_lazy_serial");
+    data = wait_loaded_data(to);
+    g_assert_cmpint(qdict_get_int(data, "pages-skipped"), >, 0);
+    qobject_unref(data);
+    vmt_check_continues(to, "holes_lazy_serial");
+    lazy_bytes = file_allocated(mem);
+    qtest_quit(to);
+    unlink(mem);
+    g_test_message("memory file allocated: copy load %" PRIu64 " KiB, "
+                   "lazy load %" PRIu64 " KiB (RAM %d KiB)",
+                   copy_bytes / KiB, lazy_bytes / KiB, VMT_MEM_BYTES / 1024);
+    /* the guest ran on both, touching the same pages; 1 MiB of slack */
+    g_assert_cmpuint(lazy_bytes, <=, copy_bytes + MiB);
+    unlink(file);
+}
+
+/*
+ * Upstream's spelling of a lazy load ("fast snapshot load"): the
+ * mapped-ram and postcopy-ram capabilities on the destination, and a
+ * file: URI.  postcopy-ram with mapped-ram-load=map contradicts it, and
+ * a source refuses to save with both.
+ */
+static void test_lazy_upstream_spelling(void)
+{
+    g_autofree char *file = vmt_path("lazy-upstream.img");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    g_autofree char *out = g_strdup_printf("file:%s",
+                                           vmt_path("lazy-upstream-2.img"));
+    g_autofree char *vm = vmt_vm_args("memory-backend-ram", "fsl_serial");
+    g_autofree char *bad = vmt_vm_args("memory-backend-ram", "fsl_bad_serial");
+    g_autofree char *args = NULL;
+    VmtSaveOpts s = { 0 };
+    QTestState *to;
+    QDict *lazy;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+
+    to = qtest_initf("%s -incoming defer", vm);
+    migrate_set_capability(to, "mapped-ram", true);
+    migrate_set_capability(to, "postcopy-ram", true);
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    wait_for_migration_complete(to);
+    vmt_wait_for_status(to, "running");
+    wait_loaded(to);
+    lazy = query_lazy(to);
+    g_assert_nonnull(lazy);
+    qobject_unref(lazy);
+    vmt_check_continues(to, "fsl_serial");
+    /* a source with both refuses to start */
+    vmt_migrate_must_fail(to, out, "postcopy-ram with mapped-ram is for a "
+                          "destination");
+    qtest_quit(to);
+
+    args = g_strdup_printf("%s -global migration.mapped-ram=on"
+                           " -global migration.x-postcopy-ram=on"
+                           " -global migration.mapped-ram-load=map"
+                           " -incoming %s", bad, uri);
+    vmt_qemu_must_fail(args, "fsl_bad_serial", "postcopy-ram with mapped-ram "
+                       "loads the file lazily, which contradicts "
+                       "mapped-ram-load=map");
+    unlink(file);
+}
+
+/* contrib/vhost-user-blk, built beside the QEMU under test, or NULL. */
+static char *vhost_user_blk_binary(void)
+{
+    const char *qemu = g_getenv("QTEST_QEMU_BINARY");
+    g_autofree char *dir = qemu ? g_path_get_dirname(qemu) : NULL;
+    char *path = dir ? g_build_filename(dir, "contrib", "vhost-user-blk",
+                                        "vhost-user-blk", NULL) : NULL;
+
+    if (path && !g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
+        g_free(path);
+        return NULL;
+    }
+    return path;
+}
+
+/* Whether a process listens on the unix socket @path (/proc/net/unix). */
+static bool unix_socket_listens(const char *path)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    int i;
+
+    if (!g_file_get_contents("/proc/net/unix", &text, NULL, NULL)) {
+        return false;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        g_auto(GStrv) f = g_strsplit_set(lines[i], " ", -1);
+        guint n = g_strv_length(f);
+
+        /* Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON */
+        if (n >= 8 && !strcmp(f[n - 1], path) &&
+            !strcmp(f[3], "00010000")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A vhost-user-blk back end serving @disk on @sock; returns its pid. */
+static GPid start_vhost_user_blk(const char *binary, const char *disk,
+                                 const char *sock)
+{
+    const char *argv[] = { binary, "-b", disk, "-s", sock, NULL };
+    g_autoptr(GError) err = NULL;
+    GPid pid;
+    int i;
+
+    unlink(sock);
+    g_assert_true(g_spawn_async(NULL, (char **)argv, NULL,
+                                G_SPAWN_STDOUT_TO_DEV_NULL |
+                                G_SPAWN_STDERR_TO_DEV_NULL |
+                                G_SPAWN_DO_NOT_REAP_CHILD,
+                                NULL, NULL, &pid, &err));
+    /* it serves one connection: wait for it to listen, without one */
+    for (i = 0; i < 3000 && !unix_socket_listens(sock); i++) {
+        g_usleep(10 * 1000);
+    }
+    g_assert_true(unix_socket_listens(sock));
+    return pid;
+}
+
+static void stop_vhost_user_blk(GPid pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    g_spawn_close_pid(pid);
+}
+
+/* device_add of a vhost-user-blk disk served on @sock; the response. */
+static QDict *plug_vhost_user_blk(QTestState *who, const char *sock, int n)
+{
+    g_autofree char *chr = g_strdup_printf("vu%d", n);
+    g_autofree char *dev = g_strdup_printf("vublk%d", n);
+
+    qtest_qmp_assert_success(who, "{ 'execute': 'chardev-add', 'arguments':"
+                             " { 'id': %s, 'backend': { 'type': 'socket',"
+                             " 'data': { 'addr': { 'type': 'unix',"
+                             " 'data': { 'path': %s } }, 'server': false"
+                             " } } } }", chr, sock);
+    return qtest_qmp(who, "{ 'execute': 'device_add', 'arguments':"
+                     " { 'driver': 'vhost-user-blk-pci', 'id': %s,"
+                     " 'chardev': %s, 'num-queues': 1 } }", dev, chr);
+}
+
+/*
+ * A vhost-user device plugged while shared RAM is still loaded lazily
+ * would map pages that are not there, and its back end would not wait
+ * for them (it was not asked to at setup): refused, with the reason.
+ * Once the load completed, the same device plugs.
+ */
+static void test_lazy_vhost_user_plug(void)
+{
+    g_autofree char *binary = vhost_user_blk_binary();
+    g_autofree char *file = vmt_path("lazy-plug.img");
+    g_autofree char *disk = vmt_path("lazy-plug-disk.img");
+    g_autofree char *sock = vmt_path("lazy-plug.sock");
+    VmtSaveOpts s = { .backend = "memory-backend-memfd,share=on" };
+    VmtLoadOpts l = {
+        .backend = "memory-backend-memfd,share=on",
+        .mode = "lazy",
+        .extra = "-global migration.x-mapped-ram-lazy-fill-delay-ms=3000",
+    };
+    QTestState *to;
+    QDict *rsp;
+    GPid pid;
+
+    if (!binary) {
+        g_test_skip("contrib/vhost-user-blk is not built beside QEMU");
+        return;
+    }
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_write_file(disk, (const uint8_t *)"", 0);
+    g_assert_cmpint(truncate(disk, MiB), ==, 0);
+    vmt_save_fixed(file, &s);
+    to = vmt_load_fixed(file, &l, "plug_serial");
+
+    pid = start_vhost_user_blk(binary, disk, sock);
+    rsp = plug_vhost_user_blk(to, sock, 0);
+    g_assert_true(qdict_haskey(rsp, "error"));
+    g_test_message("device_add while loading: %s",
+                   qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"));
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"),
+                            "a vhost-user device cannot be plugged while "
+                            "shared RAM block 'mem0' is still loaded "
+                            "lazily"));
+    qobject_unref(rsp);
+    stop_vhost_user_blk(pid);
+
+    wait_loaded(to);
+    pid = start_vhost_user_blk(binary, disk, sock);
+    rsp = plug_vhost_user_blk(to, sock, 1);
+    g_assert_false(qdict_haskey(rsp, "error"));
+    qobject_unref(rsp);
+    vmt_check_continues(to, "plug_serial");
+    qtest_quit(to);
+    stop_vhost_user_blk(pid);
+    unlink(sock);
+    unlink(disk);
+    unlink(file);
+}
+
+/*
+ * A RAM block resized after it was registered: fw_cfg's post_load
+ * resizes the ACPI tables block to the size its own section gives, after
+ * the RAM section registered the block with the length that section
+ * gave (an ACPI rebuild at a guest reset does the same).  The stream is
+ * edited so that the two disagree: the block grows from 128 KiB to
+ * 256 KiB under the load.  The load keeps the length it registered: the
+ * part that grew was never registered and is plain memory; the rest
+ * loads, and the VM runs on.
+ */
+static void test_lazy_resized_block(void)
+{
+    g_autofree char *file = vmt_path("lazy-resized.img");
+    static const char sub[] = "fw_cfg/acpi_mr";
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "lazy" };
+    g_autofree uint8_t *buf = NULL;
+    g_autofree char *blocks = NULL;
+    uint8_t *at;
+    size_t len;
+    off_t off;
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    buf = vmt_read_file(file, &len);
+    at = memmem(buf, len, sub, strlen(sub));
+    g_assert_nonnull(at);
+    /* name, be32 version, be64 table_mr_size */
+    off = at - buf + strlen(sub) + 4;
+    g_assert_cmphex(ldq_be_p(buf + off), ==, 128 * KiB);
+    vmt_file_put_be64(file, off, 256 * KiB);
+
+    to = vmt_load_fixed(file, &l, "resized_serial");
+    blocks = qtest_hmp(to, "info ramblock");
+    g_test_message("%s", blocks);
+    /* it did grow, under the load */
+    g_assert_nonnull(strstr(blocks, "/rom@etc/acpi/tables    4 KiB  "));
+    g_assert_nonnull(strstr(strstr(blocks, "/rom@etc/acpi/tables"),
+                            "0x0000000000040000"));
+    wait_loaded(to);
+    vmt_check_continues(to, "resized_serial");
+    qtest_quit(to);
+    unlink(file);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -797,6 +1160,15 @@ int main(int argc, char **argv)
                    test_lazy_shared_tmpfs);
     qtest_add_func("/vmt/mapped-ram/lazy/refuse-disk-file",
                    test_lazy_refuses_disk_file);
+    qtest_add_func("/vmt/mapped-ram/lazy/slow-placer", test_lazy_slow_placer);
+    qtest_add_func("/vmt/mapped-ram/lazy/shared-holes",
+                   test_lazy_shared_holes);
+    qtest_add_func("/vmt/mapped-ram/lazy/upstream-spelling",
+                   test_lazy_upstream_spelling);
+    qtest_add_func("/vmt/mapped-ram/lazy/vhost-user-plug",
+                   test_lazy_vhost_user_plug);
+    qtest_add_func("/vmt/mapped-ram/lazy/resized-block",
+                   test_lazy_resized_block);
     ret = g_test_run();
     vmt_cleanup();
     return ret;
