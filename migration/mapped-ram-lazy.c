@@ -882,6 +882,8 @@ bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
         if (r > 0) {
             lazy_count_fault(lb, page, t0);
         }
+        trace_mapped_ram_lazy_tlb_fill(rb->idstr, page, r, bql_locked(),
+                                       g_get_monotonic_time() - t0);
     }
     if (r >= 0) {
         return true;

@@ -62,14 +62,16 @@ static void wait_loaded(QTestState *to)
     qobject_unref(wait_loaded_data(to));
 }
 
-/* query-migrate's mapped-ram-lazy member; the caller unrefs it. */
+/*
+ * query-migrate's mapped-ram-lazy member (whatever the status says: that
+ * of a later outgoing migration, if one was tried); the caller unrefs it.
+ */
 static QDict *query_lazy(QTestState *who)
 {
     QDict *rsp = qtest_qmp(who, "{ 'execute': 'query-migrate' }");
     QDict *ret = qdict_get_qdict(rsp, "return");
     QDict *lazy = qdict_get_qdict(ret, "mapped-ram-lazy");
 
-    g_assert_cmpstr(qdict_get_try_str(ret, "status"), ==, "completed");
     if (lazy) {
         qobject_ref(lazy);
     }
