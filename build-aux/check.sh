@@ -121,6 +121,9 @@ if want qtest; then
     # shows that IDE on good input is unchanged.
     run_qtest "upstream ide-test" "$OBJ/tests/qtest/ide-test" \
         QTEST_QEMU_BINARY="$QEMU" --
+    # test-userfaultfd: uffd_place_range() through partial placements
+    # (patch "util/userfaultfd: place a range of pages in full...")
+    run_qtest "test-userfaultfd" "$OBJ/tests/unit/test-userfaultfd" --
     # hpet-test: a periodic HPET timer whose interrupt is disabled is
     # parked (patch "hw/timer/hpet: do not re-arm...").
     run_qtest "hpet-test" "$OBJ/tests/qtest/hpet-test" \
@@ -207,7 +210,10 @@ if want vmt; then
                     -p /x86_64/vmt/mapped-ram/lazy/save-while-loading
                     -p /x86_64/vmt/mapped-ram/lazy/working-set
                     -p /x86_64/vmt/mapped-ram/lazy/shared-memfd
-                    -p /x86_64/vmt/mapped-ram/lazy/hugetlbfs"
+                    -p /x86_64/vmt/mapped-ram/lazy/hugetlbfs
+                    -p /x86_64/vmt/mapped-ram/lazy/hugetlbfs-shared
+                    -p /x86_64/vmt/mapped-ram/lazy/slow-placer
+                    -p /x86_64/vmt/mapped-ram/lazy/resized-block"
         fi
         # shellcheck disable=SC2086
         run_qtest "vmt-bypass-shared-test ($accel)" "$VT" \

@@ -196,7 +196,9 @@ typedef struct MappedRamLazyState {
     MappedRamLazyFailure failure;
 } MappedRamLazyState;
 
-static MappedRamLazyState lazy = { .uffd = -1, .fd = -1 };
+static MappedRamLazyState lazy = {
+    .uffd = -1, .fd = -1, .server = { .wake_fd = -1 },
+};
 
 static LazyBlock *lazy_find_block_in(GPtrArray *blocks, RAMBlock *rb)
 {

@@ -137,6 +137,7 @@ bool userfault_server_start(UserfaultServer *s, int uffd, const char *name,
         .uffd = uffd,
         .ops = ops,
         .opaque = opaque,
+        .wake_fd = -1,
         .remote = g_new0(struct PostCopyFD, USERFAULT_REMOTE_MAX),
     };
     s->wake_fd = eventfd(0, EFD_CLOEXEC);
@@ -182,6 +183,9 @@ void userfault_server_kick(UserfaultServer *s)
 {
     uint64_t one = 1;
 
+    if (s->wake_fd < 0) {
+        return;                 /* stopped: nothing to look at */
+    }
     if (write(s->wake_fd, &one, sizeof(one)) < 0) {
         error_report("userfault: cannot wake the thread that serves page "
                      "faults: %s", strerror(errno));

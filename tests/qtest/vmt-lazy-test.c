@@ -727,6 +727,26 @@ static void test_lazy_hugetlb(void)
                  "hugetlb=on,hugetlbsize=2M");
 }
 
+/*
+ * Shared hugetlbfs: huge pages the file has no data for stay holes of the
+ * memory file (wait_loaded() checks every page is accounted for).
+ */
+static void test_lazy_hugetlb_shared(void)
+{
+    long need = VMT_MEM_BYTES / (2 * 1024 * 1024);
+
+    if (free_huge_pages() < need) {
+        g_test_skip("needs free 2 MiB huge pages (as root: echo N > "
+                    "/proc/sys/vm/nr_hugepages)");
+        return;
+    }
+    if (!vmt_accel_available()) {
+        return;
+    }
+    lazy_backend("lazy-huge-shared.img", "memory-backend-memfd,share=on,"
+                 "hugetlb=on,hugetlbsize=2M");
+}
+
 /* Shared RAM: QEMU alone maps it here (no vhost-user device). */
 static void test_lazy_shared_memfd(void)
 {
@@ -1156,6 +1176,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/lazy/bypass", test_lazy_bypass);
     qtest_add_func("/vmt/mapped-ram/lazy/memfd", test_lazy_memfd);
     qtest_add_func("/vmt/mapped-ram/lazy/hugetlbfs", test_lazy_hugetlb);
+    qtest_add_func("/vmt/mapped-ram/lazy/hugetlbfs-shared",
+                   test_lazy_hugetlb_shared);
     qtest_add_func("/vmt/mapped-ram/lazy/shared-memfd",
                    test_lazy_shared_memfd);
     qtest_add_func("/vmt/mapped-ram/lazy/shared-tmpfs",

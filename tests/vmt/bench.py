@@ -94,7 +94,12 @@ RESTORE_FLOWS = (
     ('map/ours', 'map', 'ours'),
     ('lazy/ours', 'lazy', 'ours'),
     ('lazy-ws/ours', 'lazy-ws', 'ours'),
+    # shared memfd RAM (vhost-user's kind): what the load allocates
+    ('copy-shm/ours', 'copy-shm', 'ours'),
+    ('lazy-shm/ours', 'lazy-shm', 'ours'),
 )
+# the RAM block of -m is pc.ram: the shared backend takes its name
+SHM_BACKEND = 'memory-backend-memfd,id=pc.ram,share=on,size={size}'
 
 
 def ms(ns):
@@ -193,6 +198,15 @@ def smaps_entries(pid):
                 elif parts and parts[0].isdigit():
                     cur[key] = int(parts[0])
     return maps
+
+
+def rss_shmem_kib(pid):
+    """RssShmem of process pid (/proc/PID/status), KiB."""
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('RssShmem:'):
+                return int(line.split()[1])
+    raise RuntimeError(f'no RssShmem in /proc/{pid}/status')
 
 
 def is_tcg_buffer(m):
@@ -427,6 +441,8 @@ class Bench:
             'map': {b: meta['binaries'][b]['mapped-ram-load'] for b in BINS},
             'lazy': {b: meta['binaries'][b]['lazy'] for b in BINS},
             'lazy-ws': {b: meta['binaries'][b]['lazy'] for b in BINS},
+            'copy-shm': {b: meta['binaries'][b]['mapped-ram'] for b in BINS},
+            'lazy-shm': {b: meta['binaries'][b]['lazy'] for b in BINS},
             'fixed': {b: meta['binaries'][b]['mapped-ram'] for b in BINS},
             'cold': {b: True for b in BINS},
         }
@@ -788,14 +804,15 @@ class Bench:
             for fid, mode, b in flows[k:] + flows[:k]:
                 i += 1
                 fr = r['flows'][fid]
-                if mode in ('copy', 'lazy', 'lazy-ws'):
+                if mode in ('copy', 'lazy', 'lazy-ws', 'copy-shm',
+                            'lazy-shm'):
                     ok, why = self.memory_ok(r['file_allocated'] >> 10)
                     if not ok:
                         fr['skipped'] = why
                         continue
                 warm_memory(r['file_allocated'] + WARM_BYTES)
-                dt, t_pong, rss, lazy = self.restore_once(b, mode, size,
-                                                          path)
+                dt, t_pong, rss, lazy, shmem = self.restore_once(
+                    b, mode, size, path)
                 if rep == 0:
                     fr['first'] = dt
                 else:
@@ -804,6 +821,8 @@ class Bench:
                     fr['rss_kib'].append(rss)
                     if lazy:
                         fr.setdefault('lazy', []).append(lazy)
+                    if shmem is not None:
+                        fr.setdefault('shmem_kib', []).append(shmem)
                 self.step('restore', i, n, f'{size} {fid}'
                           f'{" (first run)" if rep == 0 else ""}: '
                           f'migrate-incoming -> running {dt:.1f} ms')
@@ -822,10 +841,17 @@ class Bench:
         event's data: fill time and rate, faults served, and each fault's
         service time from the trace event mapped_ram_lazy_fault).
         The first lazy restore of a file saves its working set beside it
-        (path + '.ws'); lazy-ws restores are given it."""
+        (path + '.ws'); lazy-ws restores are given it.  The -shm modes
+        load into shared memfd RAM, and also return the process's
+        RssShmem (KiB) once the load completed."""
         extra = ['-incoming', 'defer'] + DEVICES
         trace = None
         ws = path + '.ws'
+        shm = mode.endswith('-shm')
+        if shm:
+            extra += ['-object', SHM_BACKEND.format(size=size),
+                      '-machine', 'memory-backend=pc.ram']
+            mode = mode[:-len('-shm')]
         lazy_mode = mode in ('lazy', 'lazy-ws')
         if lazy_mode:
             trace = self.tmp.join(f'lazy-{size}.trace')
@@ -853,13 +879,14 @@ class Bench:
             if lazy_mode:
                 lazy = v.wait_event('MAPPED_RAM_LAZY_LOADED',
                                     timeout=600)['data']
-                if mode == 'lazy' and not os.path.exists(ws):
+                if mode == 'lazy' and not shm and not os.path.exists(ws):
                     v.cmd('mapped-ram-save-working-set', filename=ws)
                 with open(trace) as f:
                     lazy['fault_us'] = [int(x) for x in re.findall(
                         r'served in (\d+) us', f.read())]
                 os.unlink(trace)
-            return dt, ms(v.t['pong'] - t0), rss, lazy
+            shmem = rss_shmem_kib(v.pid) if shm else None
+            return dt, ms(v.t['pong'] - t0), rss, lazy, shmem
 
     # =======================================================================
     # scenario f: density

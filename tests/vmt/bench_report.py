@@ -46,6 +46,8 @@ FLOW_LABEL = {
     'map': 'mapped-ram file, mapped-ram-load=map',
     'lazy': 'mapped-ram file, mapped-ram-load=lazy',
     'lazy-ws': 'mapped-ram file, mapped-ram-load=lazy, with a working set',
+    'copy-shm': 'mapped-ram file, mapped-ram-load=copy, shared memfd RAM',
+    'lazy-shm': 'mapped-ram file, mapped-ram-load=lazy, shared memfd RAM',
     'cold': 'cold boot (no template)',
 }
 
@@ -333,12 +335,14 @@ def table_restore_lazy(res):
                   'RAM', 'working set', 'n', 'load complete after (ms)',
                   'fill (ms)', 'fill rate (GB/s, RAM size / fill)',
                   'data rate (GB/s, pages read / fill)',
-                  'pages read', 'pages zeroed', 'pages prefetched',
+                  'pages read', 'pages zeroed',
+                  'pages left as holes (shared RAM)', 'pages prefetched',
                   'faults served', 'fault service, mean (us)',
                   'fault service p50 (us)', 'p99 (us)'])
     for size, r in res['sizes'].items():
         for fid, label in (('lazy/ours', 'without'),
-                           ('lazy-ws/ours', 'given')):
+                           ('lazy-ws/ours', 'given'),
+                           ('lazy-shm/ours', 'without (shared memfd)')):
             ev = sget(r, 'flows', fid, 'lazy')
             if not ev:
                 continue
@@ -356,7 +360,7 @@ def table_restore_lazy(res):
                   fnum(med('pages-read') * 4096 / (fill * 1e6))
                   if fill else NA,
                   med('pages-read'), med('pages-zeroed'),
-                  med('pages-prefetched'), faults,
+                  med('pages-skipped'), med('pages-prefetched'), faults,
                   fnum(med('fault-us') / faults) if faults else NA,
                   served[len(served) // 2] if served else NA,
                   served[len(served) * 99 // 100] if served else NA)
@@ -366,15 +370,18 @@ def table_restore_lazy(res):
 def table_restore_after(res):
     t = Table('after the restore (medians)', [
         'RAM', 'flow', 'binary', 'migrate-incoming -> pong (ms)',
-        'process Rss once running (MiB)'])
+        'process Rss once running (MiB)',
+        'RssShmem once loaded (MiB, shared RAM)'])
     for size, r in res['sizes'].items():
         for fid, fr in r['flows'].items():
             if not fr.get('pong_ms'):
                 continue
             p = sorted(fr['pong_ms'])[len(fr['pong_ms']) // 2]
             rss = sorted(fr['rss_kib'])[len(fr['rss_kib']) // 2]
+            shm = fr.get('shmem_kib')
             mode, b = fid.split('/')
-            t.add(size, FLOW_LABEL[mode], b, fnum(p), fmib(rss))
+            t.add(size, FLOW_LABEL[mode], b, fnum(p), fmib(rss),
+                  fmib(sorted(shm)[len(shm) // 2]) if shm else DASH)
     return t
 
 
