@@ -855,7 +855,8 @@ class Bench:
         lazy_mode = mode in ('lazy', 'lazy-ws')
         if lazy_mode:
             trace = self.tmp.join(f'lazy-{size}.trace')
-            extra += ['-trace', 'mapped_ram_lazy_fault', '-D', trace]
+            extra += ['-trace', 'mapped_ram_lazy_fault',
+                      '-trace', 'mapped_ram_lazy_tlb_fill', '-D', trace]
         with self.vm(b, f'restore-{mode}', extra, mem=size) as v:
             v.launch()
             v.set_caps(mapped_ram=True)
@@ -882,8 +883,15 @@ class Bench:
                 if mode == 'lazy' and not shm and not os.path.exists(ws):
                     v.cmd('mapped-ram-save-working-set', filename=ws)
                 with open(trace) as f:
-                    lazy['fault_us'] = [int(x) for x in re.findall(
-                        r'served in (\d+) us', f.read())]
+                    text = f.read()
+                lazy['fault_us'] = [int(x) for x in re.findall(
+                    r'served in (\d+) us', text)]
+                # TCG's TLB fills that found a page missing: who placed
+                # it, whether the vCPU held the BQL, how long it took
+                lazy['tlb_fills'] = [
+                    (int(p), int(b), int(us)) for p, b, us in re.findall(
+                        r'placed by this vCPU (-?\d+), BQL held (\d+), '
+                        r'present after (\d+) us', text)]
                 os.unlink(trace)
             shmem = rss_shmem_kib(v.pid) if shm else None
             return dt, ms(v.t['pong'] - t0), rss, lazy, shmem

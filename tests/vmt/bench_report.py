@@ -367,6 +367,29 @@ def table_restore_lazy(res):
     return t
 
 
+def table_restore_tlb(res):
+    t = Table('lazy load under TCG: TLB fills that found their page '
+              'missing (mapped_ram_lazy_tlb_fill), over all lazy restores '
+              'of a size', [
+                  'RAM', 'fills', 'placed by the vCPU', 'waited for '
+                  'another thread', 'with the BQL held',
+                  'time p50 (us)', 'p99 (us)', 'max (us)',
+                  'max with the BQL held (us)'])
+    for size, r in res['sizes'].items():
+        fills = [x for fid in ('lazy/ours', 'lazy-ws/ours', 'lazy-shm/ours')
+                 for e in (sget(r, 'flows', fid, 'lazy') or [])
+                 for x in e.get('tlb_fills', [])]
+        if not fills:
+            continue
+        us = sorted(x[2] for x in fills)
+        bql = [x[2] for x in fills if x[1]]
+        t.add(size, len(fills), sum(1 for x in fills if x[0] > 0),
+              sum(1 for x in fills if x[0] == 0), len(bql),
+              us[len(us) // 2], us[len(us) * 99 // 100], us[-1],
+              max(bql) if bql else DASH)
+    return t
+
+
 def table_restore_after(res):
     t = Table('after the restore (medians)', [
         'RAM', 'flow', 'binary', 'migrate-incoming -> pong (ms)',
@@ -979,6 +1002,7 @@ def write_report(res, out, made_plots):
                'the file holds.', '']
         table(table_restore(rs))
         table(table_restore_lazy(rs))
+        table(table_restore_tlb(rs))
         table(table_restore_after(rs))
     if 'density' in res:
         section('density')
