@@ -239,11 +239,13 @@ typedef struct LazyRelease {
     GPtrArray *blocks;
     int uffd;
     int fd;
+    uint8_t *vcpu_huge_buf;
 } LazyRelease;
 
 static void lazy_release_rcu(LazyRelease *r)
 {
     g_ptr_array_unref(r->blocks);
+    g_free(r->vcpu_huge_buf);
     uffd_close_fd(r->uffd);
     close(r->fd);
     qatomic_set(&lazy.uffd, -1);
@@ -354,6 +356,12 @@ static bool lazy_page_placed(LazyBlock *lb, long hp)
     return qatomic_read(&lb->placed[BIT_WORD(hp)]) & BIT_MASK(hp);
 }
 
+/* Whether host page @hp of @lb is claimed (placed, or being placed). */
+static bool lazy_page_claimed(LazyBlock *lb, long hp)
+{
+    return qatomic_read(&lb->claimed[BIT_WORD(hp)]) & BIT_MASK(hp);
+}
+
 /* Claim host page @hp of @lb; false if another thread has it. */
 static bool lazy_claim_page(LazyBlock *lb, long hp)
 {
@@ -403,7 +411,7 @@ static void lazy_wait_placer(LazyBlock *lb, long hp)
     qatomic_inc(&lazy.placed_waiters);
     /* pairs with the barrier in lazy_wake_waiters() */
     smp_mb();
-    while (!lazy_page_placed(lb, hp) && test_bit(hp, lb->claimed)) {
+    while (!lazy_page_placed(lb, hp) && lazy_page_claimed(lb, hp)) {
         qemu_cond_wait(&lazy.placed_cond, &lazy.placed_lock);
     }
     qatomic_dec(&lazy.placed_waiters);
@@ -423,13 +431,14 @@ static void lazy_test_hold_claim(void)
 
 /*
  * Place @len bytes at @host of @lb, from @src or as zero pages (NULL),
- * through partial placements.  Once every page is placed and the blocks
- * are being unregistered, only zero pages of shared RAM can still be
- * placed: one found there already or no longer registered reads as zero
- * anyway.  Returns 0 or -errno.
+ * through partial placements.  @zero: the range holds no page of the
+ * file.  Once every page is placed and the blocks are being
+ * unregistered, only zero pages of shared RAM can still be placed: one
+ * found there already or no longer registered reads as zero anyway.
+ * Returns 0 or -errno.
  */
 static int lazy_uffd_place(LazyBlock *lb, void *host, const void *src,
-                           size_t len)
+                           size_t len, bool zero)
 {
     int tries = 0;
     int ret;
@@ -443,7 +452,7 @@ static int lazy_uffd_place(LazyBlock *lb, void *host, const void *src,
         len -= placed;
     } while (ret == -EAGAIN && ++tries < LAZY_EAGAIN_RETRIES &&
              (sched_yield(), true));
-    if (ret && !src && lb->shared && qatomic_read(&lazy.draining) &&
+    if (ret && zero && lb->shared && qatomic_read(&lazy.draining) &&
         (ret == -EEXIST || ret == -ENOENT)) {
         trace_mapped_ram_lazy_zero_raced(lb->rb->idstr, ret);
         return 0;
@@ -459,7 +468,8 @@ static int lazy_uffd_place(LazyBlock *lb, void *host, const void *src,
 static bool lazy_place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
 {
     void *host = lb->rb->host + ((size_t)first << TARGET_PAGE_BITS);
-    int ret = lazy_uffd_place(lb, host, buf, (size_t)n << TARGET_PAGE_BITS);
+    int ret = lazy_uffd_place(lb, host, buf, (size_t)n << TARGET_PAGE_BITS,
+                              !buf);
 
     if (ret) {
         return lazy_fail(lb->rb, first, "cannot place the page", -ret);
@@ -544,7 +554,8 @@ static bool lazy_place_huge(LazyBlock *lb, long hp, uint8_t *buf)
     if (read < 0) {
         return false;
     }
-    ret = lazy_uffd_place(lb, lb->rb->host + hp * lb->psize, buf, lb->psize);
+    ret = lazy_uffd_place(lb, lb->rb->host + hp * lb->psize, buf, lb->psize,
+                          read == 0);
     if (ret) {
         return lazy_fail(lb->rb, first, "cannot place the page", -ret);
     }
@@ -946,7 +957,7 @@ static bool lazy_place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
             uffd_wakeup(lazy.uffd, host, moved);
         }
         ret = lazy_uffd_place(lb, host + moved, chunk + moved,
-                              LAZY_CHUNK_SIZE - moved);
+                              LAZY_CHUNK_SIZE - moved, false);
         if (ret) {
             return lazy_fail(lb->rb, first + (moved >> TARGET_PAGE_BITS),
                              "cannot place the page", -ret);
@@ -1181,12 +1192,11 @@ static void lazy_release(void)
     r->blocks = lazy.blocks;
     r->uffd = lazy.uffd;
     r->fd = lazy.fd;
+    r->vcpu_huge_buf = lazy.vcpu_huge_buf;
     lazy.blocks = NULL;
     call_rcu(r, lazy_release_rcu, rcu);
     mapped_ram_ws_free(lazy.ws);
     lazy.ws = NULL;
-    g_free(lazy.vcpu_huge_buf);
-    lazy.vcpu_huge_buf = NULL;
     mapped_ram_map_release_file(&lazy.st);
 }
 
