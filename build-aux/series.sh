@@ -252,7 +252,7 @@ cmd_verify() {
 # The qtests that exist at the current commit of $GITDIR.
 step_qtests() {
     for t in vmt-bypass-shared-test vmt-mapped-ram-test vmt-lazy-test \
-             hpet-test; do
+             hpet-test x86-kernel-image-test; do
         grep -q "'$t'" "$GITDIR/tests/qtest/meson.build" && echo "$t"
     done
     return 0
