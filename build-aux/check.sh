@@ -127,7 +127,7 @@ if want qtest; then
         QTEST_QEMU_BINARY="$QEMU" --
     # x86-kernel-image-test: the -kernel image when its file changes under
     # QEMU; mapped, then copied on first use, in VMs started with -incoming
-    # (patch "hw/i386/x86-common: map the -kernel image...").
+    # (patch "hw/i386/x86-common: map the -kernel image of VMs...").
     run_qtest "x86-kernel-image-test" "$OBJ/tests/qtest/x86-kernel-image-test" \
         QTEST_QEMU_BINARY="$QEMU" --
     # Enumerating the classes of one kind no longer initializes the others

@@ -258,16 +258,21 @@ class KernelImageTest(unittest.TestCase):
         os.truncate(path, 0)
 
     @staticmethod
-    def rewrite(path):
-        """Other bytes in place: same inode, same size."""
-        size = os.path.getsize(path)
-        with open(path, 'r+b') as f:
-            f.write(b'\xf4' * size)        # hlt
+    def garbage(size):
+        """size bytes of ud2: a guest that runs them triple-faults, and
+        QEMU (-no-reboot) exits."""
+        return (b'\x0f\x0b' * (size // 2 + 1))[:size]
 
-    @staticmethod
-    def replace(path):
+    @classmethod
+    def rewrite(cls, path):
+        """Other bytes in place: same inode, same size."""
+        with open(path, 'r+b') as f:
+            f.write(cls.garbage(os.path.getsize(path)))
+
+    @classmethod
+    def replace(cls, path):
         with open(path + '.new', 'wb') as f:
-            f.write(b'\xf4' * os.path.getsize(path))
+            f.write(cls.garbage(os.path.getsize(path)))
         os.rename(path + '.new', path)
 
     def boot_after(self, change):
