@@ -128,6 +128,11 @@ if want qtest; then
     # parked (patch "hw/timer/hpet: do not re-arm...").
     run_qtest "hpet-test" "$OBJ/tests/qtest/hpet-test" \
         QTEST_QEMU_BINARY="$QEMU" --
+    # x86-kernel-image-test: the -kernel image when its file changes under
+    # QEMU; mapped, then copied on first use, in VMs started with -incoming
+    # (patch "hw/i386/x86-common: map the -kernel image of VMs...").
+    run_qtest "x86-kernel-image-test" "$OBJ/tests/qtest/x86-kernel-image-test" \
+        QTEST_QEMU_BINARY="$QEMU" --
     # Enumerating the classes of one kind no longer initializes the others
     # (patch "qom: initialize only the classes..."): the unit test checks
     # it; qom-test and device-introspect-test create and introspect every

@@ -252,9 +252,16 @@ cmd_verify() {
 # The qtests that exist at the current commit of $GITDIR.
 step_qtests() {
     for t in vmt-bypass-shared-test vmt-mapped-ram-test vmt-lazy-test \
-             hpet-test; do
+             hpet-test x86-kernel-image-test; do
         grep -q "'$t'" "$GITDIR/tests/qtest/meson.build" && echo "$t"
     done
+    return 0
+}
+
+# Unit tests that the series adds, once they exist.
+step_unit_tests() {
+    grep -q "'test-userfaultfd'" "$GITDIR/tests/unit/meson.build" &&
+        echo test-userfaultfd
     return 0
 }
 
@@ -295,11 +302,13 @@ cmd_check() {
         fi
         tests="$(step_upstream_qtests) $(step_qtests)"
         mtests=$(step_migration_tests)
+        utests=$(step_unit_tests)
         targets="tests/qtest/migration-test"
         # the template tool, once a patch adds it
         [ -f "$GITDIR/contrib/qemu-template/meson.build" ] &&
             targets="$targets contrib/qemu-template/qemu-template"
         for t in $tests; do targets="$targets tests/qtest/$t"; done
+        for t in $utests; do targets="$targets tests/unit/$t"; done
         if ! EXTRA_TARGETS="$targets" sh "$TOP/build-aux/build.sh" \
                 "$GITDIR" "$obj" >> "$logs/$name.log" 2>&1; then
             echo "series-check: $name: build FAILED (log: $logs/$name.log)"
@@ -321,15 +330,18 @@ cmd_check() {
                 ok=0
             fi
         done
+        for t in $utests; do
+            "$obj/tests/unit/$t" --tap -k >> "$logs/$name.log" 2>&1 || ok=0
+        done
         cp=$(cd "$GITDIR" && perl scripts/checkpatch.pl --no-tree "$p" 2>&1 |
              grep '^total:' | tail -1)
         case "$cp" in "total: 0 errors, 0 warnings,"*) ;; *) ok=0 ;; esac
         if [ "$ok" = 1 ]; then
             passed=$((passed + 1))
-            echo "series-check: $name: builds, qtests [$(echo $tests $mtests)] pass, checkpatch clean ($(( $(date +%s) - ts )) s)"
+            echo "series-check: $name: builds, tests [$(echo $tests $mtests $utests)] pass, checkpatch clean ($(( $(date +%s) - ts )) s)"
         else
             failed=$((failed + 1))
-            echo "series-check: $name: FAILED: qtests [$(echo $tests $mtests)] or checkpatch ($cp) (log: $logs/$name.log)"
+            echo "series-check: $name: FAILED: tests [$(echo $tests $mtests $utests)] or checkpatch ($cp) (log: $logs/$name.log)"
         fi
     done
     echo "series-check: $n patches in $(( $(date +%s) - t0 )) s"
