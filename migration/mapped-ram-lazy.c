@@ -1002,7 +1002,10 @@ static bool lazy_claim_chunk(LazyBlock *lb, long first, uint8_t *buf,
     return false;
 }
 
-/* Fill the huge pages of @lb; those of shared RAM the file has no data for stay holes. */
+/*
+ * Fill the huge pages of @lb; those of shared RAM the file has no data for
+ * stay holes.
+ */
 static bool lazy_fill_huge_block(LazyBlock *lb, uint8_t *buf)
 {
     long hp;
