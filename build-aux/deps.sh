@@ -4,7 +4,9 @@
 # Install the Debian packages the build, the test guest, the tests and the
 # benchmarks need.  Works on Debian 12 (bookworm) and 13 (trixie).  clang
 # and its runtime libraries (libclang-rt-dev: libclang-rt-14-dev on 12)
-# build the ASan + UBSan + libFuzzer flavour (make asan).
+# build the ASan + UBSan + libFuzzer flavour (make asan).  debootstrap
+# makes the Debian 13 chroot that runs the newest upstream QEMU Debian
+# ships, for make check's compatibility group (build-aux/upstream-chroot.sh).
 #
 # Debian 12 ships meson 1.0 (QEMU 10.0 needs >= 1.5) and no pycotap (QEMU's
 # configure requires it): on Debian 12 both come from bookworm-backports,
@@ -19,7 +21,7 @@ PKGS="build-essential gcc-multilib ninja-build pkg-config ccache git
       python3 python3-venv libglib2.0-dev libpixman-1-dev libfdt-dev
       zlib1g-dev bzip2 xz-utils dpkg-dev
       seabios ipxe-qemu busybox-static cpio gzip
-      python3-matplotlib procps util-linux rsync patch
+      python3-matplotlib procps util-linux rsync patch debootstrap
       clang libclang-rt-dev"
 # From backports on Debian 12, from the main archive elsewhere.
 NEWER_PKGS="meson python3-pycotap"
