@@ -137,6 +137,39 @@ static void test_disabled_periodic(void)
     qtest_quit(qts);
 }
 
+/* A temporary file for a migration, removed even if the test fails. */
+typedef struct StateFile {
+    char *dir;
+    char *file;
+    char *uri;
+} StateFile;
+
+static void state_file_remove(void *opaque)
+{
+    StateFile *f = opaque;
+
+    unlink(f->file);
+    rmdir(f->dir);
+}
+
+static void state_file_init(StateFile *f)
+{
+    f->dir = g_dir_make_tmp("hpet-test-XXXXXX", NULL);
+    g_assert(f->dir);
+    f->file = g_build_filename(f->dir, "state", NULL);
+    f->uri = g_strdup_printf("file:%s", f->file);
+    qtest_add_abrt_handler(state_file_remove, f);
+}
+
+static void state_file_cleanup(StateFile *f)
+{
+    qtest_remove_abrt_handler(f);
+    state_file_remove(f);
+    g_free(f->dir);
+    g_free(f->file);
+    g_free(f->uri);
+}
+
 static void wait_migration(QTestState *qts)
 {
     for (;;) {
@@ -156,21 +189,19 @@ static void wait_migration(QTestState *qts)
 
 static void test_disabled_periodic_migrate(void)
 {
-    g_autofree char *dir = g_dir_make_tmp("hpet-test-XXXXXX", NULL);
-    g_autofree char *file = g_build_filename(dir, "state", NULL);
-    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    StateFile f;
     QTestState *src, *dst;
 
-    g_assert(dir);
+    state_file_init(&f);
     src = qtest_init("-machine pc -nodefaults");
     start_disabled_periodic_timer(src);
     qtest_clock_step(src, 2000000);
     qtest_qmp_assert_success(src, "{ 'execute': 'migrate',"
-                             "  'arguments': { 'uri': %s } }", uri);
+                             "  'arguments': { 'uri': %s } }", f.uri);
     wait_migration(src);
     qtest_quit(src);
 
-    dst = qtest_initf("-machine pc -nodefaults -incoming %s", uri);
+    dst = qtest_initf("-machine pc -nodefaults -incoming %s", f.uri);
     wait_migration(dst);
 
     /*
@@ -182,9 +213,7 @@ static void test_disabled_periodic_migrate(void)
     qtest_clock_step(dst, 1000000);
     check_comparator(dst, PERIOD_TICKS);
     qtest_quit(dst);
-
-    unlink(file);
-    rmdir(dir);
+    state_file_cleanup(&f);
 }
 
 /*
@@ -320,7 +349,12 @@ static void test_catch_up(const void *opaque)
     uint64_t cmp64 = c->cmp;
     int i;
 
-    /* Far from 0, so that the timer's first deadline is not clamped. */
+    g_test_message("%s", c->name);
+    /*
+     * hpet_arm() puts a periodic timer's deadline 1 us or more after its
+     * previous one, 0 at first: with the clock at 1 ms, a comparator
+     * behind the counter still expires at once.
+     */
     qtest_clock_step(qts, 1000000);
     setup_timer(qts, 0, c->bits32, c->cmp, c->period);
     if (c->bits32) {
@@ -348,28 +382,25 @@ static void test_catch_up(const void *opaque)
 
 /*
  * Three timers parked for a year: one period at a time, bringing timer
- * 0's comparator up to date would take 3 * 10^15 steps, days of CPU
+ * 0's comparator up to date would take 3 * 10^15 steps, weeks of CPU
  * time.  Each read gives the exact value right away, and so do disabling
  * the HPET and migrating, which bring all three up to date.
  */
 static void test_long_park(void)
 {
-    g_autofree char *dir = g_dir_make_tmp("hpet-test-XXXXXX", NULL);
-    g_autofree char *file = g_build_filename(dir, "state", NULL);
-    g_autofree char *uri = g_strdup_printf("file:%s", file);
     static const struct {
         bool bits32;
         uint64_t cmp, period;
     } t[3] = {
         { false, 1, 1 },                 /* the shortest period */
-        { true, 5, 3 },                  /* the 32-bit counter wraps */
+        { true, 5, 3 },                  /* 32-bit: the register wraps */
         { false, 100000, 100000 },       /* Linux's HZ=1000 */
     };
     QTestState *qts, *dst;
+    StateFile f;
     uint64_t counter, want;
     int pass, n;
 
-    g_assert(dir);
     qts = qtest_init("-machine pc -nodefaults");
     qtest_clock_step(qts, 1000000);
     for (n = 0; n < 3; n++) {
@@ -406,12 +437,13 @@ static void test_long_park(void)
     qtest_clock_step(qts, 2 * 100000 * TICK_NS);
     qtest_clock_step(qts, 365 * DAY_NS + 333);
     counter = hpet_readq(qts, HPET_COUNTER);
+    state_file_init(&f);
     qtest_qmp_assert_success(qts, "{ 'execute': 'migrate',"
-                             "  'arguments': { 'uri': %s } }", uri);
+                             "  'arguments': { 'uri': %s } }", f.uri);
     wait_migration(qts);
     qtest_quit(qts);
 
-    dst = qtest_initf("-machine pc -nodefaults -incoming %s", uri);
+    dst = qtest_initf("-machine pc -nodefaults -incoming %s", f.uri);
     wait_migration(dst);
     /* The comparators as saved, before the destination's clock moves. */
     for (n = 0; n < 3; n++) {
@@ -420,9 +452,7 @@ static void test_long_park(void)
                         t[n].bits32 ? (uint32_t)want : want);
     }
     qtest_quit(dst);
-
-    unlink(file);
-    rmdir(dir);
+    state_file_cleanup(&f);
 }
 
 int main(int argc, char **argv)
