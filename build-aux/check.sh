@@ -25,6 +25,9 @@ ONLY=${VMT_CHECK_ONLY:-}
 mkdir -p "$LOGDIR"
 
 PASS=0 FAIL=0 SKIP=0
+# seconds one test binary may take (the longest, vmt-lazy-test under
+# nested KVM, takes about 5 minutes here)
+QTEST_TIMEOUT=${VMT_QTEST_TIMEOUT:-1200}
 FAILED=""
 
 # run_qtest LABEL BINARY [env assignments...] -- ARGS...
@@ -40,8 +43,10 @@ run_qtest() {
     start=$(date +%s)
     # From the source tree: migration-test finds scripts/ relative to it.
     # shellcheck disable=SC2086
+    # a hang fails the test binary instead of the whole run
     (cd "$TOP/build/src" &&
-     env $envs PYTHON=/usr/bin/python3 "$bin" --tap -k "$@") > "$log" 2>&1
+     env $envs PYTHON=/usr/bin/python3 timeout -k 10 "$QTEST_TIMEOUT" \
+         "$bin" --tap -k "$@") > "$log" 2>&1
     rc=$?
     p=$(grep -c '^ok .*' "$log" | tr -d ' ')
     s=$(grep -c '^ok .*# SKIP' "$log" | tr -d ' ')
