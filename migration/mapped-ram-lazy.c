@@ -86,6 +86,7 @@
 #include "qapi/qapi-commands-migration.h"
 #include "qapi/qapi-events-migration.h"
 #include "block/aio.h"
+#include "exec/memory.h"
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
 #include "hw/core/cpu.h"
@@ -169,8 +170,9 @@ typedef struct MappedRamLazyState {
     bool fill_started;
     bool draining;              /* every page placed; unregistering */
     bool completed;
-    uint8_t *fault_buf;         /* the fault server's, max_psize bytes */
+    uint8_t *fault_buf;         /* the fault server's, one target page */
     bool remote_asked;          /* the back ends were asked (ADVISE) */
+    GPtrArray *remote_pcfds;    /* copies of their PostCopyFD */
     VMChangeStateEntry *vmstate;
     size_t max_psize;           /* the largest page size of guest RAM */
     uint64_t features;          /* of the kernel's userfaultfd */
@@ -187,9 +189,12 @@ typedef struct MappedRamLazyState {
     QemuMutex placed_lock;
     QemuCond placed_cond;
     unsigned placed_waiters;    /* atomic */
-    /* huge pages that TCG vCPUs place: one at a time, built here */
-    QemuMutex vcpu_huge_lock;
-    uint8_t *vcpu_huge_buf;
+    /*
+     * huge pages placed for a fault (by the fault server, or a TCG vCPU):
+     * one at a time, built here (NULL without blocks of huge pages)
+     */
+    QemuMutex huge_lock;
+    uint8_t *huge_buf;
     MappedRamWorkingSet *ws;    /* to place first, or NULL */
     uint32_t place_delay_ms;    /* tests: hold a claimed page that long */
     MappedRamLazyStats stats;
@@ -239,13 +244,13 @@ typedef struct LazyRelease {
     GPtrArray *blocks;
     int uffd;
     int fd;
-    uint8_t *vcpu_huge_buf;
+    uint8_t *huge_buf;
 } LazyRelease;
 
 static void lazy_release_rcu(LazyRelease *r)
 {
     g_ptr_array_unref(r->blocks);
-    g_free(r->vcpu_huge_buf);
+    g_free(r->huge_buf);
     uffd_close_fd(r->uffd);
     close(r->fd);
     qatomic_set(&lazy.uffd, -1);
@@ -321,7 +326,10 @@ static void lazy_request_stop(void)
         return;
     }
     aio_bh_schedule_oneshot(qemu_get_aio_context(), lazy_stop_bh, NULL);
-    userfault_server_kick(&lazy.server);
+    /* once every page is placed, the server is on its way out */
+    if (!qatomic_read(&lazy.draining)) {
+        userfault_server_kick(&lazy.server);
+    }
 }
 
 /*
@@ -472,7 +480,10 @@ static bool lazy_place_pages(LazyBlock *lb, long first, long n, uint8_t *buf)
                               !buf);
 
     if (ret) {
-        return lazy_fail(lb->rb, first, "cannot place the page", -ret);
+        return lazy_fail(lb->rb, first, ret == -ENOENT ?
+                         "cannot place the page: the RAM is no longer "
+                         "registered" : "cannot place the page",
+                         ret == -ENOENT ? 0 : -ret);
     }
     lazy_mark_placed(lb, first, n);
     qatomic_add(buf ? &lazy.stats.copied : &lazy.stats.zeroed, n);
@@ -652,6 +663,23 @@ static int lazy_ensure_page(LazyBlock *lb, long page, uint8_t *buf)
     }
 }
 
+/*
+ * For a fault: place target page @page of @lb (small pages through
+ * @small, one target page; huge pages through the one shared buffer,
+ * one at a time), or, if @wait, wait for the thread that claimed it.
+ * Returns what lazy_ensure_page() or lazy_place_for_fault() return.
+ */
+static int lazy_get_page(LazyBlock *lb, long page, uint8_t *small, bool wait)
+{
+    if (lb->tpp == 1) {
+        return wait ? lazy_ensure_page(lb, page, small) :
+                      lazy_place_for_fault(lb, page, small);
+    }
+    QEMU_LOCK_GUARD(&lazy.huge_lock);
+    return wait ? lazy_ensure_page(lb, page, lazy.huge_buf) :
+                  lazy_place_for_fault(lb, page, lazy.huge_buf);
+}
+
 /* Page @page of @lb was placed for a thread that touched it at @t0. */
 static void lazy_count_fault(LazyBlock *lb, long page, int64_t t0)
 {
@@ -719,7 +747,7 @@ static void lazy_serve_fault(void *opaque, RAMBlock *rb, ram_addr_t offset,
     }
     page = offset >> TARGET_PAGE_BITS;
     lazy_record_touch(lb, page, t0);
-    r = lazy_place_for_fault(lb, page, lazy.fault_buf);
+    r = lazy_get_page(lb, page, lazy.fault_buf, false);
     if (r == 0) {
         /* claimed by another thread: its UFFDIO_COPY wakes the fault */
         trace_mapped_ram_lazy_fault_claimed(rb->idstr, page);
@@ -747,12 +775,20 @@ static int lazy_serve_shared_fault(void *opaque, struct PostCopyFD *pcfd,
     long page = offset >> TARGET_PAGE_BITS;
 
     if (!lb || offset >= lb->length) {
-        /* not loaded lazily: its pages are all there */
+        /*
+         * Not loaded lazily (plugged RAM, a part that grew, a block the
+         * stream skipped): ordinary shared memory, where the back end
+         * found a hole.  Waking it would have it fault again, forever:
+         * fill the hole from here first (a read allocates the page, or
+         * brings in the file's), as the back end's access would have.
+         */
+        qatomic_read((uint8_t *)rb->host +
+                     QEMU_ALIGN_DOWN(offset, qemu_ram_pagesize(rb)));
         return postcopy_wake_shared(pcfd, client_addr, rb);
     }
     lazy_record_touch(lb, page, t0);
     /* if another thread places it, that wakes our vCPUs, not the back end */
-    switch (lazy_ensure_page(lb, page, lazy.fault_buf)) {
+    switch (lazy_get_page(lb, page, lazy.fault_buf, true)) {
     case -1:
         lazy_fatal("a vhost-user back end needs the page, and cannot be "
                    "stopped");
@@ -800,12 +836,10 @@ static bool lazy_check_plug(void *opaque, const char *what, Error **errp)
         LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
 
         if (lb->shared) {
-            error_setg(errp, "%s cannot be plugged while shared RAM block "
-                       "'%s' is still loaded lazily (mapped-ram-load=lazy)",
-                       what, lb->rb->idstr);
-            error_append_hint(errp, "Plug it once the MAPPED_RAM_LAZY_LOADED "
-                              "event came, or plug it before the incoming "
-                              "migration.\n");
+            error_setg(errp, "%s while shared RAM block '%s' is still loaded "
+                       "lazily (mapped-ram-load=lazy)", what, lb->rb->idstr);
+            error_append_hint(errp, "Try again once the "
+                              "MAPPED_RAM_LAZY_LOADED event came.\n");
             return false;
         }
     }
@@ -851,20 +885,6 @@ static uint8_t *lazy_vcpu_buf(void)
     return lazy_vcpu_page_buf;
 }
 
-/*
- * Have the page at @host of @lb present, for a TLB fill.  Small pages
- * are read into the vCPU thread's own buffer (one allocation per
- * thread); huge pages are built in one buffer the vCPUs share, one at a
- * time.  Returns what lazy_ensure_page() returns.
- */
-static int lazy_vcpu_get_page(LazyBlock *lb, long page)
-{
-    if (lb->tpp == 1) {
-        return lazy_ensure_page(lb, page, lazy_vcpu_buf());
-    }
-    QEMU_LOCK_GUARD(&lazy.vcpu_huge_lock);
-    return lazy_ensure_page(lb, page, lazy.vcpu_huge_buf);
-}
 
 bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
 {
@@ -891,7 +911,7 @@ bool mapped_ram_lazy_tlb_fill(RAMBlock *rb, void *host)
         }
         t0 = g_get_monotonic_time();
         lazy_record_touch(lb, page, t0);
-        r = lazy_vcpu_get_page(lb, page);
+        r = lazy_get_page(lb, page, lazy_vcpu_buf(), true);
         if (r > 0) {
             lazy_count_fault(lb, page, t0);
         }
@@ -963,7 +983,7 @@ static bool lazy_place_chunk(LazyBlock *lb, long first, uint8_t *chunk)
                              "cannot place the page", -ret);
         }
     } else {
-        lazy.stats.moved++;
+        qatomic_inc(&lazy.stats.moved);
     }
     lazy_mark_placed(lb, first, LAZY_CHUNK_PAGES);
     qatomic_add(&lazy.stats.copied, read);
@@ -1183,6 +1203,8 @@ static void lazy_release(void)
     qatomic_rcu_set(&lazy.tlb_blocks, NULL);
     userfault_server_stop(&lazy.server);
     lazy.serving = false;
+    g_ptr_array_free(lazy.remote_pcfds, true);
+    lazy.remote_pcfds = NULL;
     g_free(lazy.fault_buf);
     lazy.fault_buf = NULL;
     /* a thread waiting for a zero page of shared RAM is woken, and retries */
@@ -1190,12 +1212,14 @@ static void lazy_release(void)
         LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
 
         uffd_unregister_memory(lazy.uffd, lb->rb->host, lb->length);
+        /* the RAMBlock itself is freed after a grace period, if it goes */
+        memory_region_unref(lb->rb->mr);
     }
     /* lazy.uffd and lazy.fd stay valid until the grace period ended */
     r->blocks = lazy.blocks;
     r->uffd = lazy.uffd;
     r->fd = lazy.fd;
-    r->vcpu_huge_buf = lazy.vcpu_huge_buf;
+    r->huge_buf = lazy.huge_buf;
     lazy.blocks = NULL;
     call_rcu(r, lazy_release_rcu, rcu);
     mapped_ram_ws_free(lazy.ws);
@@ -1335,10 +1359,18 @@ static MappedRamWorkingSet *lazy_working_set(uint32_t ms, Error **errp)
     MappedRamWorkingSet *ws;
     guint i;
 
+    if (!lazy.names) {
+        error_setg(errp, "this VM was not loaded with mapped-ram-load=lazy");
+        return NULL;
+    }
+    if (qatomic_read(&lazy.failure.error)) {
+        error_setg(errp, "the lazy load failed: %s",
+                   qatomic_read(&lazy.failure.error));
+        return NULL;
+    }
     if (!lazy.completed) {
-        error_setg(errp, lazy.names ? "the lazy load has not completed yet; "
-                   "wait for the MAPPED_RAM_LAZY_LOADED event" :
-                   "this VM was not loaded with mapped-ram-load=lazy");
+        error_setg(errp, "the lazy load has not completed yet; wait for the "
+                   "MAPPED_RAM_LAZY_LOADED event");
         return NULL;
     }
     ws = mapped_ram_ws_new();
@@ -1368,6 +1400,53 @@ void qmp_mapped_ram_save_working_set(const char *filename,
         mapped_ram_ws_save(ws, filename, errp);
         mapped_ram_ws_free(ws);
     }
+}
+
+void mapped_ram_lazy_abort(void)
+{
+    Error *err = NULL;
+
+    if (!lazy.serving || lazy.fill_started) {
+        return;
+    }
+    trace_mapped_ram_lazy_abort();
+    qatomic_set(&lazy.failure.error,
+                g_strdup("mapped-ram-load=lazy: the incoming migration "
+                         "failed before the guest ran; the load was given "
+                         "up"));
+    if (lazy.server.nremote &&
+        postcopy_notify(POSTCOPY_NOTIFY_INBOUND_END, &err)) {
+        error_report_err(err);
+    }
+    qemu_del_vm_change_state_handler(lazy.vmstate);
+    lazy.vmstate = NULL;
+    qatomic_set(&lazy.draining, true);
+    lazy_release();
+    ram_block_discard_disable(false);
+}
+
+bool mapped_ram_lazy_check_save(bool skips_shared, Error **errp)
+{
+    guint i;
+
+    if (!skips_shared || !lazy.serving) {
+        return true;
+    }
+    for (i = 0; i < lazy.blocks->len; i++) {
+        LazyBlock *lb = g_ptr_array_index(lazy.blocks, i);
+
+        if (lb->shared) {
+            error_setg(errp, "shared RAM block '%s' is still loaded lazily "
+                       "(mapped-ram-load=lazy): a save that leaves shared "
+                       "memory out would leave its missing pages out too",
+                       lb->rb->idstr);
+            error_append_hint(errp, "Save once the MAPPED_RAM_LAZY_LOADED "
+                              "event came, or without x-ignore-shared and "
+                              "bypass-shared-memory.\n");
+            return false;
+        }
+    }
+    return true;
 }
 
 MappedRamLazyInfo *mapped_ram_lazy_query(void)
@@ -1426,6 +1505,14 @@ static bool lazy_block_can_be_lazy(RAMBlock *rb, Error **errp)
     return true;
 }
 
+/* A back end's fault message, to its device's handler (a PostCopyFD). */
+static int lazy_remote_handler(void *dev, void *msg)
+{
+    struct PostCopyFD *pcfd = dev;
+
+    return pcfd->handler(pcfd, msg);
+}
+
 /*
  * @rb is shared with the vhost-user back ends (a device registered a
  * postcopy notifier): have them take part as they do in postcopy, and read
@@ -1445,10 +1532,17 @@ static bool lazy_remote_setup(RAMBlock *rb, Error **errp)
         goto fail;
     }
     for (n = 0; n < fds->len; n++) {
-        if (!userfault_server_add_remote(&lazy.server,
-                                         &g_array_index(fds,
-                                                        struct PostCopyFD,
-                                                        n), errp)) {
+        struct PostCopyFD *pcfd = &g_array_index(fds, struct PostCopyFD, n);
+
+        /*
+         * A copy: the array goes with the incoming migration's state;
+         * its handler and data are the device's, which tells
+         * postcopy_unregister_shared_ufd() before it goes away.
+         */
+        pcfd = g_memdup2(pcfd, sizeof(*pcfd));
+        g_ptr_array_add(lazy.remote_pcfds, pcfd);
+        if (!userfault_server_add_remote(&lazy.server, pcfd->fd, pcfd->idstr,
+                                         lazy_remote_handler, pcfd, errp)) {
             goto fail;
         }
     }
@@ -1549,9 +1643,10 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     }
     /* blocks come after the server starts: size for any of them */
     lazy.max_psize = MAX(qemu_maxrampagesize(), TARGET_PAGE_SIZE);
-    lazy.fault_buf = g_malloc(lazy.max_psize);
+    lazy.fault_buf = g_malloc(TARGET_PAGE_SIZE);
     if (lazy.max_psize > TARGET_PAGE_SIZE) {
-        lazy.vcpu_huge_buf = g_malloc(lazy.max_psize);
+        /* address space: touched as huge pages are built */
+        lazy.huge_buf = g_malloc(lazy.max_psize);
     }
     if (!userfault_server_start(&lazy.server, lazy.uffd, "mapped-ram-fault",
                                 &lazy_userfault_ops, NULL, errp)) {
@@ -1562,11 +1657,12 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
     /* no reallocation: the fault server reads it unlocked */
     lazy.blocks = g_ptr_array_new_full(RAM_BLOCKS_MAX, lazy_block_free);
     lazy.names = g_ptr_array_new_with_free_func(g_free);
+    lazy.remote_pcfds = g_ptr_array_new_with_free_func(g_free);
     lazy.touched = g_array_new(false, false, sizeof(LazyTouch));
     qemu_mutex_init(&lazy.touch_lock);
     qemu_mutex_init(&lazy.placed_lock);
     qemu_cond_init(&lazy.placed_cond);
-    qemu_mutex_init(&lazy.vcpu_huge_lock);
+    qemu_mutex_init(&lazy.huge_lock);
     lazy.place_delay_ms = migrate_mapped_ram_lazy_place_delay_ms();
     lazy.start_us = g_get_monotonic_time();
     lazy.vmstate = qemu_add_vm_change_state_handler(lazy_vm_running, NULL);
@@ -1575,8 +1671,8 @@ static bool lazy_setup(QEMUFile *f, Error **errp)
 fail:
     g_free(lazy.fault_buf);
     lazy.fault_buf = NULL;
-    g_free(lazy.vcpu_huge_buf);
-    lazy.vcpu_huge_buf = NULL;
+    g_free(lazy.huge_buf);
+    lazy.huge_buf = NULL;
     lazy_setup_undo();
     return false;
 }
@@ -1652,6 +1748,11 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                (ioctls & BIT_ULL(_UFFDIO_MOVE)) && lb->tpp == 1 &&
                rb->fd < 0 && !lb->shared &&
                QEMU_PTR_IS_ALIGNED(rb->host, LAZY_CHUNK_SIZE);
+    /*
+     * The block must outlive the load: a device unplugged meanwhile (a
+     * ROM, plugged RAM) keeps its memory until the load let go of it.
+     */
+    memory_region_ref(rb->mr);
     g_ptr_array_add(lazy.blocks, lb);
     g_ptr_array_add(lazy.names, g_strdup(rb->idstr));
     lazy.total_pages += lb->length >> TARGET_PAGE_BITS;

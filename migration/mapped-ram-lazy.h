@@ -23,6 +23,19 @@ bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
 
 /* The progress of the lazy load of this process, or NULL if none ran. */
 MappedRamLazyInfo *mapped_ram_lazy_query(void);
+
+/*
+ * The incoming migration failed: if a lazy load was set up, let go of
+ * it (the guest never ran on it), and say why in its progress.
+ */
+void mapped_ram_lazy_abort(void);
+
+/*
+ * An outgoing migration is about to start; @skips_shared: it leaves
+ * shared RAM out (x-ignore-shared, bypass-shared-memory).  False, with
+ * @errp set, if that would leave out pages a lazy load did not place yet.
+ */
+bool mapped_ram_lazy_check_save(bool skips_shared, Error **errp);
 #else
 static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
                                          const unsigned long *bitmap,
@@ -35,6 +48,16 @@ static inline bool mapped_ram_lazy_block(QEMUFile *f, RAMBlock *rb,
 static inline MappedRamLazyInfo *mapped_ram_lazy_query(void)
 {
     return NULL;
+}
+
+static inline void mapped_ram_lazy_abort(void)
+{
+}
+
+static inline bool mapped_ram_lazy_check_save(bool skips_shared,
+                                              Error **errp)
+{
+    return true;
 }
 #endif
 

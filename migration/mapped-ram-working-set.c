@@ -105,29 +105,71 @@ static bool ws_parse(MappedRamWorkingSet *ws, const uint8_t *buf, size_t len,
     return true;
 }
 
+/*
+ * Read the whole of @path into *@buf: at most WS_MAX_SIZE bytes, what
+ * the file holds, not what stat() said it would (a file of /proc says
+ * 0, and a file may grow between the two).
+ */
+static bool ws_read(const char *path, uint8_t **buf, size_t *len,
+                    Error **errp)
+{
+    g_autofree uint8_t *data = g_malloc(WS_MAX_SIZE + 1);
+    size_t done = 0;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    bool ok = false;
+
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "mapped-ram-working-set: cannot read "
+                         "'%s'", path);
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_setg(errp, "mapped-ram-working-set: '%s' is not a regular "
+                   "file", path);
+        goto out;
+    }
+    while (done <= WS_MAX_SIZE) {
+        ssize_t r = read(fd, data + done, WS_MAX_SIZE + 1 - done);
+
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            error_setg_errno(errp, errno, "mapped-ram-working-set: cannot "
+                             "read '%s'", path);
+            goto out;
+        }
+        if (r == 0) {
+            break;
+        }
+        done += r;
+    }
+    if (done > WS_MAX_SIZE) {
+        error_setg(errp, "mapped-ram-working-set: '%s' is larger than %d "
+                   "bytes", path, WS_MAX_SIZE);
+        goto out;
+    }
+    *buf = g_steal_pointer(&data);
+    *len = done;
+    ok = true;
+out:
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}
+
 MappedRamWorkingSet *mapped_ram_ws_load(const char *path, Error **errp)
 {
     MappedRamWorkingSet *ws = mapped_ram_ws_new();
-    g_autoptr(GError) gerr = NULL;
-    g_autofree gchar *buf = NULL;
-    struct stat st;
-    gsize len;
+    g_autofree uint8_t *buf = NULL;
+    size_t len;
 
-    if (stat(path, &st) < 0) {
-        error_setg_errno(errp, errno, "mapped-ram-working-set: cannot read "
-                         "'%s'", path);
+    if (!ws_read(path, &buf, &len, errp)) {
         goto fail;
     }
-    if (!S_ISREG(st.st_mode) || st.st_size > WS_MAX_SIZE) {
-        error_setg(errp, "mapped-ram-working-set: '%s' is not a regular "
-                   "file of at most %d bytes", path, WS_MAX_SIZE);
-        goto fail;
-    }
-    if (!g_file_get_contents(path, &buf, &len, &gerr)) {
-        error_setg(errp, "mapped-ram-working-set: %s", gerr->message);
-        goto fail;
-    }
-    if (!ws_parse(ws, (uint8_t *)buf, len, errp)) {
+    if (!ws_parse(ws, buf, len, errp)) {
         error_prepend(errp, "mapped-ram-working-set: '%s': ", path);
         goto fail;
     }

@@ -21,7 +21,11 @@
  *
  * One server runs at a time; it is set and cleared in the main thread,
  * where plugging happens, and only its own thread reaches it through a
- * back end's fault.
+ * back end's fault.  A back end's userfaultfd is read through a
+ * duplicate; when its device lets go of it (unplugged, or its back end
+ * went away: postcopy_unregister_shared_ufd()), the server drops it at
+ * the top of its loop and says so before the device goes on, so that it
+ * never calls a handler whose device is gone.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -30,19 +34,19 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include "qemu/error-report.h"
+#include "qemu/lockable.h"
 #include "qemu/rcu.h"
 #include "qemu/userfaultfd.h"
 #include "qapi/error.h"
 #include "migration/misc.h"
-#include "postcopy-ram.h"
 #include "userfault.h"
 #include "trace.h"
 
 static UserfaultServer *active_server;
 
-/* Hand the faults that @fd has to @s's ops; @pcfd for a back end's. */
+/* Hand the faults that @fd has to @s's ops; @r for a back end's. */
 static void userfault_read_faults(UserfaultServer *s, int fd,
-                                  struct PostCopyFD *pcfd)
+                                  UserfaultRemote *r)
 {
     struct uffd_msg msg[16];
     int n = uffd_read_events(fd, msg, ARRAY_SIZE(msg));
@@ -56,12 +60,12 @@ static void userfault_read_faults(UserfaultServer *s, int fd,
         if (msg[i].event != UFFD_EVENT_PAGEFAULT) {
             continue;
         }
-        if (pcfd) {
+        if (r) {
             /* the device knows where its mapping is */
-            if (pcfd->handler(pcfd, &msg[i]) < 0) {
+            if (r->handler(r->dev, &msg[i]) < 0) {
                 /* it would wait forever, and the device with it */
                 error_report("userfault: cannot serve a fault of %s at "
-                             "0x%" PRIx64 "; exiting", pcfd->idstr, addr);
+                             "0x%" PRIx64 "; exiting", r->name, addr);
                 _exit(EXIT_FAILURE);
             }
             continue;
@@ -70,6 +74,26 @@ static void userfault_read_faults(UserfaultServer *s, int fd,
                                       &offset);
         s->ops->fault(s->opaque, rb, offset, addr,
                       msg[i].arg.pagefault.feat.ptid);
+    }
+}
+
+/* Let go of the back ends whose devices let go of theirs. */
+static void userfault_drop_gone(UserfaultServer *s)
+{
+    unsigned r, n = qatomic_load_acquire(&s->nremote);
+    bool dropped = false;
+
+    QEMU_LOCK_GUARD(&s->remote_lock);
+    for (r = 0; r < n; r++) {
+        if (s->remote[r].gone && s->remote[r].fd >= 0) {
+            close(s->remote[r].fd);
+            s->remote[r].fd = -1;
+            trace_userfault_server_drop_remote(s->remote[r].name);
+            dropped = true;
+        }
+    }
+    if (dropped) {
+        qemu_cond_broadcast(&s->remote_cond);
     }
 }
 
@@ -89,9 +113,11 @@ static void *userfault_server_thread(void *opaque)
             s->ops->timed_out(s->opaque);
             continue;
         }
+        userfault_drop_gone(s);
         pfd[0] = (struct pollfd) { .fd = s->uffd, .events = POLLIN };
         pfd[1] = (struct pollfd) { .fd = s->wake_fd, .events = POLLIN };
         for (r = 0; r < nremote; r++) {
+            /* poll() passes over a negative descriptor: one that is gone */
             pfd[2 + r] = (struct pollfd) { .fd = s->remote[r].fd,
                                            .events = POLLIN };
         }
@@ -116,7 +142,7 @@ static void *userfault_server_thread(void *opaque)
             continue;
         }
         for (r = 0; r < nremote; r++) {
-            if (pfd[2 + r].revents) {
+            if (pfd[2 + r].revents && !qatomic_read(&s->remote[r].gone)) {
                 userfault_read_faults(s, s->remote[r].fd, &s->remote[r]);
             }
         }
@@ -138,8 +164,10 @@ bool userfault_server_start(UserfaultServer *s, int uffd, const char *name,
         .ops = ops,
         .opaque = opaque,
         .wake_fd = -1,
-        .remote = g_new0(struct PostCopyFD, USERFAULT_REMOTE_MAX),
+        .remote = g_new0(UserfaultRemote, USERFAULT_REMOTE_MAX),
     };
+    qemu_mutex_init(&s->remote_lock);
+    qemu_cond_init(&s->remote_cond);
     s->wake_fd = eventfd(0, EFD_CLOEXEC);
     if (s->wake_fd < 0) {
         error_setg_errno(errp, errno, "cannot create an eventfd for the "
@@ -154,10 +182,12 @@ bool userfault_server_start(UserfaultServer *s, int uffd, const char *name,
     return true;
 }
 
-bool userfault_server_add_remote(UserfaultServer *s,
-                                 const struct PostCopyFD *pcfd, Error **errp)
+bool userfault_server_add_remote(UserfaultServer *s, int fd,
+                                 const char *name,
+                                 int (*handler)(void *dev, void *msg),
+                                 void *dev, Error **errp)
 {
-    struct PostCopyFD *r;
+    UserfaultRemote *r;
 
     if (s->nremote == USERFAULT_REMOTE_MAX) {
         error_setg(errp, "more than %d vhost-user back ends share guest RAM",
@@ -165,17 +195,22 @@ bool userfault_server_add_remote(UserfaultServer *s,
         return false;
     }
     r = &s->remote[s->nremote];
-    *r = *pcfd;
-    /* ours: the device closes its own when it leaves postcopy mode */
-    r->fd = fcntl(pcfd->fd, F_DUPFD_CLOEXEC, 0);
+    *r = (UserfaultRemote) {
+        /* ours: the device closes its own when it leaves postcopy mode */
+        .fd = fcntl(fd, F_DUPFD_CLOEXEC, 0),
+        .dev_fd = fd,
+        .handler = handler,
+        .dev = dev,
+    };
     if (r->fd < 0) {
         error_setg_errno(errp, errno, "cannot duplicate the userfaultfd of "
-                         "%s", pcfd->idstr);
+                         "%s", name);
         return false;
     }
+    r->name = g_strdup(name);
     qatomic_store_release(&s->nremote, s->nremote + 1);
     userfault_server_kick(s);
-    trace_userfault_server_add_remote(pcfd->idstr);
+    trace_userfault_server_add_remote(name);
     return true;
 }
 
@@ -202,13 +237,18 @@ void userfault_server_stop(UserfaultServer *s)
     /* the thread is gone: no back end's fault reaches us any more */
     active_server = NULL;
     for (r = 0; r < s->nremote; r++) {
-        close(s->remote[r].fd);
+        if (s->remote[r].fd >= 0) {
+            close(s->remote[r].fd);
+        }
+        g_free(s->remote[r].name);
     }
     s->nremote = 0;
     g_free(s->remote);
     s->remote = NULL;
     close(s->wake_fd);
     s->wake_fd = -1;
+    qemu_cond_destroy(&s->remote_cond);
+    qemu_mutex_destroy(&s->remote_lock);
     trace_userfault_server_stop();
 }
 
@@ -223,6 +263,30 @@ bool userfault_request_shared_page(struct PostCopyFD *pcfd, RAMBlock *rb,
     }
     *ret = s->ops->shared_fault(s->opaque, pcfd, rb, client_addr, offset);
     return true;
+}
+
+void userfault_remote_gone(int fd)
+{
+    UserfaultServer *s = active_server;
+    unsigned r;
+
+    if (!s) {
+        return;
+    }
+    for (r = 0; r < s->nremote; r++) {
+        UserfaultRemote *rem = &s->remote[r];
+
+        if (rem->dev_fd != fd || rem->gone) {
+            continue;
+        }
+        QEMU_LOCK_GUARD(&s->remote_lock);
+        qatomic_set(&rem->gone, true);
+        userfault_server_kick(s);
+        while (rem->fd >= 0) {
+            qemu_cond_wait(&s->remote_cond, &s->remote_lock);
+        }
+        return;
+    }
 }
 
 bool migration_ram_plug_check(const char *what, Error **errp)

@@ -24,9 +24,10 @@ typedef struct UserfaultOps {
     void (*fault)(void *opaque, RAMBlock *rb, ram_addr_t offset,
                   uint64_t addr, uint32_t tid);
     /*
-     * The back end behind @pcfd (a vhost-user device) waits for the page
-     * at @offset of @rb, at @client_addr in its own address space: place
-     * it, and wake the back end.  Returns what the wake returned.
+     * The back end behind @pcfd (a vhost-user device; its handler turned
+     * the fault into a block and an offset) waits for the page at
+     * @offset of @rb, at @client_addr in its own address space: have the
+     * page there, and wake the back end.  Returns what the wake returned.
      */
     int (*shared_fault)(void *opaque, struct PostCopyFD *pcfd,
                         RAMBlock *rb, uint64_t client_addr,
@@ -48,6 +49,21 @@ typedef struct UserfaultOps {
 /* The userfaultfds of vhost-user back ends a server reads, at most. */
 #define USERFAULT_REMOTE_MAX 16
 
+/*
+ * A userfaultfd of another process (a vhost-user back end) that a server
+ * reads: each fault message goes to @handler, the device's, which turns
+ * it into a block and an offset and calls back through
+ * postcopy_request_shared_page().
+ */
+typedef struct UserfaultRemote {
+    int fd;                     /* our duplicate; -1 once gone */
+    int dev_fd;                 /* the device's, to know it again */
+    char *name;
+    int (*handler)(void *dev, void *msg);
+    void *dev;
+    bool gone;                  /* the device let go of it */
+} UserfaultRemote;
+
 typedef struct UserfaultServer {
     int uffd;
     int wake_fd;                /* eventfd: look again, or quit */
@@ -55,9 +71,11 @@ typedef struct UserfaultServer {
     const UserfaultOps *ops;
     void *opaque;
     QemuThread thread;
-    /* back ends' userfaultfds (our duplicates) */
-    struct PostCopyFD *remote;
+    UserfaultRemote *remote;
     unsigned nremote;
+    /* removing a back end: the server acknowledges it let go */
+    QemuMutex remote_lock;
+    QemuCond remote_cond;
 } UserfaultServer;
 
 #ifdef CONFIG_LINUX
@@ -72,12 +90,14 @@ bool userfault_server_start(UserfaultServer *s, int uffd, const char *name,
                             Error **errp);
 
 /*
- * Read the faults of a back end's userfaultfd too (a duplicate of
- * @pcfd->fd, closed on stop); before the guest runs.
+ * Read the faults of a back end's userfaultfd @fd too (a duplicate of
+ * it, closed on stop or when the device lets go of it): each goes to
+ * @handler(@dev, message).  @name names it in messages.
  */
-bool userfault_server_add_remote(UserfaultServer *s,
-                                 const struct PostCopyFD *pcfd,
-                                 Error **errp);
+bool userfault_server_add_remote(UserfaultServer *s, int fd,
+                                 const char *name,
+                                 int (*handler)(void *dev, void *msg),
+                                 void *dev, Error **errp);
 
 /* Have the server ask @ops->timeout_ms again. */
 void userfault_server_kick(UserfaultServer *s);
@@ -95,6 +115,14 @@ void userfault_server_stop(UserfaultServer *s);
 bool userfault_request_shared_page(struct PostCopyFD *pcfd, RAMBlock *rb,
                                    uint64_t client_addr, uint64_t offset,
                                    int *ret);
+
+/*
+ * For postcopy_unregister_shared_ufd(): the device whose userfaultfd is
+ * @fd lets go of it (it is being unplugged, or its back end went away).
+ * Returns once the running server, if any, no longer reads it nor calls
+ * its handler.
+ */
+void userfault_remote_gone(int fd);
 #else
 static inline bool userfault_request_shared_page(struct PostCopyFD *pcfd,
                                                  RAMBlock *rb,
@@ -102,6 +130,10 @@ static inline bool userfault_request_shared_page(struct PostCopyFD *pcfd,
                                                  uint64_t offset, int *ret)
 {
     return false;
+}
+
+static inline void userfault_remote_gone(int fd)
+{
 }
 #endif
 

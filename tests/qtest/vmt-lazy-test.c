@@ -19,6 +19,7 @@
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
 #include "qobject/qdict.h"
+#include "qobject/qjson.h"
 #include "vmt-util.h"
 
 static QDict *query_lazy(QTestState *who);
@@ -871,8 +872,11 @@ static void test_lazy_slow_placer(void)
     g_assert_cmpint(qdict_get_int(data, "faults"), >=, 1);
     g_assert_cmpint(qdict_get_int(data, "pages-skipped"), ==, 0);
     qobject_unref(data);
-    /* nothing failed afterwards (it would, with a descriptor closed) */
-    g_usleep(1000 * 1000);
+    /*
+     * nothing failed afterwards (it would, with a descriptor closed, once
+     * the vCPU's 3 s hold is over: wait past it)
+     */
+    g_usleep(3500 * 1000);
     lazy = query_lazy(to);
     g_assert_false(qdict_haskey(lazy, "error-desc"));
     qobject_unref(lazy);
@@ -1137,13 +1141,15 @@ static void test_lazy_vhost_user_plug(void)
  * the RAM section registered the block with the length that section
  * gave (an ACPI rebuild at a guest reset does the same).  The stream is
  * edited so that the two disagree: the block grows from 128 KiB to
- * 256 KiB under the load.  The load keeps the length it registered: the
- * part that grew was never registered and is plain memory; the rest
- * loads, and the VM runs on.
+ * @size (past the words of the load's bitmaps) or shrinks to it, under
+ * the load.  The load keeps the length it registered: a part that grew
+ * was never registered and is plain memory, a part cut off is still
+ * placed; the rest loads, and the VM runs on.
  */
-static void test_lazy_resized_block(void)
+static void lazy_resized_block(uint64_t size)
 {
     g_autofree char *file = vmt_path("lazy-resized.img");
+    g_autofree char *want = g_strdup_printf("0x%016" PRIx64, size);
     static const char sub[] = "fw_cfg/acpi_mr";
     VmtSaveOpts s = { 0 };
     VmtLoadOpts l = { .mode = "lazy" };
@@ -1164,18 +1170,194 @@ static void test_lazy_resized_block(void)
     /* name, be32 version, be64 table_mr_size */
     off = at - buf + strlen(sub) + 4;
     g_assert_cmphex(ldq_be_p(buf + off), ==, 128 * KiB);
-    vmt_file_put_be64(file, off, 256 * KiB);
+    vmt_file_put_be64(file, off, size);
 
     to = vmt_load_fixed(file, &l, "resized_serial");
     blocks = qtest_hmp(to, "info ramblock");
     g_test_message("%s", blocks);
-    /* it did grow, under the load */
+    /* it was resized, under the load */
     g_assert_nonnull(strstr(blocks, "/rom@etc/acpi/tables    4 KiB  "));
-    g_assert_nonnull(strstr(strstr(blocks, "/rom@etc/acpi/tables"),
-                            "0x0000000000040000"));
+    g_assert_nonnull(strstr(strstr(blocks, "/rom@etc/acpi/tables"), want));
     wait_loaded(to);
     vmt_check_continues(to, "resized_serial");
     qtest_quit(to);
+    unlink(file);
+}
+
+static void test_lazy_resized_grown(void)
+{
+    lazy_resized_block(2 * MiB);
+}
+
+static void test_lazy_resized_shrunk(void)
+{
+    lazy_resized_block(64 * KiB);
+}
+
+/*
+ * A device whose ROM is loaded lazily is unplugged while the load goes
+ * on (the fill held back): its RAM block stays until the load let go of
+ * it, the load completes, and the guest goes on.
+ */
+static void test_lazy_unplug(void)
+{
+    g_autofree char *file = vmt_path("lazy-unplug.img");
+    g_autofree char *rom = vmt_path("lazy-unplug.rom");
+    g_autofree char *dev = g_strdup_printf(
+        "-device pci-testdev,id=t,addr=0x3,romfile=%s", rom);
+    g_autofree char *extra = g_strdup_printf(
+        "%s -global migration.x-mapped-ram-lazy-fill-delay-ms=2000", dev);
+    g_autofree uint8_t *image = g_malloc0(4096);
+    g_autoptr(GString) devices = NULL;
+    VmtSaveOpts s = { .extra = dev };
+    VmtLoadOpts l = { .mode = "lazy", .extra = extra };
+    QTestState *to;
+    QDict *rsp;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    image[0] = 0x55;
+    image[1] = 0xaa;
+    image[2] = 4096 / 512;
+    vmt_write_file(rom, image, 4096);
+    vmt_save_fixed(file, &s);
+    to = vmt_load_fixed(file, &l, "unplug_serial");
+    qtest_qmp_assert_success(to, "{ 'execute': 'device_del',"
+                             " 'arguments': { 'id': 't' } }");
+    /* the guest's ACPI handler would eject slot 3: PIIX4's PCEJ */
+    qtest_outl(to, 0xae08, 1 << 3);
+    qtest_qmp_eventwait(to, "DEVICE_DELETED");
+    rsp = qtest_qmp(to, "{ 'execute': 'qom-list', 'arguments':"
+                    " { 'path': '/machine/peripheral' } }");
+    g_assert_true(qdict_haskey(rsp, "return"));
+    devices = qobject_to_json(QOBJECT(rsp));
+    g_assert_null(strstr(devices->str, "\"t\""));
+    qobject_unref(rsp);
+    wait_loaded(to);
+    vmt_check_continues(to, "unplug_serial");
+    qtest_quit(to);
+    unlink(rom);
+    unlink(file);
+}
+
+/*
+ * While shared RAM is still loaded lazily, a save that leaves shared
+ * memory out (x-ignore-shared, bypass-shared-memory) would leave out the
+ * pages not placed yet: refused, until the load completed.
+ */
+static void test_lazy_save_skipping_shared(void)
+{
+    g_autofree char *file = vmt_path("lazy-skip.img");
+    g_autofree char *out = g_strdup_printf("file:%s",
+                                           vmt_path("lazy-skip-2.img"));
+    VmtSaveOpts s = { .backend = "memory-backend-memfd,share=on" };
+    VmtLoadOpts l = {
+        .backend = "memory-backend-memfd,share=on",
+        .mode = "lazy",
+        .extra = "-global migration.x-mapped-ram-lazy-fill-delay-ms=3000",
+    };
+    QTestState *to;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    to = vmt_load_fixed(file, &l, "skip_serial");
+    migrate_set_capability(to, "x-ignore-shared", true);
+    vmt_migrate_must_fail(to, out, "shared RAM block 'mem0' is still "
+                          "loaded lazily");
+    migrate_set_capability(to, "x-ignore-shared", false);
+    migrate_set_capability(to, "bypass-shared-memory", true);
+    vmt_migrate_must_fail(to, out, "shared RAM block 'mem0' is still "
+                          "loaded lazily");
+    wait_loaded(to);
+    vmt_check_continues(to, "skip_serial");
+    qtest_quit(to);
+    unlink(vmt_path("lazy-skip-2.img"));
+    unlink(file);
+}
+
+/*
+ * Put a postcopy ADVISE command at the end of the mapped-ram stream in
+ * @file, before its EOF (and the JSON description that follows it).
+ */
+static void put_postcopy_advise(const char *file)
+{
+    size_t len, eof = 0, i;
+    g_autofree uint8_t *buf = vmt_read_file(file, &len);
+    /* QEMU_VM_COMMAND, be16 MIG_CMD_POSTCOPY_ADVISE, be16 length 16 */
+    uint8_t cmd[5 + 16] = { 0x08, 0x00, 0x03, 0x00, 16 };
+    int fd;
+
+    /* QEMU_VM_EOF (0), then QEMU_VM_VMDESCRIPTION (6), be32, the JSON */
+    for (i = len - 6; i > 0; i--) {
+        if (buf[i] == 0x00 && buf[i + 1] == 0x06 &&
+            ldl_be_p(buf + i + 2) == len - i - 6) {
+            eof = i;
+            break;
+        }
+    }
+    if (!eof) {
+        eof = len - 1;
+    }
+    g_assert_cmphex(buf[eof], ==, 0x00);
+    stq_be_p(cmd + 5, qemu_real_host_page_size());
+    stq_be_p(cmd + 13, qemu_real_host_page_size());
+    fd = open(file, O_WRONLY);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, eof), ==, 0);
+    g_assert_cmpint(pwrite(fd, cmd, sizeof(cmd), eof), ==, sizeof(cmd));
+    g_assert_cmpint(pwrite(fd, buf + eof, len - eof, eof + sizeof(cmd)), ==,
+                    len - eof);
+    close(fd);
+}
+
+/*
+ * A mapped-ram stream that carries postcopy commands: with postcopy-ram
+ * set, the destination loads the file lazily and its RAM is registered
+ * with userfaultfd already; postcopy's advise would discard it under the
+ * load.  Refused, and the lazy load set up for it is given up (with
+ * exit-on-error off, QEMU goes on and says why).
+ */
+static void test_lazy_postcopy_commands(void)
+{
+    g_autofree char *file = vmt_path("lazy-advise.img");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    g_autofree char *vm = vmt_vm_args("memory-backend-ram", "advise_serial");
+    g_autofree char *ws = vmt_path("lazy-advise.ws");
+    g_autofree char *xp = NULL;
+    VmtSaveOpts s = { 0 };
+    QTestState *to;
+    QDict *rsp, *lazy;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    put_postcopy_advise(file);
+    to = qtest_initf("%s -incoming defer", vm);
+    migrate_set_capability(to, "mapped-ram", true);
+    migrate_set_capability(to, "postcopy-ram", true);
+    migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
+    wait_for_migration_status(to, "failed",
+                              (const char *[]) { "completed", NULL });
+    lazy = query_lazy(to);
+    g_assert_nonnull(lazy);
+    g_assert_false(qdict_get_bool(lazy, "completed"));
+    g_assert_nonnull(strstr(qdict_get_str(lazy, "error-desc"),
+                            "failed before the guest ran"));
+    qobject_unref(lazy);
+    rsp = qtest_qmp(to, "{ 'execute': 'mapped-ram-save-working-set',"
+                    " 'arguments': { 'filename': %s } }", ws);
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"), "the lazy load failed"));
+    qobject_unref(rsp);
+    /* guest RAM is no longer registered: a read does not wait */
+    xp = qtest_hmp(to, "xp /1gx 0x%x", 64 << 20);
+    g_test_message("%s", xp);
+    qtest_quit(to);
+    g_assert_false(g_file_test(ws, G_FILE_TEST_EXISTS));
     unlink(file);
 }
 
@@ -1218,7 +1400,14 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/lazy/vhost-user-plug",
                    test_lazy_vhost_user_plug);
     qtest_add_func("/vmt/mapped-ram/lazy/resized-block",
-                   test_lazy_resized_block);
+                   test_lazy_resized_grown);
+    qtest_add_func("/vmt/mapped-ram/lazy/resized-block-shrunk",
+                   test_lazy_resized_shrunk);
+    qtest_add_func("/vmt/mapped-ram/lazy/unplug", test_lazy_unplug);
+    qtest_add_func("/vmt/mapped-ram/lazy/save-skipping-shared",
+                   test_lazy_save_skipping_shared);
+    qtest_add_func("/vmt/mapped-ram/lazy/postcopy-commands",
+                   test_lazy_postcopy_commands);
     ret = g_test_run();
     vmt_cleanup();
     return ret;

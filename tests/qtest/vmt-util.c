@@ -295,10 +295,10 @@ void vmt_set_mapped_ram_caps(QTestState *who, bool multifd,
 /* Save the running boot-block guest to a mapped-ram file. */
 void vmt_save_fixed(const char *file, const VmtSaveOpts *o)
 {
-    g_autofree char *args = vmt_vm_args(o->backend ? o->backend :
-                                        "memory-backend-ram", "src_serial");
+    g_autofree char *vm = vmt_vm_args(o->backend ? o->backend :
+                                      "memory-backend-ram", "src_serial");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
-    QTestState *from = qtest_init(args);
+    QTestState *from = qtest_initf("%s %s", vm, o->extra ? o->extra : "");
 
     wait_for_serial("src_serial");
     vmt_set_mapped_ram_caps(from, o->multifd, o->ignore_shared);

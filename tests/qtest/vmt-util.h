@@ -104,6 +104,7 @@ typedef struct VmtSaveOpts {
     bool ignore_shared;
     bool bypass;
     bool live;                  /* guest runs while dirty pages are saved */
+    const char *extra;          /* more QEMU arguments */
 } VmtSaveOpts;
 
 typedef struct VmtLoadOpts {
