@@ -39,8 +39,9 @@ typedef struct UserfaultOps {
     int (*timeout_ms)(void *opaque);
     void (*timed_out)(void *opaque);
     /*
-     * A device that maps guest RAM in another process (@what) is about
-     * to be plugged: false with @errp set if it cannot be while this
+     * A device that maps guest RAM in another process is about to be
+     * plugged, or its back end to connect again (@what says it cannot,
+     * for the message): false with @errp set if it cannot while this
      * loader runs.
      */
     bool (*check_plug)(void *opaque, const char *what, Error **errp);
