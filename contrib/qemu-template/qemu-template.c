@@ -23,6 +23,7 @@
 #include "qapi/error.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
+#include "qemu/sockets.h"
 #include "qemu/uuid.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
@@ -59,8 +60,17 @@ static const char *const mode_state_file[] = {
 #define MEMORY_FILE "memory"
 #define MANIFEST_FILE "manifest.json"
 #define CLONE_FILE "clone.json"
+/* the QEMU binary when neither --qemu nor $QEMU_TEMPLATE_QEMU names one */
+#define DEFAULT_QEMU "qemu-system-x86_64"
+/* no JSON file the tool reads is larger */
+#define MAX_JSON_FILE (4 * 1024 * 1024)
 
-static const char *top_dir;
+/* the lock file of a template (DIR/locks/NAME): what each byte guards */
+#define LOCK_TEMPLATE 0     /* shared: in use; exclusive: made or removed */
+#define LOCK_POOL 1         /* exclusive: the template's pool runs */
+
+/* the absolute, resolved tool directory */
+static char *top_dir;
 /* SIGINT, SIGTERM or SIGHUP while a template is made */
 static volatile sig_atomic_t interrupted;
 static bool opt_json;
@@ -106,12 +116,301 @@ static char *clone_path(const char *id, const char *file)
     return g_build_filename(top_dir, "clones", id, file, NULL);
 }
 
-/* Replace every @DIR@ in @arg with @dir. */
-static char *subst_dir(const char *arg, const char *dir)
+/* ------------------------------------------------------------------ */
+/* the trust model (docs/devel/qemu-template.rst) */
+
+/*
+ * The tool acts on what its files say (the manifest names the arguments
+ * QEMU runs with, a clone record the process destroy stops) only if they
+ * belong to the user that runs it and no one else can change them.  @st
+ * is what lstat() or fstat() said of @path.
+ */
+static bool check_trusted(const char *path, const struct stat *st,
+                          Error **errp)
+{
+    if (st->st_uid != geteuid()) {
+        error_setg(errp, "'%s' is owned by uid %u, not by uid %u that runs "
+                   "qemu-template", path, (unsigned)st->st_uid,
+                   (unsigned)geteuid());
+        error_append_hint(errp, "qemu-template uses only its own user's "
+                          "files; use a --dir of your own.\n");
+        return false;
+    }
+    if (st->st_mode & (S_IWGRP | S_IWOTH)) {
+        error_setg(errp, "'%s' is writable by %s", path,
+                   st->st_mode & S_IWOTH ? "other users" : "its group");
+        error_append_hint(errp, "qemu-template uses only files that no one "
+                          "else can change: chmod go-w '%s'.\n", path);
+        return false;
+    }
+    return true;
+}
+
+/* lstat() @path: a trusted file of type @type (S_IFREG or S_IFDIR)? */
+static bool stat_trusted(const char *path, mode_t type, struct stat *st,
+                         Error **errp)
+{
+    struct stat buf;
+
+    st = st ?: &buf;
+    if (lstat(path, st) < 0) {
+        error_setg_errno(errp, errno, "cannot use '%s'", path);
+        return false;
+    }
+    if ((st->st_mode & S_IFMT) != type) {
+        error_setg(errp, "'%s' is not a %s", path,
+                   type == S_IFDIR ? "directory" : "regular file");
+        return false;
+    }
+    return check_trusted(path, st, errp);
+}
+
+/*
+ * The directories above the tool's directory belong to root or to the
+ * user, and no one else may write them unless they are sticky (/tmp):
+ * else someone else could replace the tool's directory.
+ */
+static bool check_ancestors(const char *dir, Error **errp)
+{
+    g_autofree char *p = g_path_get_dirname(dir);
+
+    for (;;) {
+        struct stat st;
+        char *up;
+
+        if (stat(p, &st) < 0) {
+            error_setg_errno(errp, errno, "cannot use '%s'", p);
+            return false;
+        }
+        if ((st.st_uid && st.st_uid != geteuid()) ||
+            ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))) {
+            error_setg(errp, "'%s', above the template directory '%s', can "
+                       "be changed by other users", p, dir);
+            error_append_hint(errp, "Choose a --dir below directories that "
+                              "only you and root can change.\n");
+            return false;
+        }
+        if (!strcmp(p, "/")) {
+            return true;
+        }
+        up = g_path_get_dirname(p);
+        g_free(p);
+        p = up;
+    }
+}
+
+/* Make @dir the tool's directory: created 0700, resolved, trusted. */
+static bool setup_top_dir(const char *dir, Error **errp)
+{
+    char *real;
+
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", dir);
+        return false;
+    }
+    /* absolute and without symlinks, as /proc/PID/maps shows paths */
+    real = realpath(dir, NULL);
+    if (!real) {
+        error_setg_errno(errp, errno, "cannot resolve '%s'", dir);
+        return false;
+    }
+    top_dir = g_strdup(real);
+    free(real);
+    return check_ancestors(top_dir, errp) &&
+           stat_trusted(top_dir, S_IFDIR, NULL, errp);
+}
+
+/* DIR/@sub, created 0700 if missing; NULL if it cannot be trusted. */
+static char *tool_subdir(const char *sub, Error **errp)
+{
+    g_autofree char *path = g_build_filename(top_dir, sub, NULL);
+
+    if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+        error_setg_errno(errp, errno, "cannot create '%s'", path);
+        return NULL;
+    }
+    if (!stat_trusted(path, S_IFDIR, NULL, errp)) {
+        return NULL;
+    }
+    return g_steal_pointer(&path);
+}
+
+/*
+ * Lock byte @what (LOCK_TEMPLATE, LOCK_POOL) of template @name's lock
+ * file, DIR/locks/NAME; returns the file's descriptor, or -1 with the
+ * error "template NAME is @busy" when another qemu-template holds a lock
+ * in the way.
+ * The lock goes with the descriptor; it is never waited for.
+ */
+static int template_lock(const char *name, int what, bool exclusive,
+                         const char *busy, Error **errp)
+{
+    g_autofree char *dir = tool_subdir("locks", errp);
+    g_autofree char *path = NULL;
+    struct stat st;
+    int fd, r;
+
+    if (!dir) {
+        return -1;
+    }
+    if (!valid_name(name)) {
+        error_setg(errp, "'%s' is not a valid template name", name);
+        return -1;
+    }
+    path = g_build_filename(dir, name, NULL);
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot open the lock file '%s'", path);
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || !check_trusted(path, &st, errp)) {
+        close(fd);
+        return -1;
+    }
+    r = qemu_lock_fd(fd, what, 1, exclusive);
+    if (r < 0) {
+        close(fd);
+        if (r == -EAGAIN || r == -EACCES) {
+            error_setg(errp, "template '%s' is %s", name, busy);
+        } else {
+            error_setg_errno(errp, -r, "cannot lock '%s'", path);
+        }
+        return -1;
+    }
+    return fd;
+}
+
+/* Does another qemu-template hold byte @what of @name's lock file? */
+static bool template_locked(const char *name, int what)
+{
+    g_autofree char *path = g_build_filename(top_dir, "locks", name, NULL);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    bool locked;
+
+    if (fd < 0) {
+        return false;
+    }
+    locked = qemu_lock_fd_test(fd, what, 1, true) < 0;
+    close(fd);
+    return locked;
+}
+
+/*
+ * The QEMU binary the user chose: --qemu, else $QEMU_TEMPLATE_QEMU,
+ * else qemu-system-x86_64 from $PATH; resolved, and a file of root or
+ * the user that no one else can change.  Never the manifest's.
+ */
+static char *qemu_resolve(const char *qemu, Error **errp)
+{
+    g_autofree char *found = NULL;
+    g_autofree char *path = NULL;
+    char *real;
+    struct stat st;
+
+    qemu = qemu ?: g_getenv("QEMU_TEMPLATE_QEMU") ?: DEFAULT_QEMU;
+    found = g_find_program_in_path(qemu);
+    real = found ? realpath(found, NULL) : NULL;
+    if (!real) {
+        error_setg(errp, "QEMU binary '%s' not found", qemu);
+        error_append_hint(errp, "Pass the QEMU binary with --qemu PATH or "
+                          "$QEMU_TEMPLATE_QEMU.\n");
+        return NULL;
+    }
+    path = g_strdup(real);
+    free(real);
+    if (stat(path, &st) < 0) {
+        error_setg_errno(errp, errno, "cannot use '%s'", path);
+        return NULL;
+    }
+    if ((st.st_uid && st.st_uid != geteuid()) ||
+        (st.st_mode & (S_IWGRP | S_IWOTH))) {
+        error_setg(errp, "QEMU binary '%s' can be changed by other users",
+                   path);
+        error_append_hint(errp, "qemu-template runs only binaries of root "
+                          "or of its user that no one else can write.\n");
+        return NULL;
+    }
+    return g_steal_pointer(&path);
+}
+
+/* Is the peer of the UNIX socket @fd this user (and process @pid)? */
+static bool check_peer(int fd, pid_t pid, const char *path, Error **errp)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        error_setg_errno(errp, errno, "cannot identify the peer on '%s'",
+                         path);
+        return false;
+    }
+    if (cred.uid != geteuid() || (pid > 0 && cred.pid != pid)) {
+        error_setg(errp, "the peer on '%s' is process %d of uid %u, not %s",
+                   path, (int)cred.pid, (unsigned)cred.uid,
+                   pid > 0 ? "the QEMU qemu-template started"
+                           : "a process of this user");
+        return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* arguments */
+
+/* @s as a QemuOpts value: every comma doubled. */
+static char *opts_escape(const char *s)
+{
+    g_auto(GStrv) parts = g_strsplit(s, ",", -1);
+
+    return g_strjoinv(",,", parts);
+}
+
+/* @s inside a JSON string. */
+static char *json_escape(const char *s)
+{
+    QString *q = qstring_from_str(s);
+    g_autoptr(GString) json = qobject_to_json(QOBJECT(q));
+
+    qobject_unref(q);
+    return g_strndup(json->str + 1, json->len - 2);
+}
+
+/*
+ * QEMU options whose value is an option list (key=value,...: commas in a
+ * value are doubled) or, when it starts with '{', JSON.
+ */
+static const char *const optlist_options[] = {
+    "accel", "add-fd", "audiodev", "blockdev", "boot", "chardev",
+    "compat", "device", "display", "drive", "fsdev", "fw_cfg", "global",
+    "iscsi", "m", "M", "machine", "mon", "msg", "name", "net", "netdev",
+    "nic", "numa", "object", "overcommit", "plugin", "rtc", "run-with",
+    "sandbox", "set", "smbios", "smp", "spice", "tpmdev", "trace",
+    "virtfs", "vnc", NULL
+};
+
+/* The name of option @arg ("-opt" or "--opt"), or NULL. */
+static const char *option_name(const char *arg)
+{
+    if (!arg || arg[0] != '-' || !arg[1]) {
+        return NULL;
+    }
+    return arg + (arg[1] == '-' ? 2 : 1);
+}
+
+/*
+ * Replace every @DIR@ in @arg, the value of option @opt (or NULL), with
+ * @dir, escaped as that option's syntax needs.
+ */
+static char *subst_dir(const char *arg, const char *dir, const char *opt)
 {
     g_auto(GStrv) parts = g_strsplit(arg, DIR_PLACEHOLDER, -1);
+    g_autofree char *esc = NULL;
+    const char *name = option_name(opt);
 
-    return g_strjoinv(dir, parts);
+    if (name && g_strv_contains(optlist_options, name)) {
+        esc = arg[0] == '{' ? json_escape(dir) : opts_escape(dir);
+    }
+    return g_strjoinv(esc ?: dir, parts);
 }
 
 /* Remove @path and everything below it (template files are read-only). */
@@ -194,20 +493,66 @@ static bool write_json(const char *path, QObject *obj, Error **errp)
     return true;
 }
 
+/* The text of @path, a trusted regular file of at most MAX_JSON_FILE. */
+static char *read_trusted(const char *path, Error **errp)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    g_autofree char *text = NULL;
+    struct stat st;
+    size_t len = 0;
+
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot read '%s'", path);
+        return NULL;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > MAX_JSON_FILE) {
+        error_setg(errp, "'%s' is not a regular file of at most %d bytes",
+                   path, MAX_JSON_FILE);
+        goto out;
+    }
+    if (!check_trusted(path, &st, errp)) {
+        goto out;
+    }
+    text = g_malloc(st.st_size + 1);
+    while (len < st.st_size) {
+        ssize_t n = read(fd, text + len, st.st_size - len);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            error_setg_errno(errp, errno, "cannot read '%s'", path);
+            g_clear_pointer(&text, g_free);
+            goto out;
+        }
+        if (n == 0) {
+            break;
+        }
+        len += n;
+    }
+    text[len] = '\0';
+out:
+    close(fd);
+    return g_steal_pointer(&text);
+}
+
+/* The JSON object in @path, a trusted file. */
 static QDict *read_json_dict(const char *path, Error **errp)
 {
-    g_autofree char *text = NULL;
-    g_autoptr(GError) gerr = NULL;
+    g_autofree char *text = read_trusted(path, errp);
     Error *err = NULL;
     QObject *obj;
     QDict *dict;
 
-    if (!g_file_get_contents(path, &text, NULL, &gerr)) {
-        error_setg(errp, "cannot read '%s': %s", path, gerr->message);
+    if (!text) {
         return NULL;
     }
     obj = qobject_from_json(text, &err);
     if (!obj) {
+        if (!err) {
+            error_setg(&err, "it is empty");
+        }
         error_propagate_prepend(errp, err, "'%s' is not valid JSON: ", path);
         return NULL;
     }
@@ -611,50 +956,23 @@ static bool qmp_cmd_ok(Vm *vm, const char *cmd, QDict *args, Error **errp)
     return ret != NULL;
 }
 
-/* Connect to the VM's QMP socket (retrying until QEMU listens). */
 /*
- * A UNIX socket address for @path (bound or connected to); false if the
- * path does not fit.
+ * Connect to the VM's QMP socket, retrying until QEMU listens; the peer
+ * must be the QEMU this tool started.
  */
-static bool unix_addr(const char *path, struct sockaddr_un *sa, Error **errp)
-{
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(sa->sun_path)) {
-        error_setg(errp, "socket path '%s' is too long; use a shorter "
-                   "--dir", path);
-        return false;
-    }
-    strcpy(sa->sun_path, path);
-    return true;
-}
-
-/* Connect to the UNIX socket @sa; returns the fd or -1 (errno set). */
-static int unix_connect(struct sockaddr_un *sa)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    if (fd >= 0 && connect(fd, (struct sockaddr *)sa, sizeof(*sa)) < 0) {
-        int e = errno;
-
-        close(fd);
-        errno = e;
-        fd = -1;
-    }
-    return fd;
-}
-
 static bool qmp_connect(Vm *vm, int timeout_s, Error **errp)
 {
     int64_t deadline = now_us() + timeout_s * G_USEC_PER_SEC;
     struct sockaddr_un sa;
     QDict *greeting;
 
-    if (!unix_addr(vm->qmp_path, &sa, errp)) {
+    if (strlen(vm->qmp_path) >= sizeof(sa.sun_path)) {
+        error_setg(errp, "socket path '%s' is too long", vm->qmp_path);
+        error_append_hint(errp, "Use a shorter --dir.\n");
         return false;
     }
     for (;;) {
-        vm->qmp_fd = unix_connect(&sa);
+        vm->qmp_fd = unix_connect(vm->qmp_path, NULL);
         if (vm->qmp_fd >= 0) {
             break;
         }
@@ -668,6 +986,9 @@ static bool qmp_connect(Vm *vm, int timeout_s, Error **errp)
             return false;
         }
         g_usleep(200);
+    }
+    if (!check_peer(vm->qmp_fd, vm->pid, vm->qmp_path, errp)) {
+        return false;
     }
     greeting = qmp_read(vm, deadline, errp);
     if (!greeting) {
@@ -774,6 +1095,172 @@ static QDict *qmp_ram_blocks(Vm *vm, Error **errp)
 }
 
 /* ------------------------------------------------------------------ */
+/* command lines */
+
+/* The RAM size of "-m SIZE" or "-m size=SIZE,...", in bytes. */
+static bool parse_ram_size(char **args, uint64_t *size, Error **errp)
+{
+    const char *val = NULL;
+    g_autofree char *num = NULL;
+    const char *p;
+    int i;
+
+    for (i = 0; args[i]; i++) {
+        if ((!strcmp(args[i], "-m") || !strcmp(args[i], "--m")) &&
+            args[i + 1]) {
+            val = args[++i];
+        }
+    }
+    if (!val) {
+        error_setg(errp, "bypass mode needs the RAM size: add -m SIZE to "
+                   "the QEMU arguments");
+        return false;
+    }
+    p = strstr(val, "size=");
+    p = p ? p + 5 : val;
+    num = g_strndup(p, strcspn(p, ","));
+    if (qemu_strtosz_MiB(num, NULL, size) < 0 || !*size) {
+        error_setg(errp, "cannot read the RAM size in '-m %s'", val);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Arguments the user may not give: the tool owns the VM's monitor
+ * socket, its generation ID device, its UUID, where its state comes from
+ * and (bypass) its RAM.  Checked on every use: a manifest's arguments too.
+ */
+static bool check_user_args(char **args, TemplateMode mode, Error **errp)
+{
+    /* -readconfig would hide arguments from this check */
+    static const char *const owned[] = {
+        "incoming", "uuid", "daemonize", "readconfig", NULL
+    };
+    int i;
+
+    for (i = 0; args && args[i]; i++) {
+        const char *a = args[i];
+        const char *opt = option_name(a);
+        const char *next = args[i + 1] ?: "";
+        bool genid = opt && !strcmp(opt, "device") &&
+            (g_str_has_prefix(next, "vmgenid") ||
+             strstr(next, "driver=vmgenid") || strstr(next, "\"vmgenid\""));
+
+        if ((opt && g_strv_contains(owned, opt)) || genid ||
+            strstr(a, "id=" ID_PREFIX) || strstr(a, "\"" ID_PREFIX) ||
+            (mode == MODE_BYPASS && (strstr(a, "memory-backend=") ||
+                                     strstr(a, "\"memory-backend\"")))) {
+            if (genid) {
+                a = next;
+            }
+            error_setg(errp, "the QEMU argument '%s' is managed by "
+                       "qemu-template", a);
+            error_append_hint(errp, "qemu-template adds -incoming, -uuid, "
+                              "the vmgenid device, its QMP monitor and, "
+                              "in bypass mode, the RAM backend itself; "
+                              "-daemonize and -readconfig are refused.\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A migration channel for the file @path, as QMP's "channels" takes. */
+static QList *file_channels(const char *path)
+{
+    QDict *addr = qdict_new(), *chan = qdict_new();
+    QList *list = qlist_new();
+
+    qdict_put_str(addr, "transport", "file");
+    qdict_put_str(addr, "filename", path);
+    qdict_put_int(addr, "offset", 0);
+    qdict_put_str(chan, "channel-type", "main");
+    qdict_put(chan, "addr", addr);
+    qlist_append(list, chan);
+    return list;
+}
+
+/*
+ * -incoming for the file @path: the JSON form of a channel, as a file:
+ * URI cannot hold every path (",offset=" in it is an option).
+ */
+static char *incoming_file(const char *path)
+{
+    QList *list = file_channels(path);
+    g_autoptr(GString) json = qobject_to_json(qlist_peek(list));
+
+    qobject_unref(list);
+    return g_strdup(json->str);
+}
+
+/*
+ * The command line of a template (@clone false) or clone: the user's
+ * arguments with @DIR@ replaced, then what the tool adds.
+ */
+static char **build_argv(const char *qemu, char **user, const char *dir,
+                         TemplateMode mode, uint64_t ram_size,
+                         const char *ram_path, bool clone,
+                         const char *incoming, const char *genid,
+                         const char *uuid, const char *name)
+{
+    GPtrArray *a = g_ptr_array_new();
+    g_autofree char *qmp = g_build_filename(dir, "qmp.sock", NULL);
+    g_autofree char *qmp_esc = opts_escape(qmp);
+    g_autofree char *ram_esc = opts_escape(ram_path);
+    int i;
+
+    g_ptr_array_add(a, g_strdup(qemu));
+    for (i = 0; user[i]; i++) {
+        g_ptr_array_add(a, subst_dir(user[i], dir, i ? user[i - 1] : NULL));
+    }
+    g_ptr_array_add(a, g_strdup("-chardev"));
+    g_ptr_array_add(a, g_strdup_printf("socket,id=" ID_PREFIX "qmp,path=%s,"
+                                       "server=on,wait=off", qmp_esc));
+    g_ptr_array_add(a, g_strdup("-mon"));
+    g_ptr_array_add(a, g_strdup("chardev=" ID_PREFIX "qmp,mode=control"));
+    g_ptr_array_add(a, g_strdup("-device"));
+    g_ptr_array_add(a, g_strdup_printf("vmgenid,id=" ID_PREFIX "genid,"
+                                       "guid=%s", genid));
+    g_ptr_array_add(a, g_strdup("-uuid"));
+    g_ptr_array_add(a, g_strdup(uuid));
+    g_ptr_array_add(a, g_strdup("-name"));
+    g_ptr_array_add(a, g_strdup(name));
+    if (mode == MODE_BYPASS) {
+        /*
+         * The template shares its RAM file; a clone maps it privately and
+         * opens it read-only (the file is read-only once published).
+         */
+        g_ptr_array_add(a, g_strdup("-object"));
+        g_ptr_array_add(a, g_strdup_printf(
+            "memory-backend-file,id=" ID_PREFIX "ram,size=%" PRIu64
+            ",mem-path=%s,%s", ram_size, ram_esc,
+            clone ? "share=off,readonly=on,rom=off" : "share=on"));
+        g_ptr_array_add(a, g_strdup("-machine"));
+        g_ptr_array_add(a, g_strdup("memory-backend=" ID_PREFIX "ram"));
+    } else if (clone) {
+        g_ptr_array_add(a, g_strdup("-global"));
+        g_ptr_array_add(a, g_strdup("migration.mapped-ram=on"));
+        g_ptr_array_add(a, g_strdup("-global"));
+        g_ptr_array_add(a, g_strdup("migration.mapped-ram-load=map"));
+    }
+    if (incoming) {
+        g_ptr_array_add(a, g_strdup("-incoming"));
+        g_ptr_array_add(a, g_strdup(incoming));
+    }
+    g_ptr_array_add(a, NULL);
+    return (char **)g_ptr_array_free(a, false);
+}
+
+static char *new_uuid(void)
+{
+    QemuUUID u;
+
+    qemu_uuid_generate(&u);
+    return qemu_uuid_unparse_strdup(&u);
+}
+
+/* ------------------------------------------------------------------ */
 /* the manifest */
 
 typedef struct Manifest {
@@ -819,9 +1306,8 @@ static bool manifest_check_files(Manifest *m, const char *dir, Error **errp)
                        "is malformed", m->name, e->key);
             return false;
         }
-        if (stat(path, &st) < 0) {
-            error_setg_errno(errp, errno, "template '%s': cannot use '%s'",
-                             m->name, path);
+        if (!stat_trusted(path, S_IFREG, &st, errp)) {
+            error_prepend(errp, "template '%s': ", m->name);
             error_append_hint(errp, "The template is damaged: destroy it "
                               "and create it again.\n");
             return false;
@@ -858,6 +1344,10 @@ static Manifest *manifest_load(const char *name, Error **errp)
         error_append_hint(errp, "'qemu-template list' shows the templates; "
                           "--dir or QEMU_TEMPLATE_DIR selects another "
                           "directory.\n");
+        return NULL;
+    }
+    /* what the manifest says runs: it must be the user's own */
+    if (!stat_trusted(dir, S_IFDIR, NULL, errp)) {
         return NULL;
     }
     m->dict = read_json_dict(path, errp);
@@ -905,140 +1395,45 @@ static Manifest *manifest_load(const char *name, Error **errp)
         }
         m->args[i++] = g_strdup(qstring_get_str(s));
     }
+    /* a manifest edited by hand gets no more than create allows */
+    if (!check_user_args(m->args, m->mode, errp)) {
+        error_prepend(errp, "template '%s': manifest: ", name);
+        return NULL;
+    }
     if (!manifest_check_files(m, dir, errp)) {
         return NULL;
     }
     return g_steal_pointer(&m);
 }
 
-/* ------------------------------------------------------------------ */
-/* command lines */
-
-/* The RAM size of "-m SIZE" or "-m size=SIZE,...", in bytes. */
-static bool parse_ram_size(char **args, uint64_t *size, Error **errp)
-{
-    const char *val = NULL;
-    g_autofree char *num = NULL;
-    const char *p;
-    int i;
-
-    for (i = 0; args[i]; i++) {
-        if ((!strcmp(args[i], "-m") || !strcmp(args[i], "--m")) &&
-            args[i + 1]) {
-            val = args[++i];
-        }
-    }
-    if (!val) {
-        error_setg(errp, "bypass mode needs the RAM size: add -m SIZE to "
-                   "the QEMU arguments");
-        return false;
-    }
-    p = strstr(val, "size=");
-    p = p ? p + 5 : val;
-    num = g_strndup(p, strcspn(p, ","));
-    if (qemu_strtosz_MiB(num, NULL, size) < 0 || !*size) {
-        error_setg(errp, "cannot read the RAM size in '-m %s'", val);
-        return false;
-    }
-    return true;
-}
-
 /*
- * Arguments the user may not give: the tool owns the VM's monitor
- * socket, its generation ID device, its UUID and (bypass) its RAM.
+ * Load the manifest of @name under a shared lock of the template, whose
+ * descriptor goes to *@lock: no create or destroy of it runs meanwhile.
  */
-static bool check_user_args(char **args, TemplateMode mode, Error **errp)
+static Manifest *manifest_load_locked(const char *name, int *lock,
+                                      Error **errp)
 {
-    int i;
+    g_autofree char *dir = NULL;
+    Manifest *m;
 
-    for (i = 0; args[i]; i++) {
-        const char *a = args[i];
-
-        const char *next = args[i + 1] ?: "";
-        bool genid = !strcmp(a, "-device") &&
-            (g_str_has_prefix(next, "vmgenid") ||
-             strstr(next, "driver=vmgenid"));
-
-        if (!strcmp(a, "-incoming") || !strcmp(a, "-uuid") ||
-            !strcmp(a, "-daemonize") || genid ||
-            strstr(a, "id=" ID_PREFIX) ||
-            (mode == MODE_BYPASS && strstr(a, "memory-backend="))) {
-            if (genid) {
-                a = next;
+    *lock = -1;
+    if (valid_name(name)) {
+        dir = template_path(name, NULL);
+        if (g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            *lock = template_lock(name, LOCK_TEMPLATE, false, "being "
+                                  "created or destroyed by another "
+                                  "qemu-template", errp);
+            if (*lock < 0) {
+                return NULL;
             }
-            error_setg(errp, "the QEMU argument '%s' is managed by "
-                       "qemu-template", a);
-            error_append_hint(errp, "qemu-template adds -incoming, -uuid, "
-                              "the vmgenid device, its QMP monitor and, "
-                              "in bypass mode, the RAM backend itself.\n");
-            return false;
         }
     }
-    return true;
-}
-
-/*
- * The command line of a template (@clone false) or clone: the user's
- * arguments with @DIR@ replaced, then what the tool adds.
- */
-static char **build_argv(const char *qemu, char **user, const char *dir,
-                         TemplateMode mode, uint64_t ram_size,
-                         const char *ram_path, bool clone,
-                         const char *incoming, const char *genid,
-                         const char *uuid, const char *name)
-{
-    GPtrArray *a = g_ptr_array_new();
-    g_autofree char *qmp = g_build_filename(dir, "qmp.sock", NULL);
-    int i;
-
-    g_ptr_array_add(a, g_strdup(qemu));
-    for (i = 0; user[i]; i++) {
-        g_ptr_array_add(a, subst_dir(user[i], dir));
+    m = manifest_load(name, errp);
+    if (!m && *lock >= 0) {
+        close(*lock);
+        *lock = -1;
     }
-    g_ptr_array_add(a, g_strdup("-chardev"));
-    g_ptr_array_add(a, g_strdup_printf("socket,id=" ID_PREFIX "qmp,path=%s,"
-                                       "server=on,wait=off", qmp));
-    g_ptr_array_add(a, g_strdup("-mon"));
-    g_ptr_array_add(a, g_strdup("chardev=" ID_PREFIX "qmp,mode=control"));
-    g_ptr_array_add(a, g_strdup("-device"));
-    g_ptr_array_add(a, g_strdup_printf("vmgenid,id=" ID_PREFIX "genid,"
-                                       "guid=%s", genid));
-    g_ptr_array_add(a, g_strdup("-uuid"));
-    g_ptr_array_add(a, g_strdup(uuid));
-    g_ptr_array_add(a, g_strdup("-name"));
-    g_ptr_array_add(a, g_strdup(name));
-    if (mode == MODE_BYPASS) {
-        /*
-         * The template shares its RAM file; a clone maps it privately and
-         * opens it read-only (the file is read-only once published).
-         */
-        g_ptr_array_add(a, g_strdup("-object"));
-        g_ptr_array_add(a, g_strdup_printf(
-            "memory-backend-file,id=" ID_PREFIX "ram,size=%" PRIu64
-            ",mem-path=%s,%s", ram_size, ram_path,
-            clone ? "share=off,readonly=on,rom=off" : "share=on"));
-        g_ptr_array_add(a, g_strdup("-machine"));
-        g_ptr_array_add(a, g_strdup("memory-backend=" ID_PREFIX "ram"));
-    } else if (clone) {
-        g_ptr_array_add(a, g_strdup("-global"));
-        g_ptr_array_add(a, g_strdup("migration.mapped-ram=on"));
-        g_ptr_array_add(a, g_strdup("-global"));
-        g_ptr_array_add(a, g_strdup("migration.mapped-ram-load=map"));
-    }
-    if (incoming) {
-        g_ptr_array_add(a, g_strdup("-incoming"));
-        g_ptr_array_add(a, g_strdup(incoming));
-    }
-    g_ptr_array_add(a, NULL);
-    return (char **)g_ptr_array_free(a, false);
-}
-
-static char *new_uuid(void)
-{
-    QemuUUID u;
-
-    qemu_uuid_generate(&u);
-    return qemu_uuid_unparse_strdup(&u);
+    return m;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1058,17 +1453,13 @@ typedef struct CreateOpts {
 static bool ga_ping(const char *path)
 {
     static const char req[] = "{\"execute\": \"guest-ping\"}\n";
-    struct sockaddr_un sa;
     struct pollfd pfd = { .events = POLLIN };
     char buf[256];
     int64_t deadline = now_us() + G_USEC_PER_SEC;
     g_autoptr(GString) in = g_string_new("");
     bool ok = false;
 
-    if (!unix_addr(path, &sa, NULL)) {
-        return false;
-    }
-    pfd.fd = unix_connect(&sa);
+    pfd.fd = unix_connect(path, NULL);
     if (pfd.fd < 0) {
         return false;
     }
@@ -1117,7 +1508,7 @@ static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
     }
     if (g_str_has_prefix(ready, "ga:")) {
         /* ga:SOCKET: the guest agent on SOCKET answers guest-ping */
-        g_autofree char *path = subst_dir(ready + 3, vm->dir);
+        g_autofree char *path = subst_dir(ready + 3, vm->dir, NULL);
 
         for (;;) {
             if (ga_ping(path)) {
@@ -1149,7 +1540,7 @@ static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
             return false;
         }
         file = g_strndup(ready + 4, colon - ready - 4);
-        file = subst_dir(file, vm->dir);
+        file = subst_dir(file, vm->dir, NULL);
         for (;;) {
             g_autofree char *text = NULL;
 
@@ -1179,13 +1570,13 @@ static bool wait_ready(Vm *vm, const char *ready, int timeout, Error **errp)
     return false;
 }
 
-/* Save the stopped VM to @uri, printing progress. */
-static bool save_vm(Vm *vm, const char *uri, Error **errp)
+/* Save the VM to the file @path, printing progress. */
+static bool save_vm(Vm *vm, const char *path, Error **errp)
 {
     QDict *args = qdict_new();
     int64_t last = 0;
 
-    qdict_put_str(args, "uri", uri);
+    qdict_put(args, "channels", file_channels(path));
     if (!qmp_cmd_ok(vm, "migrate", args, errp)) {
         return false;
     }
@@ -1233,7 +1624,10 @@ static void progress(const char *fmt, ...)
     va_end(ap);
 }
 
-/* Half-made templates of @name whose tool process is gone. */
+/*
+ * Half-made templates of @name: the caller holds the template's lock, so
+ * the create that made them is gone.
+ */
 static void remove_stale_tmp(const char *templates, const char *name)
 {
     g_autofree char *prefix = g_strdup_printf(".%s.tmp-", name);
@@ -1243,8 +1637,7 @@ static void remove_stale_tmp(const char *templates, const char *name)
     while (d && (e = g_dir_read_name(d))) {
         g_autofree char *path = g_build_filename(templates, e, NULL);
 
-        if (g_str_has_prefix(e, prefix) &&
-            pid_gone(atoi(e + strlen(prefix)))) {
+        if (g_str_has_prefix(e, prefix)) {
             rmtree(path);
         }
     }
@@ -1262,12 +1655,11 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
                       Error **errp)
 {
     ERRP_GUARD();
-    g_autofree char *templates = g_build_filename(top_dir, "templates", NULL);
+    g_autofree char *templates = NULL;
     g_autofree char *final = template_path(name, NULL);
     g_autofree char *tmp = NULL;
     g_autofree char *ram_path = NULL;
     g_autofree char *state = NULL;
-    g_autofree char *uri = NULL;
     g_autofree char *version = NULL;
     g_autofree char *genid = new_uuid();
     g_autofree char *uuid = new_uuid();
@@ -1278,8 +1670,8 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
     uint64_t ram_size = 0;
     int64_t t0, t_boot, t_ready;
     bool ok = false;
+    int lock, i;
     Vm vm;
-    int i;
 
     if (!valid_name(name)) {
         error_setg(errp, "'%s' is not a valid template name (letters, "
@@ -1296,24 +1688,33 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
                           "name.\n");
         return false;
     }
-    remove_stale_tmp(templates, name);
-    /* the absolute path of the binary goes into the manifest */
-    qemu = g_find_program_in_path(o->qemu);
-    if (!qemu) {
-        error_setg(errp, "QEMU binary '%s' not found", o->qemu);
-        error_append_hint(errp, "Pass the QEMU binary with --qemu PATH.\n");
+    lock = template_lock(name, LOCK_TEMPLATE, true, "in use: another "
+                         "qemu-template creates, clones, serves or destroys "
+                         "it", errp);
+    if (lock < 0) {
         return false;
     }
-    if (g_mkdir_with_parents(templates, 0755) < 0) {
-        error_setg_errno(errp, errno, "cannot create '%s'", templates);
-        return false;
+    templates = tool_subdir("templates", errp);
+    if (!templates) {
+        goto out_unlock;
+    }
+    if (g_file_test(final, G_FILE_TEST_EXISTS)) {
+        error_setg(errp, "template '%s' already exists", name);
+        error_append_hint(errp, "Destroy it first, or choose another "
+                          "name.\n");
+        goto out_unlock;
+    }
+    remove_stale_tmp(templates, name);
+    /* the absolute path of the binary goes into the manifest */
+    qemu = qemu_resolve(o->qemu, errp);
+    if (!qemu) {
+        goto out_unlock;
     }
     /* built next to the final place, published by one rename */
     tmp = g_strdup_printf("%s/.%s.tmp-%d", templates, name, getpid());
-    rmtree(tmp);
-    if (mkdir(tmp, 0755) < 0) {
+    if (mkdir(tmp, 0700) < 0) {
         error_setg_errno(errp, errno, "cannot create '%s'", tmp);
-        return false;
+        goto out_unlock;
     }
     vm_init(&vm, tmp);
     {
@@ -1324,7 +1725,6 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
         sigaction(SIGHUP, &act, NULL);
     }
     state = g_build_filename(tmp, mode_state_file[o->mode], NULL);
-    uri = g_strdup_printf("file:%s", state);
     ram_path = g_build_filename(tmp, MEMORY_FILE, NULL);
     argv = build_argv(qemu, user, tmp, o->mode, ram_size, ram_path, false,
                       NULL, genid, uuid, name);
@@ -1374,7 +1774,7 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
         }
     }
     ram_blocks = qmp_ram_blocks(&vm, errp);
-    if (!ram_blocks || !save_vm(&vm, uri, errp)) {
+    if (!ram_blocks || !save_vm(&vm, state, errp)) {
         goto out;
     }
     qmp_cmd_ok(&vm, "quit", NULL, NULL);
@@ -1419,7 +1819,8 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
             qobject_unref(files);
             goto out;
         }
-        chmod(p, 0444);
+        /* read-only; never more readable than QEMU made it */
+        chmod(p, st.st_mode & 07555);
         qdict_put_int(files, f, st.st_size);
     }
     qdict_put(man, "files", files);
@@ -1445,7 +1846,7 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
             !fsync_path(mpath, errp)) {
             goto out;
         }
-        chmod(mpath, 0444);
+        chmod(mpath, 0400);
     }
     /* what the template's run left (QMP socket, logs, user sockets) */
     prune_dir(tmp, files);
@@ -1453,7 +1854,7 @@ static bool do_create(const char *name, CreateOpts *o, char **user,
         error_setg_errno(errp, errno, "cannot publish template '%s'", final);
         goto out;
     }
-    chmod(final, 0555);
+    chmod(final, 0500);
     fsync_path(templates, NULL);
     ok = true;
     if (opt_json) {
@@ -1479,6 +1880,8 @@ out:
     qobject_unref(man);
     qobject_unref(ram_blocks);
     vm_close(&vm);
+out_unlock:
+    close(lock);
     return ok;
 }
 
@@ -1522,6 +1925,26 @@ static void clone_discard(Clone *c)
 
 #define POOLED_MARK "pooled"
 
+/*
+ * The QEMU binary for clones of @m: the user's choice (--qemu @qemu,
+ * else the default), which must be the binary that made the template.
+ */
+static char *qemu_for_clones(Manifest *m, const char *qemu, Error **errp)
+{
+    g_autofree char *path = qemu_resolve(qemu, errp);
+
+    if (path && strcmp(path, m->qemu)) {
+        error_setg(errp, "template '%s' was made with QEMU '%s', not with "
+                   "'%s'", m->name, m->qemu, path);
+        error_append_hint(errp, "qemu-template runs the QEMU you choose, "
+                          "never the manifest's: pass --qemu '%s' (or set "
+                          "QEMU_TEMPLATE_QEMU) if you trust that binary, or "
+                          "create the template again.\n", m->qemu);
+        return NULL;
+    }
+    return g_steal_pointer(&path);
+}
+
 static Clone *clone_spawn(Manifest *m, const char *qemu, char **extra,
                           char **nics, bool defer, Error **errp)
 {
@@ -1529,9 +1952,10 @@ static Clone *clone_spawn(Manifest *m, const char *qemu, char **extra,
     g_autofree char *tdir = template_path(m->name, NULL);
     g_autofree char *state = g_build_filename(tdir,
                                               mode_state_file[m->mode], NULL);
-    g_autofree char *incoming = g_strdup_printf("file:%s", state);
+    g_autofree char *incoming = incoming_file(state);
     g_autofree char *ram = g_build_filename(tdir, MEMORY_FILE, NULL);
     g_autofree char *dir = NULL;
+    g_autofree char *clones = NULL;
     g_auto(GStrv) user = NULL;
     g_auto(GStrv) argv = NULL;
     Clone *c = g_new0(Clone, 1);
@@ -1544,7 +1968,12 @@ static Clone *clone_spawn(Manifest *m, const char *qemu, char **extra,
     c->nics = g_strdupv(nics);
     dir = clone_path(c->id, NULL);
     vm_init(&c->vm, dir);
-    if (g_mkdir_with_parents(dir, 0755) < 0) {
+    clones = tool_subdir("clones", errp);
+    if (!clones) {
+        clone_free(c);
+        return NULL;
+    }
+    if (mkdir(dir, 0700) < 0) {
         error_setg_errno(errp, errno, "cannot create '%s'", dir);
         clone_free(c);
         return NULL;
@@ -1655,11 +2084,12 @@ static QDict *clone_finish(Manifest *m, Clone *c, int64_t t_req,
         g_autofree char *tdir = template_path(m->name, NULL);
         g_autofree char *mark = g_build_filename(c->vm.dir, POOLED_MARK,
                                                  NULL);
-        g_autofree char *uri = g_strdup_printf("file:%s/%s", tdir,
-                                               mode_state_file[m->mode]);
+        g_autofree char *state = g_build_filename(tdir,
+                                                  mode_state_file[m->mode],
+                                                  NULL);
         QDict *args = qdict_new();
 
-        qdict_put_str(args, "uri", uri);
+        qdict_put(args, "channels", file_channels(state));
         if (!qmp_cmd_ok(&c->vm, "migrate-incoming", args, errp)) {
             goto fail;
         }
@@ -1816,24 +2246,24 @@ static char *pool_socket(const char *name)
     return g_build_filename(top_dir, "pools", file, NULL);
 }
 
-/* A connection to the pool of @name, or -1 when none runs. */
-static int pool_connect(const char *name)
+/*
+ * A connection to the pool of @name, or -1 when none runs; a pool that is
+ * not this user's process is not one.
+ */
+static int pool_connect(const char *name, Error **errp)
 {
     g_autofree char *path = pool_socket(name);
-    struct sockaddr_un sa;
+    int fd;
 
-    return unix_addr(path, &sa, NULL) ? unix_connect(&sa) : -1;
-}
-
-static bool pool_running(const char *name)
-{
-    int fd = pool_connect(name);
-
-    if (fd < 0) {
-        return false;
+    if (!template_locked(name, LOCK_POOL)) {
+        return -1;
     }
-    close(fd);
-    return true;
+    fd = unix_connect(path, NULL);
+    if (fd >= 0 && !check_peer(fd, 0, path, errp)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 /* Pooled clones a killed pool left: stop them, remove their directories. */
@@ -2047,16 +2477,37 @@ static bool pool_client_read(Pool *p, PoolClient *pc, bool *stop)
     return true;
 }
 
+/*
+ * Listen on the pool's socket, owner-only in an owner-only directory;
+ * the caller holds the pool's lock, so a socket left there is stale.
+ */
+static int pool_listen(const char *path, Error **errp)
+{
+    SocketAddress addr = {
+        .type = SOCKET_ADDRESS_TYPE_UNIX,
+        .u.q_unix.path = (char *)path,
+    };
+    int fd = socket_listen(&addr, 16, errp);
+
+    if (fd >= 0 && chmod(path, 0600) < 0) {
+        error_setg_errno(errp, errno, "cannot protect '%s'", path);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static bool do_pool(const char *name, int size, const char *qemu,
                     char **extra, char **nics, Error **errp)
 {
     ERRP_GUARD();
-    g_autoptr(Manifest) m = manifest_load(name, errp);
+    int lock;
+    g_autoptr(Manifest) m = manifest_load_locked(name, &lock, errp);
     g_autofree char *path = NULL;
-    g_autofree char *pools = g_build_filename(top_dir, "pools", NULL);
+    g_autofree char *pools = NULL;
+    g_autofree char *binary = NULL;
     g_autoptr(GPtrArray) clients = g_ptr_array_new_with_free_func(
         pool_client_free);
-    struct sockaddr_un sa;
     struct sigaction act = { .sa_handler = pool_signal };
     Pool p = { .m = m, .extra = extra, .nics = nics, .size = size };
     bool announced = false, stop = false;
@@ -2065,30 +2516,25 @@ static bool do_pool(const char *name, int size, const char *qemu,
     if (!m) {
         return false;
     }
-    p.qemu = qemu ?: m->qemu;
     path = pool_socket(name);
-    if (g_mkdir_with_parents(pools, 0755) < 0) {
-        error_setg_errno(errp, errno, "cannot create '%s'", pools);
+    binary = qemu_for_clones(m, qemu, errp);
+    if (!binary || !check_user_args(extra, m->mode, errp)) {
+        close(lock);
         return false;
     }
-    if (!unix_addr(path, &sa, errp)) {
-        return false;
-    }
-    if (pool_running(name)) {
+    p.qemu = binary;
+    if (qemu_lock_fd(lock, LOCK_POOL, 1, true) < 0) {
         error_setg(errp, "a pool of '%s' already runs on '%s'", name, path);
+        close(lock);
         return false;
     }
-    unlink(path);
+    pools = tool_subdir("pools", errp);
+    lfd = pools ? pool_listen(path, errp) : -1;
+    if (lfd < 0) {
+        close(lock);
+        return false;
+    }
     pool_reap_stale(name);
-    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        listen(lfd, 16) < 0) {
-        error_setg_errno(errp, errno, "cannot listen on '%s'", path);
-        if (lfd >= 0) {
-            close(lfd);
-        }
-        return false;
-    }
     sigaction(SIGTERM, &act, NULL);
     sigaction(SIGINT, &act, NULL);
     sigaction(SIGHUP, &act, NULL);
@@ -2131,10 +2577,17 @@ static bool do_pool(const char *name, int size, const char *qemu,
             fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
             if (fd >= 0) {
                 PoolClient *pc = g_new0(PoolClient, 1);
+                Error *err = NULL;
 
                 pc->fd = fd;
                 pc->in = g_string_new("");
-                g_ptr_array_add(clients, pc);
+                if (check_peer(fd, 0, path, &err)) {
+                    g_ptr_array_add(clients, pc);
+                } else {
+                    /* only the pool's user may take its clones */
+                    pool_reply(pc, NULL, err);
+                    pool_client_free(pc);
+                }
             }
         }
         if (!full && !stop) {
@@ -2155,6 +2608,7 @@ static bool do_pool(const char *name, int size, const char *qemu,
     }
     close(lfd);
     unlink(path);
+    close(lock);
     g_array_free(p.handed, true);
     g_free(p.error);
     return !*errp;
@@ -2172,9 +2626,15 @@ static QDict *pool_clone(const char *name, bool *used, Error **errp)
     QObject *obj;
     QDict *msg, *ret;
     char buf[4096];
-    int fd = pool_connect(name);
+    Error *err = NULL;
+    int fd = pool_connect(name, &err);
 
     *used = false;
+    if (err) {
+        error_propagate(errp, err);
+        *used = true;
+        return NULL;
+    }
     if (fd < 0) {
         return NULL;
     }
@@ -2202,10 +2662,10 @@ static QDict *pool_clone(const char *name, bool *used, Error **errp)
     msg = qobject_to(QDict, obj);
     ret = msg ? qdict_get_qdict(msg, "return") : NULL;
     if (!ret) {
-        QDict *err = msg ? qdict_get_qdict(msg, "error") : NULL;
+        QDict *e = msg ? qdict_get_qdict(msg, "error") : NULL;
 
-        error_setg(errp, "pool: %s", err && qdict_get_try_str(err, "desc") ?
-                   qdict_get_str(err, "desc") : "malformed answer");
+        error_setg(errp, "pool: %s", e && qdict_get_try_str(e, "desc") ?
+                   qdict_get_str(e, "desc") : "malformed answer");
         qobject_unref(obj);
         return NULL;
     }
@@ -2285,20 +2745,27 @@ static bool clone_batch(Manifest *m, int n, const char *qemu, char **extra,
 static bool do_clone(const char *name, int count, const char *qemu,
                      char **extra, char **nics, bool no_pool, Error **errp)
 {
-    g_autoptr(Manifest) m = manifest_load(name, errp);
-    QList *all = qlist_new();
+    int lock;
+    g_autoptr(Manifest) m = manifest_load_locked(name, &lock, errp);
+    g_autofree char *binary = NULL;
+    QList *all;
     int done = 0;
     bool ok = true;
 
     if (!m) {
-        qobject_unref(all);
         return false;
     }
+    binary = qemu_for_clones(m, qemu, errp);
+    if (!binary || !check_user_args(extra, m->mode, errp)) {
+        close(lock);
+        return false;
+    }
+    all = qlist_new();
     while (ok && done < count) {
         bool pooled = false;
 
         /* a pool's clones were started with the pool's options */
-        if (!no_pool && !extra[0] && !nics[0] && !qemu) {
+        if (!no_pool && !extra[0] && !nics[0]) {
             QDict *c = pool_clone(name, &pooled, errp);
 
             if (pooled) {
@@ -2313,7 +2780,7 @@ static bool do_clone(const char *name, int count, const char *qemu,
                 continue;
             }
         }
-        ok = clone_batch(m, MIN(CLONE_BATCH, count - done), qemu ?: m->qemu,
+        ok = clone_batch(m, MIN(CLONE_BATCH, count - done), binary,
                          extra, nics, all, errp);
         done = qlist_size(all);
     }
@@ -2323,6 +2790,7 @@ static bool do_clone(const char *name, int count, const char *qemu,
         printf("%s\n", j->str);
     }
     qobject_unref(all);
+    close(lock);
     return ok;
 }
 
@@ -2496,6 +2964,13 @@ static bool destroy_clone(const char *id, Error **errp)
         error_setg(errp, "no template or clone named '%s'", id);
         return false;
     }
+    /* a record someone else could write does not say what to stop */
+    if (!stat_trusted(dir, S_IFDIR, NULL, errp) ||
+        (g_file_test(path, G_FILE_TEST_EXISTS) &&
+         !stat_trusted(path, S_IFREG, NULL, errp))) {
+        error_prepend(errp, "clone '%s': ", id);
+        return false;
+    }
     c = read_json_dict(path, NULL);
     pid = c ? qdict_get_try_int(c, "pid", 0) : 0;
     if (pid && process_alive(pid, dir)) {
@@ -2509,23 +2984,15 @@ static bool destroy_clone(const char *id, Error **errp)
     return true;
 }
 
-static bool do_destroy(const char *name, Error **errp)
+/* Remove template @name in @tdir unless something uses it. */
+static bool destroy_template(const char *name, const char *tdir,
+                             Error **errp)
 {
-    g_autofree char *tdir = template_path(name, NULL);
     g_autoptr(GString) others = NULL;
     QList *clones;
     QListEntry *e;
     bool ok = true;
 
-    if (!valid_name(name) || !g_file_test(tdir, G_FILE_TEST_IS_DIR)) {
-        return destroy_clone(name, errp);
-    }
-    if (pool_running(name)) {
-        error_setg(errp, "a pool of template '%s' runs", name);
-        error_append_hint(errp, "Stop it first (SIGTERM, or a \"quit\" "
-                          "request on its socket).\n");
-        return false;
-    }
     clones = load_clones(name);
     if (count_running(clones)) {
         error_setg(errp, "template '%s' has %d running clones", name,
@@ -2567,6 +3034,32 @@ static bool do_destroy(const char *name, Error **errp)
     return ok;
 }
 
+static bool do_destroy(const char *name, Error **errp)
+{
+    g_autofree char *tdir = template_path(name, NULL);
+    bool ok;
+    int lock;
+
+    if (!valid_name(name) || !g_file_test(tdir, G_FILE_TEST_IS_DIR)) {
+        return destroy_clone(name, errp);
+    }
+    if (template_locked(name, LOCK_POOL)) {
+        error_setg(errp, "a pool of template '%s' runs", name);
+        error_append_hint(errp, "Stop it first (SIGTERM, or a \"quit\" "
+                          "request on its socket).\n");
+        return false;
+    }
+    /* no create, clone or pool of it starts until it is gone */
+    lock = template_lock(name, LOCK_TEMPLATE, true, "in use: another "
+                         "qemu-template clones, serves or destroys it", errp);
+    if (lock < 0) {
+        return false;
+    }
+    ok = destroy_template(name, tdir, errp);
+    close(lock);
+    return ok;
+}
+
 /* ------------------------------------------------------------------ */
 /* main */
 
@@ -2602,19 +3095,22 @@ static void usage(FILE *f)
 "In QEMU-ARGS, @DIR@ stands for the directory of each VM (the template\n"
 "while it is made, then each clone): put sockets and logs there.\n"
 "The template directory is --dir, else $QEMU_TEMPLATE_DIR, else\n"
-"$XDG_DATA_HOME/qemu-template.  See docs/tools/qemu-template.rst.\n");
+"$XDG_DATA_HOME/qemu-template.  The QEMU binary is --qemu, else\n"
+"$QEMU_TEMPLATE_QEMU, else qemu-system-x86_64 from $PATH; clone and pool\n"
+"refuse a template made by another binary.\n"
+"See docs/tools/qemu-template.rst.\n");
 }
 
 /* One command line option; returns an exit code, or -1 to go on. */
 static int handle_option(int c, CreateOpts *co, const char **qemu,
-                         int *count)
+                         const char **dir, int *count)
 {
     switch (c) {
     case 'h':
         usage(stdout);
         return 0;
     case 'd':
-        top_dir = optarg;
+        *dir = optarg;
         break;
     case 'j':
         opt_json = true;
@@ -2678,12 +3174,11 @@ int main(int argc, char **argv)
     };
     CreateOpts co = {
         .mode = MODE_BYPASS,
-        .qemu = "qemu-system-x86_64",
         .ready = "delay:0",
         .timeout = 300,
     };
     g_autofree char *default_dir = NULL;
-    const char *qemu = NULL, *cmd, *name = NULL;
+    const char *qemu = NULL, *dir = NULL, *cmd, *name = NULL;
     Error *err = NULL;
     int count = 1, c;
     bool ok;
@@ -2694,7 +3189,7 @@ int main(int argc, char **argv)
     opt_nics = g_ptr_array_new_with_free_func(g_free);
     g_ptr_array_add(opt_nics, NULL);
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
-        int r = handle_option(c, &co, &qemu, &count);
+        int r = handle_option(c, &co, &qemu, &dir, &count);
 
         if (r >= 0) {
             return r;
@@ -2717,19 +3212,25 @@ int main(int argc, char **argv)
     argv += optind - 1;
     optind = 0;
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
-        int r = handle_option(c, &co, &qemu, &count);
+        int r = handle_option(c, &co, &qemu, &dir, &count);
 
         if (r >= 0) {
             return r;
         }
     }
-    if (!top_dir) {
-        top_dir = g_getenv("QEMU_TEMPLATE_DIR");
+    if (!dir) {
+        dir = g_getenv("QEMU_TEMPLATE_DIR");
     }
-    if (!top_dir) {
+    if (!dir) {
         default_dir = g_build_filename(g_get_user_data_dir(),
                                        "qemu-template", NULL);
-        top_dir = default_dir;
+        dir = default_dir;
+    }
+    /* what the tool and its QEMUs create is the user's alone */
+    umask(umask(0) | 077);
+    if (!setup_top_dir(dir, &err)) {
+        error_report_err(err);
+        return 1;
     }
 
     if (!strcmp(cmd, "create")) {

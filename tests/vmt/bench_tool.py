@@ -47,7 +47,8 @@ class ToolBench:
     def run_tool(self, *args):
         r = subprocess.run([self.tool, '--dir', self.dir, '--json', *args],
                            stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600,
+                           env=vmt.template_tool_env(self.binary))
         if r.returncode:
             raise vmt.VMTError(f'qemu-template {args[0]}: {r.stderr.strip()}')
         return json.loads(r.stdout) if r.stdout.strip() else None
@@ -79,7 +80,8 @@ class ToolBench:
         p = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
                               '--size', str(size)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stderr=subprocess.STDOUT, text=True,
+                             env=vmt.template_tool_env(self.binary))
         line = p.stdout.readline()
         if 'clones ready' not in line:
             p.kill()

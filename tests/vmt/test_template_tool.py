@@ -12,11 +12,14 @@ clone's new generation ID.  Behaviour only; timings are never checked.
 """
 
 import json
+import mmap
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -60,6 +63,8 @@ class TemplateToolTest(unittest.TestCase):
         if not os.access(cls.tool, os.X_OK):
             raise unittest.SkipTest(f'{cls.tool} not built (upstream QEMU?)')
         cls.qemu = vmt.qemu_binary()
+        # the QEMU the tool runs is the user's choice, never a manifest's
+        cls.env = vmt.template_tool_env(cls.qemu)
         cls.guest = vmt.build_vmgenid_guest()
         cls.tmp = vmt.TempDir(prefix='vmt-tool-')
         cls.dir = cls.tmp.join('t')
@@ -92,10 +97,11 @@ class TemplateToolTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     @classmethod
-    def run_tool(cls, *args, check=False):
-        r = subprocess.run([cls.tool, '--dir', cls.dir, *args],
+    def run_tool(cls, *args, check=False, tool_dir=None, **kw):
+        kw.setdefault('env', cls.env)
+        r = subprocess.run([cls.tool, '--dir', tool_dir or cls.dir, *args],
                            stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=300, **kw)
         if check and r.returncode:
             raise AssertionError(f'qemu-template {" ".join(args)}: '
                                  f'{r.returncode}: {r.stderr}')
@@ -247,8 +253,10 @@ class TemplateToolTest(unittest.TestCase):
             m = self.manifest(name)
             self.assertEqual(sorted(os.listdir(d)),
                              sorted(list(m['files']) + ['manifest.json']))
+            # read-only, and never more readable than QEMU made it
+            self.assertEqual(os.stat(d).st_mode & 0o277, 0, d)
             for f in os.listdir(d):
-                self.assertEqual(os.stat(os.path.join(d, f)).st_mode & 0o222,
+                self.assertEqual(os.stat(os.path.join(d, f)).st_mode & 0o277,
                                  0, f)
 
     # -- the pool
@@ -257,7 +265,8 @@ class TemplateToolTest(unittest.TestCase):
         p = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
                               '--size', str(size), *extra],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stderr=subprocess.STDOUT, text=True,
+                             env=self.env)
         self.addCleanup(self.stop_pool, p)
         line = p.stdout.readline()
         self.assertIn(f'pool {name}: {size} clones ready', line)
@@ -510,7 +519,7 @@ class TemplateToolTest(unittest.TestCase):
                               'log:@DIR@/console.log:NEVER', '--',
                               *self.args], stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, env=self.env)
         self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
                                  p.stdout.close(), p.stderr.close()))
         tdir = os.path.join(self.dir, 'templates')
@@ -554,6 +563,237 @@ class TemplateToolTest(unittest.TestCase):
                           *self.args, '-device', 'no-such-device')
         self.assertEqual(r.returncode, 1)
         self.assertIn("'no-such-device' is not a valid device", r.stderr)
+        self.assert_leftovers('y')
+
+    # -- trust and permissions
+
+    NOBODY = 65534
+
+    def edit_manifest(self, name, change):
+        path = os.path.join(self.dir, 'templates', name, 'manifest.json')
+        m = self.manifest(name)
+        change(m)
+        with open(path, 'w') as f:
+            json.dump(m, f)
+
+    def test_manifest_does_not_choose_qemu(self):
+        """The QEMU that runs is the user's choice: a manifest naming
+        another binary is refused, and that binary never runs."""
+        self.damaged_copy('b', 'ev')
+        mark = self.tmp.join('ran')
+        script = self.tmp.join('evil.sh')
+        with open(script, 'w') as f:
+            f.write(f'#!/bin/sh\ntouch {mark}\nexit 1\n')
+        os.chmod(script, 0o755)
+        try:
+            self.edit_manifest('ev', lambda m: m['qemu'].update(path=script))
+            for cmd in ('clone', 'pool'):
+                r = self.run_tool(cmd, 'ev')
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn(f"was made with QEMU '{script}', not with "
+                              f"'{self.qemu}'", r.stderr)
+            # a binary that others can change is not run, even if chosen
+            os.chmod(script, 0o777)
+            r = self.run_tool('clone', 'ev', '--qemu', script)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn('can be changed by other users', r.stderr)
+            self.assertFalse(os.path.exists(mark))
+        finally:
+            self.run_tool('destroy', 'ev', check=True)
+        self.assert_leftovers('ev')
+
+    def test_manifest_args_checked(self):
+        """A manifest's arguments, and a clone's extra ones, get no more
+        than create allows."""
+        self.damaged_copy('b', 'ea')
+        args = self.manifest('ea')['args']
+        try:
+            for extra in (['-uuid', '00000000-0000-0000-0000-000000000001'],
+                          ['-readconfig', '/dev/null'],
+                          ['--incoming', 'defer'],
+                          ['-device', '{"driver": "vmgenid"}']):
+                self.edit_manifest('ea', lambda m: m.update(args=args + extra))
+                self.expect_clone_error('ea', 'is managed by qemu-template')
+            r = self.run_tool('clone', 'b', '--', '-uuid',
+                              '00000000-0000-0000-0000-000000000001')
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('is managed by qemu-template', r.stderr)
+        finally:
+            self.run_tool('destroy', 'ea', check=True)
+        self.assert_leftovers('ea')
+
+    def test_untrusted_files(self):
+        """Template files that others own or can change are not used."""
+        d = self.damaged_copy('b', 'eu')
+        man = os.path.join(d, 'manifest.json')
+        mem = os.path.join(d, 'memory')
+        try:
+            os.chmod(man, 0o646)
+            self.expect_clone_error('eu', "manifest.json' is writable by "
+                                    "other users")
+            os.chmod(man, 0o664)
+            self.expect_clone_error('eu', "manifest.json' is writable by "
+                                    "its group")
+            os.chmod(man, 0o644)
+            os.chmod(mem, 0o666)
+            self.expect_clone_error('eu', "memory' is writable by other")
+            os.chmod(mem, 0o644)
+            os.chmod(d, 0o777)
+            self.expect_clone_error('eu', "eu' is writable by other users")
+            os.chmod(d, 0o755)
+            if os.geteuid() == 0:
+                os.chown(man, self.NOBODY, -1)
+                self.expect_clone_error('eu', f'is owned by uid '
+                                        f'{self.NOBODY}')
+                os.chown(man, 0, -1)
+        finally:
+            self.run_tool('destroy', 'eu', check=True)
+        self.assert_leftovers('eu')
+
+    def test_untrusted_clone_record(self):
+        """A clone record that another user could write does not say
+        which process destroy stops."""
+        if os.geteuid() != 0:
+            self.skipTest('needs root to give a file to another user')
+        cdir = os.path.join(self.dir, 'clones', 'b-0fake000')
+        os.makedirs(cdir)
+        # a process whose command line names the clone's directory
+        victim = subprocess.Popen([sys.executable, '-c',
+                                   'import time; time.sleep(600)', cdir],
+                                  stdout=subprocess.DEVNULL)
+        try:
+            rec = os.path.join(cdir, 'clone.json')
+            with open(rec, 'w') as f:
+                json.dump({'id': 'b-0fake000', 'template': 'b',
+                           'pid': victim.pid, 'dir': cdir}, f)
+            os.chown(rec, self.NOBODY, -1)
+            r = self.run_tool('destroy', 'b-0fake000')
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(f'is owned by uid {self.NOBODY}', r.stderr)
+            self.assertIsNone(victim.poll())
+        finally:
+            victim.kill()
+            victim.wait()
+            shutil.rmtree(cdir, ignore_errors=True)
+
+    def test_permissions_and_commas(self):
+        """Under umask 002, in a directory whose path holds commas and
+        ',offset=' (an option of file: URIs): everything the tool and its
+        QEMUs make is the user's alone, and QEMU gets every path right."""
+        top = self.tmp.join('a,b,offset=1')
+        self.addCleanup(self.kill_recorded, top)
+
+        def umask002():
+            os.umask(0o002)
+
+        def run(*args):
+            return self.run_tool(*args, tool_dir=top, preexec_fn=umask002,
+                                 check=True)
+        for name, mode in (('c', 'bypass'), ('d', 'mapped-ram')):
+            run('create', name, '--mode', mode, '--qemu', self.qemu,
+                '--ready', 'delay:0', '--', *self.args)
+            c = json.loads(run('--json', 'clone', name).stdout)[0]
+            self.assertEqual(qmp(c['qmp'], 'query-status')['status'],
+                             'running')
+            # @DIR@ in -chardev socket,path= and -serial file:
+            for f in ('agent.sock', 'console.log', 'qmp.sock'):
+                self.assertTrue(os.path.exists(os.path.join(c['dir'], f)), f)
+        pool = subprocess.Popen([self.tool, '--dir', top, 'pool', 'd'],
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, text=True,
+                                env=self.env, preexec_fn=umask002)
+        self.addCleanup(self.stop_pool, pool)
+        self.assertIn('clones ready', pool.stdout.readline())
+        c = json.loads(run('--json', 'clone', 'd').stdout)[0]
+        self.assertTrue(c['pooled'])
+        for root, dirs, files in os.walk(top):
+            for e in dirs + files:
+                path = os.path.join(root, e)
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+                self.assertEqual(mode & 0o077, 0, f'{path}: {mode:o}')
+                if '/templates/' in path:
+                    self.assertEqual(mode & 0o222, 0, f'{path}: {mode:o}')
+        self.stop_pool(pool)
+        for c in os.listdir(os.path.join(top, 'clones')):
+            run('destroy', c)
+        for name in ('c', 'd'):
+            run('destroy', name)
+
+    def kill_recorded(self, top):
+        cdir = os.path.join(top, 'clones')
+        for c in os.listdir(cdir) if os.path.isdir(cdir) else []:
+            try:
+                with open(os.path.join(cdir, c, 'clone.json')) as f:
+                    os.kill(json.load(f)['pid'], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+    def test_pool_peer_check(self):
+        """A pool serves its user only: another user who can reach its
+        socket gets an error, not a clone, and cannot stop it."""
+        if os.geteuid() != 0:
+            self.skipTest('needs root to act as another user')
+        pool = self.start_pool('b', 1)
+        sock = os.path.join(self.dir, 'pools', 'b.sock')
+        opened = [self.tmp.path, self.dir, os.path.dirname(sock), sock]
+        modes = [os.stat(p).st_mode for p in opened]
+        code = ('import socket, sys\n'
+                's = socket.socket(socket.AF_UNIX)\n'
+                's.settimeout(30)\n'
+                's.connect(sys.argv[1])\n'
+                'try:\n'
+                '    s.sendall(b\'{"execute": "quit"}\\n\')\n'
+                'except OSError:\n'
+                '    pass\n'
+                'print(s.makefile().readline())\n')
+        try:
+            for p in opened:
+                os.chmod(p, 0o777 if p == sock else 0o711)
+            r = subprocess.run([sys.executable, '-c', code, sock],
+                               user=self.NOBODY, capture_output=True,
+                               text=True, timeout=60)
+        finally:
+            for p, m in zip(opened, modes):
+                os.chmod(p, m)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ans = json.loads(r.stdout)
+        self.assertIn(f'of uid {self.NOBODY}, not a process of this user',
+                      ans['error']['desc'])
+        self.assertIsNone(pool.poll())
+        st = self.pool_request('b', {'execute': 'status'})['return']
+        self.assertEqual(st['served'], 0)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_destroy_relative_dir(self):
+        """destroy with a relative --dir sees a process that maps the
+        template (/proc/PID/maps holds absolute paths)."""
+        d = self.damaged_copy('b', 'r')
+        rel = dict(tool_dir=os.path.basename(self.dir),
+                   cwd=os.path.dirname(self.dir))
+        with open(os.path.join(d, 'memory'), 'rb') as f:
+            mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+        try:
+            r = self.run_tool('destroy', 'r', **rel)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("template 'r' is mapped by processes", r.stderr)
+            self.assertTrue(os.path.isdir(d))
+        finally:
+            mm.close()
+        self.run_tool('destroy', 'r', check=True, **rel)
+        self.assertFalse(os.path.exists(d))
+
+    def test_create_locked(self):
+        """A template being made is locked: a second create of the name is
+        refused while the first runs."""
+        p, _ = self.start_create('y')
+        r = self.run_tool('create', 'y', '--qemu', self.qemu, '--',
+                          *self.args)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("template 'y' is in use: another qemu-template "
+                      "creates", r.stderr)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 1)
         self.assert_leftovers('y')
 
     def test_upstream_qemu(self):
