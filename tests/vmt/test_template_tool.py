@@ -291,10 +291,22 @@ class TemplateToolTest(unittest.TestCase):
             f.flush()
             return json.loads(f.readline())
 
+    def records(self, top=None):
+        """The clone records: {id: record}."""
+        cdir = os.path.join(top or self.dir, 'clones')
+        out = {}
+        for d in os.listdir(cdir) if os.path.isdir(cdir) else []:
+            try:
+                with open(os.path.join(cdir, d, 'clone.json')) as f:
+                    out[d] = json.load(f)
+            except (OSError, ValueError):
+                out[d] = None
+        return out
+
     def pooled_dirs(self):
-        cdir = os.path.join(self.dir, 'clones')
-        return [d for d in os.listdir(cdir)
-                if os.path.exists(os.path.join(cdir, d, 'pooled'))]
+        """Clones waiting in a pool (their records say so)."""
+        return [d for d, r in self.records().items()
+                if r and r['pooled'] and r['state'] != 'running']
 
     def check_pool(self, name, *extra):
         pool = self.start_pool(name, 2, *extra)
@@ -465,7 +477,8 @@ class TemplateToolTest(unittest.TestCase):
                           '--ready', 'log:@DIR@/console.log:NEVER',
                           '--timeout', '2', '--', *self.args)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("did not get ready: 'NEVER' did not appear", r.stderr)
+        self.assertIn("did not get ready: 'log:@DIR@/console.log:NEVER' "
+                      "did not hold within 2 s", r.stderr)
         self.assert_leftovers('y')
 
     def test_create_ready_guest_agent(self):
@@ -509,7 +522,7 @@ class TemplateToolTest(unittest.TestCase):
                           '--ready', f'ga:{path}', '--timeout', '2', '--',
                           *self.args)
         self.assertEqual(r.returncode, 1)
-        self.assertIn('did not answer guest-ping within 2 s', r.stderr)
+        self.assertIn(f"'ga:{path}' did not hold within 2 s", r.stderr)
         self.assert_leftovers('y')
 
     def start_create(self, name):
