@@ -16,6 +16,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/error-report.h"
 #include "qobject/qdict.h"
 #include "qobject/qlist.h"
 #include "qemu-template.h"
@@ -601,8 +602,8 @@ static bool clone_from_pool(CloneRun *r, Error **errp)
         case POOL_NONE:
             return true;
         case POOL_MISMATCH:
-            progress("the pool of '%s' runs with other arguments or NICs: "
-                     "starting clones without it", r->m->name);
+            warn_report("the pool of '%s' runs with other arguments or "
+                        "NICs: starting clones without it", r->m->name);
             return true;
         case POOL_ERROR:
             return false;

@@ -94,7 +94,6 @@ static char *pool_socket(const char *name)
 /* clients */
 
 static void pool_refill_soon(Pool *p);
-static void pc_process(PoolClient *pc);
 
 static void pc_close(PoolClient *pc)
 {
@@ -124,8 +123,11 @@ static void pc_close(PoolClient *pc)
 
 static gboolean pc_writable(int fd, GIOCondition cond, gpointer opaque);
 
-/* Send what can be sent now; the rest when the socket takes it. */
-static void pc_flush(PoolClient *pc)
+/*
+ * Send what can be sent now; the rest when the socket takes it.  False
+ * when the client is gone (and freed).
+ */
+static bool pc_flush(PoolClient *pc)
 {
     while (pc->out->len) {
         ssize_t n = send(pc->fd, pc->out->str, pc->out->len,
@@ -139,19 +141,22 @@ static void pc_flush(PoolClient *pc)
         }
         if (n <= 0) {
             pc_close(pc);
-            return;
+            return false;
         }
         g_string_erase(pc->out, 0, n);
         pc->out_since = now_us();
     }
     if (!pc->out->len && pc->closing) {
         pc_close(pc);
-    } else if (pc->out->len && !pc->out_watch) {
+        return false;
+    }
+    if (pc->out->len && !pc->out_watch) {
         pc->out_watch = g_unix_fd_add(pc->fd, G_IO_OUT, pc_writable, pc);
     } else if (!pc->out->len && pc->out_watch) {
         g_source_remove(pc->out_watch);
         pc->out_watch = 0;
     }
+    return true;
 }
 
 static gboolean pc_writable(int fd, GIOCondition cond, gpointer opaque)
@@ -167,8 +172,9 @@ static gboolean pc_writable(int fd, GIOCondition cond, gpointer opaque)
 /*
  * Queue an answer: @ret (taken), or the error @err (freed) of class
  * @cls.  A client that lets more than POOL_MAX_OUT pile up is dropped.
+ * False when the client is gone (and freed).
  */
-static void pc_reply(PoolClient *pc, QObject *ret, Error *err,
+static bool pc_reply(PoolClient *pc, QObject *ret, Error *err,
                      const char *cls)
 {
     QDict *msg = qdict_new();
@@ -194,9 +200,9 @@ static void pc_reply(PoolClient *pc, QObject *ret, Error *err,
     g_string_append_c(pc->out, '\n');
     if (pc->out->len > POOL_MAX_OUT) {
         pc_close(pc);
-        return;
+        return false;
     }
-    pc_flush(pc);
+    return pc_flush(pc);
 }
 
 /* Answer with an error and close, once it is sent. */
@@ -251,7 +257,7 @@ static bool same_strings(QList *want, char **have)
 
 static void pool_serve(Pool *p);
 
-static void pc_clone(PoolClient *pc, QDict *args)
+static bool pc_clone(PoolClient *pc, QDict *args)
 {
     Pool *p = pc->p;
 
@@ -262,16 +268,17 @@ static void pc_clone(PoolClient *pc, QDict *args)
 
         error_setg(&err, "the pool's clones were started with other "
                    "arguments or NICs");
-        pc_reply(pc, NULL, err, "ArgumentMismatch");
-        return;
+        return pc_reply(pc, NULL, err, "ArgumentMismatch");
     }
     pc->busy = true;
     g_queue_push_tail(&p->waiters, pc);
     pool_serve(p);
     pool_refill_soon(p);
+    return true;
 }
 
-static void pc_request(PoolClient *pc, const char *line)
+/* Handle one request; false when the client is gone (and freed). */
+static bool pc_request(PoolClient *pc, const char *line)
 {
     g_autoptr(QObject) obj = qobject_from_json(line, NULL);
     QDict *req = qobject_to(QDict, obj);
@@ -281,22 +288,24 @@ static void pc_request(PoolClient *pc, const char *line)
     pc->t_req = now_us();
     if (!cmd) {
         error_setg(&err, "expected {\"execute\": COMMAND}");
-        pc_reply(pc, NULL, err, NULL);
+        return pc_reply(pc, NULL, err, NULL);
     } else if (!strcmp(cmd, "clone")) {
-        pc_clone(pc, qdict_get_qdict(req, "arguments"));
+        return pc_clone(pc, qdict_get_qdict(req, "arguments"));
     } else if (!strcmp(cmd, "status")) {
-        pc_reply(pc, QOBJECT(pool_status(pc->p)), NULL, NULL);
+        return pc_reply(pc, QOBJECT(pool_status(pc->p)), NULL, NULL);
     } else if (!strcmp(cmd, "quit")) {
-        pc_reply(pc, QOBJECT(qdict_new()), NULL, NULL);
         g_main_loop_quit(pc->p->loop);
-    } else {
-        error_setg(&err, "unknown command '%s' (clone, status, quit)", cmd);
-        pc_reply(pc, NULL, err, "CommandNotFound");
+        return pc_reply(pc, QOBJECT(qdict_new()), NULL, NULL);
     }
+    error_setg(&err, "unknown command '%s' (clone, status, quit)", cmd);
+    return pc_reply(pc, NULL, err, "CommandNotFound");
 }
 
-/* Handle the complete lines received, one clone request at a time. */
-static void pc_process(PoolClient *pc)
+/*
+ * Handle the complete lines received, one clone request at a time;
+ * false when the client is gone (and freed).
+ */
+static bool pc_process(PoolClient *pc)
 {
     char *nl;
 
@@ -304,14 +313,15 @@ static void pc_process(PoolClient *pc)
         g_autofree char *line = g_strndup(pc->in->str, nl - pc->in->str);
 
         g_string_erase(pc->in, 0, nl - pc->in->str + 1);
-        pc_request(pc, line);
-        if (!g_queue_find(&pc->p->clients, pc)) {
-            return;     /* dropped while answering */
+        if (!pc_request(pc, line)) {
+            return false;
         }
     }
-    if (pc->in->len > POOL_MAX_LINE && !pc->busy) {
+    if (pc->in->len > POOL_MAX_LINE && !pc->busy && !pc->closing) {
         pc_refuse(pc, "GenericError", "request line too long");
+        return false;
     }
+    return true;
 }
 
 static gboolean pc_readable(int fd, GIOCondition cond, gpointer opaque)
@@ -336,21 +346,15 @@ static gboolean pc_readable(int fd, GIOCondition cond, gpointer opaque)
         pc_close(pc);
         return G_SOURCE_REMOVE;
     }
-    pc_process(pc);
-    return G_SOURCE_CONTINUE;
+    /* a client gone has removed this source already */
+    return pc_process(pc) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
 }
 
-static gboolean pool_accept(int lfd, GIOCondition cond, gpointer opaque)
+static void pool_add_client(Pool *p, int fd)
 {
-    Pool *p = opaque;
-    PoolClient *pc;
+    PoolClient *pc = g_new0(PoolClient, 1);
     Error *err = NULL;
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
-    if (fd < 0) {
-        return G_SOURCE_CONTINUE;
-    }
-    pc = g_new0(PoolClient, 1);
     pc->p = p;
     pc->fd = fd;
     pc->in = g_string_new("");
@@ -366,6 +370,16 @@ static gboolean pool_accept(int lfd, GIOCondition cond, gpointer opaque)
     } else {
         pc->in_watch = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR,
                                      pc_readable, pc);
+    }
+}
+
+static gboolean pool_accept(int lfd, GIOCondition cond, gpointer opaque)
+{
+    int fd;
+
+    while ((fd = accept4(lfd, NULL, NULL,
+                         SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+        pool_add_client(opaque, fd);
     }
     return G_SOURCE_CONTINUE;
 }
@@ -441,23 +455,24 @@ static void pool_set_error(Pool *p, Error *err)
 static void pool_loaded(Pool *p, Clone *c)
 {
     PoolClient *pc = c->user;
+    bool alive = false;
 
     g_queue_remove(&p->loading, c);
     if (c->state == CLONE_DONE) {
         p->served++;
         if (pc) {
-            pc_reply(pc, qobject_ref(QOBJECT(c->rec)), NULL, NULL);
+            alive = pc_reply(pc, qobject_ref(QOBJECT(c->rec)), NULL, NULL);
         }
         clone_release(c);
     } else {
         p->failed++;
         pool_set_error(p, c->err);
         if (pc) {
-            pc_reply(pc, NULL, error_copy(c->err), NULL);
+            alive = pc_reply(pc, NULL, error_copy(c->err), NULL);
         }
         clone_discard(c);
     }
-    if (pc && g_queue_find(&p->clients, pc)) {
+    if (alive) {
         pc->busy = false;
         pc_process(pc);
     }
@@ -665,6 +680,12 @@ static void pool_shutdown(Pool *p)
             pc_reply(c->user, NULL, err, NULL);
         }
         clone_discard(c);
+    }
+    while ((pc = g_queue_pop_head(&p->waiters))) {
+        Error *err = NULL;
+
+        error_setg(&err, "the pool stopped");
+        pc_reply(pc, NULL, err, NULL);
     }
     while ((c = g_queue_pop_head(&p->ready)) ||
            (c = g_queue_pop_head(&p->starting))) {

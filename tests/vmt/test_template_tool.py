@@ -377,9 +377,199 @@ class TemplateToolTest(unittest.TestCase):
         self.assertIn('template.fixed', r.stderr)
         r = self.pool_request('z', {'execute': 'clone'})
         self.assertIn('template.fixed', r['error']['desc'])
+        st = self.pool_request('z', {'execute': 'status'})['return']
+        self.assertEqual((st['served'], st['failed']), (0, 1))
         self.stop_pool(pool)
         self.run_tool('destroy', 'z', check=True)
         self.assert_leftovers('z')
+
+    # -- the pool: clients, refills, signals
+
+    def pool_conn(self, name, timeout=30):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(os.path.join(self.dir, 'pools', f'{name}.sock'))
+        s.settimeout(timeout)
+        return s
+
+    def test_pool_client_never_reads(self):
+        """A client that sends requests and never reads its answers is
+        dropped; the pool serves others meanwhile and stops on SIGTERM."""
+        pool = self.start_pool('b', 1)
+        flood = self.pool_conn('b')
+        try:
+            try:
+                flood.sendall(b'{"execute": "status"}\n' * 20000)
+            except OSError:
+                pass        # dropped while sending: fine
+            st = self.pool_request('b', {'execute': 'status'})['return']
+            self.assertEqual(st['ready'], 1)
+            pool.send_signal(signal.SIGTERM)
+            self.assertEqual(pool.wait(30), 0)
+        finally:
+            flood.close()
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_connection_limit(self):
+        """At most 32 clients: the next one is told so, and once they
+        leave, the pool answers again."""
+        pool = self.start_pool('b', 1)
+        conns = [self.pool_conn('b') for _ in range(32)]
+        try:
+            extra = self.pool_conn('b')
+            ans = json.loads(extra.makefile().readline())
+            self.assertEqual(ans['error']['class'], 'Busy', ans)
+            extra.close()
+        finally:
+            for c in conns:
+                c.close()
+        end = time.monotonic() + 30
+        while True:
+            try:
+                st = self.pool_request('b', {'execute': 'status'})
+                if 'return' in st:
+                    break
+            except (OSError, ValueError):
+                pass
+            self.assertLess(time.monotonic(), end, 'the pool did not '
+                            'answer once the clients left')
+            time.sleep(0.1)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_refill_does_not_block(self):
+        """A clone that starts slowly (its -chardev file is a FIFO nobody
+        reads) does not hold up requests: the next request is served from
+        the clone that is ready, one that must wait is told when the pool
+        stops, and SIGTERM stops the pool while a clone starts."""
+        fifo = self.tmp.join('slow.fifo')
+        os.mkfifo(fifo, 0o600)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            pool = self.start_pool('b', 2, '--', '-chardev',
+                                   f'file,id=slow,path={fifo}')
+        finally:
+            os.close(reader)        # from now on clones block at start
+        served = [self.pool_request('b', {'execute': 'clone'})['return']
+                  for _ in range(2)]
+        try:
+            waiting = self.pool_conn('b')
+            waiting.sendall(b'{"execute": "clone"}\n')
+            end = time.monotonic() + 30
+            while self.pool_request('b', {'execute': 'status'})[
+                    'return']['waiting-requests'] != 1:
+                self.assertLess(time.monotonic(), end)
+                time.sleep(0.05)
+            pool.send_signal(signal.SIGTERM)
+            self.assertEqual(pool.wait(30), 0)
+            ans = json.loads(waiting.makefile().readline())
+            self.assertIn('the pool stopped', ans['error']['desc'])
+            waiting.close()
+            self.assertEqual(self.pooled_dirs(), [])
+        finally:
+            self.destroy_all(served)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_reaps_its_own_template(self):
+        """A new pool stops the waiting clones that a killed pool of the
+        same template left, identified by their records, not those of
+        another template whose name starts the same."""
+        self.damaged_copy('b', 'b-x')
+        cdir = os.path.join(self.dir, 'clones')
+        try:
+            other = self.start_pool('b-x', 1)
+            theirs = [d for d in os.listdir(cdir) if d.startswith('b-x-')]
+            self.assertEqual(len(theirs), 1)
+            pool = self.start_pool('b', 1)
+            self.assertIn(theirs[0], os.listdir(cdir))
+            self.assertTrue(subprocess.run(
+                ['pgrep', '-f', os.path.join(cdir, theirs[0])],
+                capture_output=True).stdout.split())
+            self.stop_pool(pool)
+            self.stop_pool(other)
+        finally:
+            self.run_tool('destroy', 'b-x', check=True)
+        self.assert_leftovers('b-x')
+
+    def qemu_fds(self, pid):
+        """Where a QEMU's descriptors 3 and up point."""
+        out = {}
+        for fd in os.listdir(f'/proc/{pid}/fd'):
+            if int(fd) > 2:
+                try:
+                    out[int(fd)] = os.readlink(f'/proc/{pid}/fd/{fd}')
+                except OSError:
+                    pass
+        return out
+
+    def test_no_fd_leaks(self):
+        """Clones get no descriptor of the tool: not /dev/null beyond
+        stdin, not a lock file, not the pool's sockets."""
+        clones = self.clones_of('b', 1)
+        pool = self.start_pool('b', 1)
+        try:
+            clones += [self.pool_request('b', {'execute': 'clone'})
+                       ['return']]
+            for c in clones:
+                fds = self.qemu_fds(c['pid'])
+                for fd, target in fds.items():
+                    self.assertNotEqual(target, '/dev/null', (fd, fds))
+                    self.assertNotIn('/locks/', target, (fd, fds))
+                    self.assertNotIn('/pools/', target, (fd, fds))
+        finally:
+            self.destroy_all(clones)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_daemonize(self):
+        """--daemonize returns once the pool is ready; --pidfile names it;
+        status reports it; stop stops it."""
+        pidfile = self.tmp.join('pool.pid')
+        r = self.run_tool('pool', 'b', '--size', '1', '--daemonize',
+                          '--pidfile', pidfile)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('pool b: 1 clones ready', r.stdout)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        try:
+            self.assertTrue(pid_alive(pid))
+            st = self.tool_json('status', 'b')[0]['pool']
+            self.assertEqual((st['pid'], st['size'], st['ready'],
+                              st['served'], st['failed']), (pid, 1, 1, 0, 0))
+            r = self.run_tool('stop', 'b')
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertFalse(pid_alive(pid))
+            self.assertFalse(os.path.exists(pidfile))
+            self.assertNotIn('pool', self.tool_json('status', 'b')[0])
+        finally:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.assert_leftovers()
+
+    def test_clone_arguments_and_pool(self):
+        """clone with NICs or extra arguments that the pool's clones lack
+        says so and starts its own; with the pool's, it is served."""
+        nic = ['--nic', 'n0', '--', '-netdev', 'hubport,id=n0,hubid=0']
+        pool = self.start_pool('b', 1, *nic)
+        clones = []
+        try:
+            r = self.run_tool('--json', 'clone', 'b', '--nic', 'n1', '--',
+                              '-netdev', 'hubport,id=n1,hubid=0')
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn('runs with other arguments', r.stderr)
+            clones += json.loads(r.stdout)
+            self.assertFalse(clones[-1]['pooled'])
+            clones += self.clones_of('b', 1, *nic)
+            self.assertTrue(clones[-1]['pooled'])
+            t = clones[-1]['times']
+            # what the client waits for, NICs included
+            self.assertGreaterEqual(t['request-us'],
+                                    t['request-running-us'])
+        finally:
+            self.destroy_all(clones)
+        self.stop_pool(pool)
+        self.assert_leftovers()
 
     # -- bad input
 
