@@ -516,6 +516,30 @@ static bool create_publish(Create *c, Error **errp)
 /* create */
 
 /*
+ * A failure: if QEMU exited (its QMP closing comes before its exit
+ * status), say so with its last output; else add that output.
+ */
+static void create_explain(Create *c, Error **errp)
+{
+    int i;
+
+    if (c->vm.pid <= 0 || c->vm.failed) {
+        return;
+    }
+    for (i = 0; i < 100 && !c->vm.exited && !c->in.flag &&
+         qmp_is_closed(c->vm.qmp); i++) {
+        create_run_loop(c, 10);
+    }
+    if (c->vm.exited) {
+        error_free(*errp);
+        *errp = NULL;
+        vm_exit_error(&c->vm, errp);
+    } else {
+        vm_append_log(&c->vm, errp);
+    }
+}
+
+/*
  * Half-made templates of @name: the caller holds the template's lock, so
  * the create that made them is gone.
  */
@@ -651,9 +675,7 @@ bool create_run(const char *name, const CreateOpts *o, char **user,
     if (ok) {
         *result = QOBJECT(manifest_to_qdict(c.m));
     } else if (c.tmp) {
-        if (c.vm.pid > 0) {
-            vm_append_log(&c.vm, errp);
-        }
+        create_explain(&c, errp);
         vm_kill(&c.vm);
         rmtree(c.tmp);
     }

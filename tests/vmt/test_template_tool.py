@@ -99,9 +99,10 @@ class TemplateToolTest(unittest.TestCase):
     @classmethod
     def run_tool(cls, *args, check=False, tool_dir=None, **kw):
         kw.setdefault('env', cls.env)
+        kw.setdefault('timeout', 300)
         r = subprocess.run([cls.tool, '--dir', tool_dir or cls.dir, *args],
                            stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=300, **kw)
+                           text=True, **kw)
         if check and r.returncode:
             raise AssertionError(f'qemu-template {" ".join(args)}: '
                                  f'{r.returncode}: {r.stderr}')
@@ -571,6 +572,231 @@ class TemplateToolTest(unittest.TestCase):
         self.stop_pool(pool)
         self.assert_leftovers()
 
+    # -- clones and create
+
+    def slow_args(self):
+        """Extra arguments that hold a clone before its QMP socket: a
+        -chardev file on a FIFO that nobody reads."""
+        fifo = self.tmp.join('hold.fifo')
+        if not os.path.exists(fifo):
+            os.mkfifo(fifo, 0o600)
+        return ['--', '-chardev', f'file,id=hold,path={fifo}']
+
+    def tool_processes(self):
+        """pids of the processes that run in a clone directory."""
+        out = subprocess.run(['pgrep', '-f', os.path.join(self.dir,
+                                                          'clones')],
+                             capture_output=True, text=True).stdout.split()
+        return {int(p) for p in out if int(p) != os.getpid()}
+
+    def wait_records(self, n):
+        end = time.monotonic() + 30
+        while True:
+            recs = [r for r in self.records().values()
+                    if r and r.get('pid')]
+            if len(recs) >= n:
+                return recs
+            self.assertLess(time.monotonic(), end, 'no clone records')
+            time.sleep(0.05)
+
+    def start_clones(self, n, *extra):
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'clone', 'b',
+                              '--count', str(n), '--no-pool', *extra],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        return p
+
+    def test_clone_interrupted(self):
+        """SIGINT while clones start: the tool stops the clones it did not
+        report, and no process is left that it does not account for."""
+        p = self.start_clones(4, *self.slow_args())
+        self.wait_records(4)
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(p.wait(60), 1)
+        self.assertIn('interrupted', p.stderr.read())
+        self.assertEqual(self.tool_processes(), set())
+        self.assert_leftovers()
+
+    def test_clone_killed(self):
+        """SIGKILL while clones start: every QEMU it started is recorded,
+        list shows it, destroy stops it."""
+        p = self.start_clones(4, *self.slow_args())
+        self.wait_records(4)
+        p.kill()
+        p.wait()
+        procs = self.tool_processes()
+        self.assertEqual(len(procs), 4)
+        listed = self.tool_json('list', 'b')[0]['clones']
+        self.assertEqual({c['pid'] for c in listed if c['running']}, procs)
+        for c in listed:
+            self.run_tool('destroy', c['id'], check=True)
+        self.assertEqual(self.tool_processes(), set())
+        self.assert_leftovers()
+
+    def test_destroy_record_without_pid(self):
+        """A record written before its process had a pid: destroy finds
+        the process by the clone's directory and stops it."""
+        cdir = os.path.join(self.dir, 'clones', 'b-0nopid00')
+        os.makedirs(cdir, mode=0o700)
+        victim = subprocess.Popen([sys.executable, '-c',
+                                   'import time; time.sleep(600)', cdir],
+                                  stdout=subprocess.DEVNULL)
+        try:
+            with open(os.path.join(cdir, 'clone.json'), 'w') as f:
+                json.dump({'id': 'b-0nopid00', 'template': 'b',
+                           'state': 'starting', 'dir': cdir}, f)
+            listed = self.tool_json('list', 'b')[0]['clones']
+            self.assertEqual([c['running'] for c in listed], [True])
+            self.run_tool('destroy', 'b-0nopid00', check=True)
+            self.assertIsNotNone(victim.wait(30))
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+                victim.wait()
+        self.assert_leftovers()
+
+    def test_list_malformed_records(self):
+        """list reads clone records as untrusted input: members missing or
+        of another type, a record that is not an object."""
+        cdir = os.path.join(self.dir, 'clones')
+        bad = {'b-0bad0000': {'id': 'b-0bad0000', 'template': 'b'},
+               'b-0bad0001': {'template': 'b', 'pid': 'x', 'dir': 3,
+                              'identity': 5, 'times': [], 'nics': 7},
+               'b-0bad0002': [1, 2]}
+        try:
+            for d, rec in bad.items():
+                os.makedirs(os.path.join(cdir, d), mode=0o700)
+                with open(os.path.join(cdir, d, 'clone.json'), 'w') as f:
+                    json.dump(rec, f)
+            for args in (['list'], ['--json', 'list'], ['status', 'b']):
+                r = self.run_tool(*args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+            listed = self.tool_json('list', 'b')[0]['clones']
+            self.assertEqual(sorted(c['id'] for c in listed),
+                             ['b-0bad0000', 'b-0bad0001'])
+            self.assertFalse(any(c['running'] for c in listed))
+            for d in bad:
+                self.run_tool('destroy', d, check=True)
+        finally:
+            for d in bad:
+                shutil.rmtree(os.path.join(cdir, d), ignore_errors=True)
+        self.assert_leftovers()
+
+    def test_version_checked_before_running(self):
+        """A template made by another QEMU version is refused before the
+        clone runs: before its NICs are added (a NIC on a netdev that does
+        not exist would fail first otherwise)."""
+        self.damaged_copy('b', 'ov')
+        try:
+            self.edit_manifest('ov', lambda m: m['qemu'].update(
+                version='0.0.0'))
+            r = self.run_tool('clone', 'ov', '--nic', 'nosuch')
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('was made by QEMU 0.0.0', r.stderr)
+        finally:
+            self.run_tool('destroy', 'ov', check=True)
+        self.assert_leftovers('ov')
+
+    def test_ram_size_checked(self):
+        """A bypass manifest whose ram-size is not its memory file's size
+        is refused with the reason, before QEMU runs."""
+        self.damaged_copy('b', 'rs')
+        try:
+            self.edit_manifest('rs', lambda m: m.update(
+                {'ram-size': 2 * m['ram-size']}))
+            self.expect_clone_error('rs', 'is not the size of its memory '
+                                    'file')
+        finally:
+            self.run_tool('destroy', 'rs', check=True)
+
+    def test_json_errors(self):
+        """With --json, an error is JSON on stdout too."""
+        for args in (['clone', 'nosuch'], ['destroy', 'nosuch'],
+                     ['list', '--mode', 'x'], ['nosuch-command']):
+            r = self.run_tool('--json', *args)
+            self.assertNotEqual(r.returncode, 0)
+            err = json.loads(r.stdout)['error']
+            self.assertIn(err['desc'], r.stderr)
+
+    def test_command_options(self):
+        """Each command takes its own options only; --version."""
+        for args in (['list', '--mode', 'bypass'], ['destroy', 'x', '--size',
+                                                     '2'],
+                     ['clone', 'b', '--ready', 'delay:1']):
+            r = self.run_tool(*args)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn('unknown option', r.stderr)
+        r = self.run_tool('--version')
+        self.assertEqual(r.returncode, 0)
+        self.assertIn('qemu-template version', r.stdout)
+
+    def test_clone_times_per_clone(self):
+        """clone --count N: each clone's times run from its own exec."""
+        clones = self.clones_of('b', 3)
+        try:
+            for c in clones:
+                t = c['times']
+                self.assertLessEqual(t['qmp-us'], t['running-us'])
+                self.assertLessEqual(t['running-us'], t['ready-us'])
+        finally:
+            self.destroy_all(clones)
+        self.assert_leftovers()
+
+    def test_create_save_bounded(self):
+        """A save that takes longer than --timeout is cancelled (here one
+        throttled to 1 MiB/s, once the guest loaded its kernel); a
+        mapped-ram template is saved stopped."""
+        try:
+            r = self.run_tool('create', 'y', '--mode', 'mapped-ram',
+                              '--qemu', self.qemu, '--ready', 'delay:1.5',
+                              '--timeout', '3', '--',
+                              *self.args, '-global',
+                              'migration.x-max-bandwidth=1048576',
+                              timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn('saving the template did not finish in 3 s',
+                          r.stderr)
+        finally:
+            self.run_tool('destroy', 'y')
+        self.assert_leftovers('y')
+        self.assertTrue(self.manifest('m')['stopped'])
+
+    def test_create_ready_event_and_signal(self):
+        """--ready event:RESUME holds (events are kept from the start);
+        several conditions; SIGUSR1 says "save now"."""
+        try:
+            r = self.run_tool('create', 'e1', '--qemu', self.qemu,
+                              '--ready', 'event:RESUME', '--ready',
+                              'delay:0.2', '--timeout', '60', '--',
+                              *self.args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            p = subprocess.Popen([self.tool, '--dir', self.dir, 'create',
+                                  'e2', '--qemu', self.qemu, '--ready',
+                                  'signal', '--', *self.args],
+                                 stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=self.env)
+            self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                     p.stdout.close(), p.stderr.close()))
+            tdir = os.path.join(self.dir, 'templates')
+            end = time.monotonic() + 60
+            while not any(e.startswith('.e2.') and os.path.exists(
+                    os.path.join(tdir, e, 'qmp.sock'))
+                    for e in os.listdir(tdir)):
+                self.assertLess(time.monotonic(), end)
+                time.sleep(0.05)
+            time.sleep(0.5)
+            p.send_signal(signal.SIGUSR1)
+            self.assertEqual(p.wait(60), 0, p.stderr.read())
+            self.assertTrue(os.path.isdir(os.path.join(tdir, 'e2')))
+        finally:
+            self.run_tool('destroy', 'e1')
+            self.run_tool('destroy', 'e2')
+        self.assert_leftovers('e2')
+
     # -- bad input
 
     def damaged_copy(self, src, name):
@@ -614,12 +840,18 @@ class TemplateToolTest(unittest.TestCase):
                                     "manifest says")
             os.unlink(os.path.join(d, 'state'))
             self.expect_clone_error('x', 'cannot use')
-            with open(os.path.join(d, 'manifest.json'), 'w') as f:
-                f.write('{"format": 1, "name": "x", garbage')
-            self.expect_clone_error('x', 'is not valid JSON')
-            with open(os.path.join(d, 'manifest.json'), 'w') as f:
-                json.dump({'format': 99, 'name': 'x'}, f)
-            self.expect_clone_error('x', 'is not a format 1 manifest')
+            # every damaged manifest says what to do
+            hint = 'destroy it and create it again'
+            for text, error in (('{"format": 1, "name": "x", garbage',
+                                 'is not valid JSON'),
+                                ('', 'is not valid JSON'),
+                                ('[1, 2]', 'is not a JSON object'),
+                                ('{"format": 99, "name": "x"}',
+                                 'is not a format 1 manifest')):
+                with open(os.path.join(d, 'manifest.json'), 'w') as f:
+                    f.write(text)
+                self.expect_clone_error('x', error)
+                self.expect_clone_error('x', hint)
             # list shows it as broken; destroy removes it
             listed = self.tool_json('list', 'x')
             self.assertIn('error', listed[0])
