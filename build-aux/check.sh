@@ -179,6 +179,9 @@ fi
 
 if want vmt; then
     echo "== this series' qtests"
+    # qemu-template's pieces (command lines, manifests, trust, QMP client)
+    run_qtest "qemu-template unit tests" \
+        "$OBJ/contrib/qemu-template/test-qemu-template" --
     accels=tcg
     if kvm_usable; then
         accels="tcg kvm"

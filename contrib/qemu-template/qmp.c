@@ -111,12 +111,13 @@ static void qmp_message(void *opaque, QObject *obj, Error *err)
         error_free(err);
         return;
     }
-    if (err || !msg) {
+    if (err) {
         error_prepend(&err, "QEMU sent malformed QMP on '%s': ", q->name);
-        if (!err) {
-            error_setg(&err, "QEMU sent a QMP message that is not an object "
-                       "on '%s'", q->name);
-        }
+    } else if (!msg) {
+        error_setg(&err, "QEMU sent a QMP message that is not an object "
+                   "on '%s'", q->name);
+    }
+    if (err) {
         qobject_unref(obj);
         qmp_close(q, err);
         return;

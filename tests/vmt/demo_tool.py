@@ -64,7 +64,7 @@ class ToolRun:
             if 'clones ready' not in line:
                 raise vmt.VMTError(f'pool: {line}')
             print(f'qemu-template pool {name} --size {self.clones}: {line}')
-            self.show_clones(name, 'clone (from the pool)', 'request-us',
+            self.show_clones(name, 'clone (from the pool)', 'request-running-us',
                              'request to running', [])
         finally:
             pool.terminate()
