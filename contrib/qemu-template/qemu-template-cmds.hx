@@ -1,3 +1,4 @@
+HXCOMM SPDX-License-Identifier: GPL-2.0-or-later
 HXCOMM The commands of qemu-template: one source for the command table,
 HXCOMM --help and the manual.  See docs/devel/docs.rst for the format.
 HXCOMM DEF(command, function, synopsis, summary) makes the table entry and
