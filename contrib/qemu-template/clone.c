@@ -104,7 +104,9 @@ static gboolean clone_notify_now(gpointer opaque)
     Clone *c = opaque;
 
     c->notify_idle = 0;
-    c->notify(c, c->opaque);
+    if (c->notify) {
+        c->notify(c, c->opaque);
+    }
     return G_SOURCE_REMOVE;
 }
 
@@ -207,13 +209,15 @@ static void clone_add_nic(Clone *c)
 }
 
 /*
- * The guest runs once RESUME came and, if the tool sent "cont", its
- * answer was read: an answer left unread would go to the next client of
- * the clone's QMP socket.
+ * The guest runs once RESUME came.  If the tool sent "cont", its answer
+ * must be read before the tool closes the QMP connection (else it would
+ * reach the next client of the clone's QMP socket): the clone command
+ * waits for it, a pool answers at once and clone_release() waits.
  */
 static void clone_running(Clone *c)
 {
-    if (c->state != CLONE_LOADING || !c->resumed || c->cont_pending) {
+    if (c->state != CLONE_LOADING || !c->resumed ||
+        (c->cont_pending && !c->pooled)) {
         return;
     }
     c->state = CLONE_RUNNING;
@@ -224,11 +228,18 @@ static void clone_running(Clone *c)
     clone_add_nic(c);
 }
 
+static void clone_free(Clone *c);
+
 static void clone_cont_done(QObject *ret, Error *err, void *opaque)
 {
     Clone *c = opaque;
 
     c->cont_pending = false;
+    if (c->release_asked) {
+        error_free(err);
+        clone_free(c);
+        return;
+    }
     if (err) {
         clone_fail(c, err);
         return;
@@ -445,8 +456,14 @@ Clone *clone_start(Manifest *m, const char *qemu, char **extra,
     return c;
 }
 
-void clone_release(Clone *c)
+/* clones whose "cont" answer is awaited before they are freed */
+static int clones_releasing;
+
+static void clone_free(Clone *c)
 {
+    if (c->release_asked) {
+        clones_releasing--;
+    }
     if (c->notify_idle) {
         g_source_remove(c->notify_idle);
     }
@@ -464,13 +481,35 @@ void clone_release(Clone *c)
     g_free(c);
 }
 
+void clone_release(Clone *c)
+{
+    if (c->cont_pending && !c->release_asked) {
+        c->release_asked = true;
+        c->notify = NULL;
+        clones_releasing++;
+        return;
+    }
+    clone_free(c);
+}
+
+void clone_wait_released(int timeout_ms)
+{
+    int64_t deadline = now_us() + timeout_ms * 1000;
+
+    while (clones_releasing && now_us() < deadline) {
+        if (!g_main_context_iteration(NULL, false)) {
+            g_usleep(1000);
+        }
+    }
+}
+
 void clone_discard(Clone *c)
 {
     g_autofree char *dir = g_strdup(c->vm.dir);
 
     vm_kill(&c->vm);
     rmtree(dir);
-    clone_release(c);
+    clone_free(c);
 }
 
 static const char *str_member(QDict *d, const char *key)

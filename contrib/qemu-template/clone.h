@@ -44,6 +44,7 @@ struct Clone {
     /* private */
     bool resumed;       /* RESUME came */
     bool cont_pending;  /* "cont" sent, its answer not read yet */
+    bool release_asked; /* freed once that answer is read */
     QList *nic_list;
     int nics_added;
     guint notify_idle;
@@ -65,8 +66,13 @@ Clone *clone_start(Manifest *m, const char *qemu, char **extra,
 void clone_load(Clone *c, int64_t t_req);
 /* Stop a clone that was not handed out, remove it and free @c. */
 void clone_discard(Clone *c);
-/* Free a handed-out clone (its QEMU runs on). */
+/*
+ * Free a handed-out clone (its QEMU runs on), once the answers the tool
+ * waits for on its QMP connection came.
+ */
 void clone_release(Clone *c);
+/* Run the main loop until every clone released is freed, or @timeout_ms. */
+void clone_wait_released(int timeout_ms);
 
 /* The line "clone" prints for a record. */
 void clone_print(QDict *rec);

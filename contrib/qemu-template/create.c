@@ -18,6 +18,7 @@
 #include "qemu/cutils.h"
 #include "qemu/sockets.h"
 #include "qobject/qdict.h"
+#include "qobject/qjson.h"
 #include "qobject/qlist.h"
 #include "qobject/qstring.h"
 #include "qemu-template.h"
@@ -105,6 +106,15 @@ static bool create_qmp_ok(Create *c, const char *cmd, QDict *args,
 /* ------------------------------------------------------------------ */
 /* --ready conditions */
 
+/* Is @line a guest agent's answer ({"return": ...})? */
+static bool ga_answered(const char *line)
+{
+    g_autoptr(QObject) obj = qobject_from_json(line, NULL);
+    QDict *d = qobject_to(QDict, obj);
+
+    return d && qdict_haskey(d, "return");
+}
+
 /*
  * Does a guest agent (qemu-ga) answer guest-ping on the UNIX socket
  * @path within a second?
@@ -116,6 +126,7 @@ static bool ga_ping(const char *path)
     int64_t deadline = now_us() + G_USEC_PER_SEC;
     g_autoptr(GString) in = g_string_new("");
     bool ok = false;
+    char *nl;
 
     pfd.fd = unix_connect(path, NULL);
     if (pfd.fd < 0) {
@@ -134,7 +145,12 @@ static bool ga_ping(const char *path)
             break;
         }
         g_string_append_len(in, buf, n);
-        ok = strstr(in->str, "\"return\"") != NULL;
+        /* the agent answers one JSON object per line */
+        while (!ok && (nl = strchr(in->str, '\n'))) {
+            *nl = '\0';
+            ok = ga_answered(in->str);
+            g_string_erase(in, 0, nl - in->str + 1);
+        }
     }
     close(pfd.fd);
     return ok;

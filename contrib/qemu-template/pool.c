@@ -705,6 +705,7 @@ static void pool_shutdown(Pool *p)
     }
     close(p->lfd);
     unlink(p->path);
+    clone_wait_released(1000);
 }
 
 static void pool_loop(Pool *p)
