@@ -543,7 +543,7 @@ static void create_explain(Create *c, Error **errp)
         return;
     }
     for (i = 0; i < 100 && !c->vm.exited && !c->in.flag &&
-         qmp_is_closed(c->vm.qmp); i++) {
+         c->vm.qmp && qmp_is_closed(c->vm.qmp); i++) {
         create_run_loop(c, 10);
     }
     if (c->vm.exited) {

@@ -489,10 +489,13 @@ static void pool_clone_notify(Clone *c, void *opaque)
         g_queue_push_tail(&p->ready, c);
         pool_serve(p);
         pool_announce(p);
+    } else if (g_queue_remove(&p->ready, c)) {
+        /* a waiting clone died (or was destroyed): start another */
+        pool_set_error(p, c->err);
+        clone_discard(c);
     } else {
         /* a template that cannot be cloned: say so and stop */
         g_queue_remove(&p->starting, c);
-        g_queue_remove(&p->ready, c);
         pool_set_error(p, c->err);
         if (!p->fatal) {
             p->fatal = error_copy(c->err);

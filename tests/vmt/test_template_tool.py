@@ -797,6 +797,48 @@ class TemplateToolTest(unittest.TestCase):
             self.run_tool('destroy', 'e2')
         self.assert_leftovers('e2')
 
+    def test_pool_waiting_clone_destroyed(self):
+        """A waiting clone destroyed under a running pool: the pool starts
+        another and keeps serving."""
+        pool = self.start_pool('b', 1)
+        victim = self.pooled_dirs()[0]
+        self.run_tool('destroy', victim, check=True)
+        end = time.monotonic() + 60
+        while True:
+            st = self.pool_request('b', {'execute': 'status'})['return']
+            if st['ready'] == 1 and victim not in self.pooled_dirs():
+                break
+            self.assertLess(time.monotonic(), end, st)
+            time.sleep(0.05)
+        self.assertIsNone(pool.poll())
+        c = self.pool_request('b', {'execute': 'clone'})['return']
+        self.destroy_all([c])
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_create_interrupted_before_qmp(self):
+        """SIGTERM while QEMU has not opened its QMP socket yet (it waits
+        on a FIFO nobody reads): the tool stops it and cleans up."""
+        fifo = self.tmp.join('create.fifo')
+        os.mkfifo(fifo, 0o600)
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'create', 'y',
+                              '--', *self.args, '-chardev',
+                              f'file,id=hold,path={fifo}'],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        tdir = os.path.join(self.dir, 'templates')
+        end = time.monotonic() + 60
+        while not any(e.startswith('.y.') and os.path.exists(
+                os.path.join(tdir, e, 'qemu.log')) for e in os.listdir(tdir)):
+            self.assertLess(time.monotonic(), end)
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 1)
+        self.assertIn('interrupted', p.stderr.read())
+        self.assert_leftovers('y')
+
     # -- bad input
 
     def damaged_copy(self, src, name):
