@@ -54,7 +54,7 @@ tree: fetch
 	@sh build-aux/tree.sh ours $(SRC)
 
 build: tree
-	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test tests/qtest/vmt-lazy-test tests/unit/test-userfaultfd tests/qtest/ide-test tests/qtest/hpet-test tests/qtest/x86-kernel-image-test tests/unit/check-qom-interface tests/qtest/qom-test tests/qtest/device-introspect-test contrib/qemu-template/qemu-template" \
+	@EXTRA_TARGETS="tests/qtest/vmt-bypass-shared-test tests/qtest/vmt-mapped-ram-test tests/qtest/vmt-lazy-test tests/unit/test-userfaultfd tests/qtest/ide-test tests/qtest/hpet-test tests/qtest/x86-kernel-image-test tests/unit/check-qom-interface tests/qtest/qom-test tests/qtest/device-introspect-test contrib/qemu-template/qemu-template tests/unit/test-qemu-template" \
 	    sh build-aux/build.sh $(SRC) $(OBJ)
 
 upstream: fetch

@@ -206,6 +206,9 @@ fi
 
 if want vmt; then
     echo "== this series' qtests"
+    # qemu-template's pieces (command lines, manifests, trust, QMP client)
+    run_qtest "qemu-template unit tests" \
+        "$OBJ/tests/unit/test-qemu-template" --
     accels=tcg
     if kvm_usable; then
         accels="tcg kvm"

@@ -484,7 +484,8 @@ def table_density_cmp(res):
 TOOL_ROWS = (
     ('clone_running', 'clone, no pool: exec -> running (clone record)'),
     ('clone_pong', 'clone, no pool: exec -> agent pong'),
-    ('pool_request', 'pool: request -> running (measured by the pool)'),
+    ('pool_request_running', 'pool: request -> running (the pool)'),
+    ('pool_request', 'pool: request -> answer ready (the pool)'),
     ('pool_rtt', 'pool: request sent -> record received (client)'),
     ('pool_pong', 'pool: request sent -> agent pong'),
 )

@@ -34,7 +34,8 @@ class ToolRun:
     def run_tool(self, *args):
         r = subprocess.run([self.tool, '--dir', self.dir, '--json', *args],
                            stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600,
+                           env=vmt.template_tool_env(self.binary))
         if r.returncode:
             raise vmt.VMTError(f'qemu-template {args[0]}: {r.stderr.strip()}')
         return json.loads(r.stdout) if r.stdout.strip() else None
@@ -56,13 +57,14 @@ class ToolRun:
                                  '--size', str(self.clones), *NIC],
                                 stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True,
+                                env=vmt.template_tool_env(self.binary))
         try:
             line = pool.stdout.readline().strip()
             if 'clones ready' not in line:
                 raise vmt.VMTError(f'pool: {line}')
             print(f'qemu-template pool {name} --size {self.clones}: {line}')
-            self.show_clones(name, 'clone (from the pool)', 'request-us',
+            self.show_clones(name, 'clone (from the pool)', 'request-running-us',
                              'request to running', [])
         finally:
             pool.terminate()

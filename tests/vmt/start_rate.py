@@ -60,7 +60,8 @@ class Flow:
     def run_tool(self, *args):
         r = subprocess.run([self.tool, '--dir', self.dir, '--json', *args],
                            stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600,
+                           env=vmt.template_tool_env(self.binary))
         if r.returncode:
             raise vmt.VMTError(f'qemu-template {args[0]}: {r.stderr.strip()}')
         return json.loads(r.stdout) if r.stdout.strip() else None

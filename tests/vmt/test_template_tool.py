@@ -12,11 +12,14 @@ clone's new generation ID.  Behaviour only; timings are never checked.
 """
 
 import json
+import mmap
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -60,6 +63,8 @@ class TemplateToolTest(unittest.TestCase):
         if not os.access(cls.tool, os.X_OK):
             raise unittest.SkipTest(f'{cls.tool} not built (upstream QEMU?)')
         cls.qemu = vmt.qemu_binary()
+        # the QEMU the tool runs is the user's choice, never a manifest's
+        cls.env = vmt.template_tool_env(cls.qemu)
         cls.guest = vmt.build_vmgenid_guest()
         cls.tmp = vmt.TempDir(prefix='vmt-tool-')
         cls.dir = cls.tmp.join('t')
@@ -92,10 +97,12 @@ class TemplateToolTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     @classmethod
-    def run_tool(cls, *args, check=False):
-        r = subprocess.run([cls.tool, '--dir', cls.dir, *args],
+    def run_tool(cls, *args, check=False, tool_dir=None, **kw):
+        kw.setdefault('env', cls.env)
+        kw.setdefault('timeout', 300)
+        r = subprocess.run([cls.tool, '--dir', tool_dir or cls.dir, *args],
                            stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, **kw)
         if check and r.returncode:
             raise AssertionError(f'qemu-template {" ".join(args)}: '
                                  f'{r.returncode}: {r.stderr}')
@@ -247,8 +254,10 @@ class TemplateToolTest(unittest.TestCase):
             m = self.manifest(name)
             self.assertEqual(sorted(os.listdir(d)),
                              sorted(list(m['files']) + ['manifest.json']))
+            # read-only, and never more readable than QEMU made it
+            self.assertEqual(os.stat(d).st_mode & 0o277, 0, d)
             for f in os.listdir(d):
-                self.assertEqual(os.stat(os.path.join(d, f)).st_mode & 0o222,
+                self.assertEqual(os.stat(os.path.join(d, f)).st_mode & 0o277,
                                  0, f)
 
     # -- the pool
@@ -257,7 +266,8 @@ class TemplateToolTest(unittest.TestCase):
         p = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
                               '--size', str(size), *extra],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stderr=subprocess.STDOUT, text=True,
+                             env=self.env)
         self.addCleanup(self.stop_pool, p)
         line = p.stdout.readline()
         self.assertIn(f'pool {name}: {size} clones ready', line)
@@ -282,10 +292,22 @@ class TemplateToolTest(unittest.TestCase):
             f.flush()
             return json.loads(f.readline())
 
+    def records(self, top=None):
+        """The clone records: {id: record}."""
+        cdir = os.path.join(top or self.dir, 'clones')
+        out = {}
+        for d in os.listdir(cdir) if os.path.isdir(cdir) else []:
+            try:
+                with open(os.path.join(cdir, d, 'clone.json')) as f:
+                    out[d] = json.load(f)
+            except (OSError, ValueError):
+                out[d] = None
+        return out
+
     def pooled_dirs(self):
-        cdir = os.path.join(self.dir, 'clones')
-        return [d for d in os.listdir(cdir)
-                if os.path.exists(os.path.join(cdir, d, 'pooled'))]
+        """Clones waiting in a pool (their records say so)."""
+        return [d for d, r in self.records().items()
+                if r and r['pooled'] and r['state'] != 'running']
 
     def check_pool(self, name, *extra):
         pool = self.start_pool(name, 2, *extra)
@@ -356,9 +378,466 @@ class TemplateToolTest(unittest.TestCase):
         self.assertIn('template.fixed', r.stderr)
         r = self.pool_request('z', {'execute': 'clone'})
         self.assertIn('template.fixed', r['error']['desc'])
+        st = self.pool_request('z', {'execute': 'status'})['return']
+        self.assertEqual((st['served'], st['failed']), (0, 1))
         self.stop_pool(pool)
         self.run_tool('destroy', 'z', check=True)
         self.assert_leftovers('z')
+
+    # -- the pool: clients, refills, signals
+
+    def pool_conn(self, name, timeout=30):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(os.path.join(self.dir, 'pools', f'{name}.sock'))
+        s.settimeout(timeout)
+        return s
+
+    def test_pool_client_never_reads(self):
+        """A client that sends requests and never reads its answers is
+        dropped; the pool serves others meanwhile and stops on SIGTERM."""
+        pool = self.start_pool('b', 1)
+        flood = self.pool_conn('b')
+        try:
+            try:
+                flood.sendall(b'{"execute": "status"}\n' * 20000)
+            except OSError:
+                pass        # dropped while sending: fine
+            st = self.pool_request('b', {'execute': 'status'})['return']
+            self.assertEqual(st['ready'], 1)
+            pool.send_signal(signal.SIGTERM)
+            self.assertEqual(pool.wait(30), 0)
+        finally:
+            flood.close()
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_connection_limit(self):
+        """At most 32 clients: the next one is told so, and once they
+        leave, the pool answers again."""
+        pool = self.start_pool('b', 1)
+        conns = [self.pool_conn('b') for _ in range(32)]
+        try:
+            extra = self.pool_conn('b')
+            ans = json.loads(extra.makefile().readline())
+            self.assertEqual(ans['error']['class'], 'Busy', ans)
+            extra.close()
+        finally:
+            for c in conns:
+                c.close()
+        end = time.monotonic() + 30
+        while True:
+            try:
+                st = self.pool_request('b', {'execute': 'status'})
+                if 'return' in st:
+                    break
+            except (OSError, ValueError):
+                pass
+            self.assertLess(time.monotonic(), end, 'the pool did not '
+                            'answer once the clients left')
+            time.sleep(0.1)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_refill_does_not_block(self):
+        """A clone that starts slowly (its -chardev file is a FIFO nobody
+        reads) does not hold up requests: the next request is served from
+        the clone that is ready, one that must wait is told when the pool
+        stops, and SIGTERM stops the pool while a clone starts."""
+        fifo = self.tmp.join('slow.fifo')
+        os.mkfifo(fifo, 0o600)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            pool = self.start_pool('b', 2, '--', '-chardev',
+                                   f'file,id=slow,path={fifo}')
+        finally:
+            os.close(reader)        # from now on clones block at start
+        served = [self.pool_request('b', {'execute': 'clone'})['return']
+                  for _ in range(2)]
+        try:
+            waiting = self.pool_conn('b')
+            waiting.sendall(b'{"execute": "clone"}\n')
+            end = time.monotonic() + 30
+            while self.pool_request('b', {'execute': 'status'})[
+                    'return']['waiting-requests'] != 1:
+                self.assertLess(time.monotonic(), end)
+                time.sleep(0.05)
+            pool.send_signal(signal.SIGTERM)
+            self.assertEqual(pool.wait(30), 0)
+            ans = json.loads(waiting.makefile().readline())
+            self.assertIn('the pool stopped', ans['error']['desc'])
+            waiting.close()
+            self.assertEqual(self.pooled_dirs(), [])
+        finally:
+            self.destroy_all(served)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_reaps_its_own_template(self):
+        """A new pool stops the waiting clones that a killed pool of the
+        same template left, identified by their records, not those of
+        another template whose name starts the same."""
+        self.damaged_copy('b', 'b-x')
+        cdir = os.path.join(self.dir, 'clones')
+        try:
+            other = self.start_pool('b-x', 1)
+            theirs = [d for d in os.listdir(cdir) if d.startswith('b-x-')]
+            self.assertEqual(len(theirs), 1)
+            pool = self.start_pool('b', 1)
+            self.assertIn(theirs[0], os.listdir(cdir))
+            self.assertTrue(subprocess.run(
+                ['pgrep', '-f', os.path.join(cdir, theirs[0])],
+                capture_output=True).stdout.split())
+            self.stop_pool(pool)
+            self.stop_pool(other)
+        finally:
+            self.run_tool('destroy', 'b-x', check=True)
+        self.assert_leftovers('b-x')
+
+    def qemu_fds(self, pid):
+        """Where a QEMU's descriptors 3 and up point."""
+        out = {}
+        for fd in os.listdir(f'/proc/{pid}/fd'):
+            if int(fd) > 2:
+                try:
+                    out[int(fd)] = os.readlink(f'/proc/{pid}/fd/{fd}')
+                except OSError:
+                    pass
+        return out
+
+    def test_no_fd_leaks(self):
+        """Clones get no descriptor of the tool: not /dev/null beyond
+        stdin, not a lock file, not the pool's sockets."""
+        clones = self.clones_of('b', 1)
+        pool = self.start_pool('b', 1)
+        try:
+            clones += [self.pool_request('b', {'execute': 'clone'})
+                       ['return']]
+            for c in clones:
+                fds = self.qemu_fds(c['pid'])
+                for fd, target in fds.items():
+                    self.assertNotEqual(target, '/dev/null', (fd, fds))
+                    self.assertNotIn('/locks/', target, (fd, fds))
+                    self.assertNotIn('/pools/', target, (fd, fds))
+        finally:
+            self.destroy_all(clones)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_daemonize(self):
+        """--daemonize returns once the pool is ready; --pidfile names it;
+        status reports it; stop stops it."""
+        pidfile = self.tmp.join('pool.pid')
+        r = self.run_tool('pool', 'b', '--size', '1', '--daemonize',
+                          '--pidfile', pidfile)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('pool b: 1 clones ready', r.stdout)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        try:
+            self.assertTrue(pid_alive(pid))
+            st = self.tool_json('status', 'b')[0]['pool']
+            self.assertEqual((st['pid'], st['size'], st['ready'],
+                              st['served'], st['failed']), (pid, 1, 1, 0, 0))
+            r = self.run_tool('stop', 'b')
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertFalse(pid_alive(pid))
+            self.assertFalse(os.path.exists(pidfile))
+            self.assertNotIn('pool', self.tool_json('status', 'b')[0])
+        finally:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.assert_leftovers()
+
+    def test_clone_arguments_and_pool(self):
+        """clone with NICs or extra arguments that the pool's clones lack
+        says so and starts its own; with the pool's, it is served."""
+        nic = ['--nic', 'n0', '--', '-netdev', 'hubport,id=n0,hubid=0']
+        pool = self.start_pool('b', 1, *nic)
+        clones = []
+        try:
+            r = self.run_tool('--json', 'clone', 'b', '--nic', 'n1', '--',
+                              '-netdev', 'hubport,id=n1,hubid=0')
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn('runs with other arguments', r.stderr)
+            clones += json.loads(r.stdout)
+            self.assertFalse(clones[-1]['pooled'])
+            clones += self.clones_of('b', 1, *nic)
+            self.assertTrue(clones[-1]['pooled'])
+            t = clones[-1]['times']
+            # what the client waits for, NICs included
+            self.assertGreaterEqual(t['request-us'],
+                                    t['request-running-us'])
+        finally:
+            self.destroy_all(clones)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    # -- clones and create
+
+    def slow_args(self):
+        """Extra arguments that hold a clone before its QMP socket: a
+        -chardev file on a FIFO that nobody reads."""
+        fifo = self.tmp.join('hold.fifo')
+        if not os.path.exists(fifo):
+            os.mkfifo(fifo, 0o600)
+        return ['--', '-chardev', f'file,id=hold,path={fifo}']
+
+    def tool_processes(self):
+        """pids of the processes that run in a clone directory."""
+        out = subprocess.run(['pgrep', '-f', os.path.join(self.dir,
+                                                          'clones')],
+                             capture_output=True, text=True).stdout.split()
+        return {int(p) for p in out if int(p) != os.getpid()}
+
+    def wait_records(self, n):
+        end = time.monotonic() + 30
+        while True:
+            recs = [r for r in self.records().values()
+                    if r and r.get('pid')]
+            if len(recs) >= n:
+                return recs
+            self.assertLess(time.monotonic(), end, 'no clone records')
+            time.sleep(0.05)
+
+    def start_clones(self, n, *extra):
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'clone', 'b',
+                              '--count', str(n), '--no-pool', *extra],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        return p
+
+    def test_clone_interrupted(self):
+        """SIGINT while clones start: the tool stops the clones it did not
+        report, and no process is left that it does not account for."""
+        p = self.start_clones(4, *self.slow_args())
+        self.wait_records(4)
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(p.wait(60), 1)
+        self.assertIn('interrupted', p.stderr.read())
+        self.assertEqual(self.tool_processes(), set())
+        self.assert_leftovers()
+
+    def test_clone_killed(self):
+        """SIGKILL while clones start: every QEMU it started is recorded,
+        list shows it, destroy stops it."""
+        p = self.start_clones(4, *self.slow_args())
+        self.wait_records(4)
+        p.kill()
+        p.wait()
+        procs = self.tool_processes()
+        self.assertEqual(len(procs), 4)
+        listed = self.tool_json('list', 'b')[0]['clones']
+        self.assertEqual({c['pid'] for c in listed if c['running']}, procs)
+        for c in listed:
+            self.run_tool('destroy', c['id'], check=True)
+        self.assertEqual(self.tool_processes(), set())
+        self.assert_leftovers()
+
+    def test_destroy_record_without_pid(self):
+        """A record written before its process had a pid: destroy finds
+        the process by the clone's directory and stops it."""
+        cdir = os.path.join(self.dir, 'clones', 'b-0nopid00')
+        os.makedirs(cdir, mode=0o700)
+        victim = subprocess.Popen([sys.executable, '-c',
+                                   'import time; time.sleep(600)', cdir],
+                                  stdout=subprocess.DEVNULL)
+        try:
+            with open(os.path.join(cdir, 'clone.json'), 'w') as f:
+                json.dump({'id': 'b-0nopid00', 'template': 'b',
+                           'state': 'starting', 'dir': cdir}, f)
+            listed = self.tool_json('list', 'b')[0]['clones']
+            self.assertEqual([c['running'] for c in listed], [True])
+            self.run_tool('destroy', 'b-0nopid00', check=True)
+            self.assertIsNotNone(victim.wait(30))
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+                victim.wait()
+        self.assert_leftovers()
+
+    def test_list_malformed_records(self):
+        """list reads clone records as untrusted input: members missing or
+        of another type, a record that is not an object."""
+        cdir = os.path.join(self.dir, 'clones')
+        bad = {'b-0bad0000': {'id': 'b-0bad0000', 'template': 'b'},
+               'b-0bad0001': {'template': 'b', 'pid': 'x', 'dir': 3,
+                              'identity': 5, 'times': [], 'nics': 7},
+               'b-0bad0002': [1, 2]}
+        try:
+            for d, rec in bad.items():
+                os.makedirs(os.path.join(cdir, d), mode=0o700)
+                with open(os.path.join(cdir, d, 'clone.json'), 'w') as f:
+                    json.dump(rec, f)
+            for args in (['list'], ['--json', 'list'], ['status', 'b']):
+                r = self.run_tool(*args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+            listed = self.tool_json('list', 'b')[0]['clones']
+            self.assertEqual(sorted(c['id'] for c in listed),
+                             ['b-0bad0000', 'b-0bad0001'])
+            self.assertFalse(any(c['running'] for c in listed))
+            for d in bad:
+                self.run_tool('destroy', d, check=True)
+        finally:
+            for d in bad:
+                shutil.rmtree(os.path.join(cdir, d), ignore_errors=True)
+        self.assert_leftovers()
+
+    def test_version_checked_before_running(self):
+        """A template made by another QEMU version is refused before the
+        clone runs: before its NICs are added (a NIC on a netdev that does
+        not exist would fail first otherwise)."""
+        self.damaged_copy('b', 'ov')
+        try:
+            self.edit_manifest('ov', lambda m: m['qemu'].update(
+                version='0.0.0'))
+            r = self.run_tool('clone', 'ov', '--nic', 'nosuch')
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('was made by QEMU 0.0.0', r.stderr)
+        finally:
+            self.run_tool('destroy', 'ov', check=True)
+        self.assert_leftovers('ov')
+
+    def test_ram_size_checked(self):
+        """A bypass manifest whose ram-size is not its memory file's size
+        is refused with the reason, before QEMU runs."""
+        self.damaged_copy('b', 'rs')
+        try:
+            self.edit_manifest('rs', lambda m: m.update(
+                {'ram-size': 2 * m['ram-size']}))
+            self.expect_clone_error('rs', 'is not the size of its memory '
+                                    'file')
+        finally:
+            self.run_tool('destroy', 'rs', check=True)
+
+    def test_json_errors(self):
+        """With --json, an error is JSON on stdout too."""
+        for args in (['clone', 'nosuch'], ['destroy', 'nosuch'],
+                     ['list', '--mode', 'x'], ['nosuch-command']):
+            r = self.run_tool('--json', *args)
+            self.assertNotEqual(r.returncode, 0)
+            err = json.loads(r.stdout)['error']
+            self.assertIn(err['desc'], r.stderr)
+
+    def test_command_options(self):
+        """Each command takes its own options only; --version."""
+        for args in (['list', '--mode', 'bypass'], ['destroy', 'x', '--size',
+                                                     '2'],
+                     ['clone', 'b', '--ready', 'delay:1']):
+            r = self.run_tool(*args)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn('unknown option', r.stderr)
+        r = self.run_tool('--version')
+        self.assertEqual(r.returncode, 0)
+        self.assertIn('qemu-template version', r.stdout)
+
+    def test_clone_times_per_clone(self):
+        """clone --count N: each clone's times run from its own exec."""
+        clones = self.clones_of('b', 3)
+        try:
+            for c in clones:
+                t = c['times']
+                self.assertLessEqual(t['qmp-us'], t['running-us'])
+                self.assertLessEqual(t['running-us'], t['ready-us'])
+        finally:
+            self.destroy_all(clones)
+        self.assert_leftovers()
+
+    def test_create_save_bounded(self):
+        """A save that takes longer than --timeout is cancelled (here one
+        throttled to 1 MiB/s, once the guest loaded its kernel); a
+        mapped-ram template is saved stopped."""
+        try:
+            r = self.run_tool('create', 'y', '--mode', 'mapped-ram',
+                              '--qemu', self.qemu, '--ready', 'delay:1.5',
+                              '--timeout', '3', '--',
+                              *self.args, '-global',
+                              'migration.x-max-bandwidth=1048576',
+                              timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn('saving the template did not finish in 3 s',
+                          r.stderr)
+        finally:
+            self.run_tool('destroy', 'y')
+        self.assert_leftovers('y')
+        self.assertTrue(self.manifest('m')['stopped'])
+
+    def test_create_ready_event_and_signal(self):
+        """--ready event:RESUME holds (events are kept from the start);
+        several conditions; SIGUSR1 says "save now"."""
+        try:
+            r = self.run_tool('create', 'e1', '--qemu', self.qemu,
+                              '--ready', 'event:RESUME', '--ready',
+                              'delay:0.2', '--timeout', '60', '--',
+                              *self.args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            p = subprocess.Popen([self.tool, '--dir', self.dir, 'create',
+                                  'e2', '--qemu', self.qemu, '--ready',
+                                  'signal', '--', *self.args],
+                                 stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=self.env)
+            self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                     p.stdout.close(), p.stderr.close()))
+            tdir = os.path.join(self.dir, 'templates')
+            end = time.monotonic() + 60
+            while not any(e.startswith('.e2.') and os.path.exists(
+                    os.path.join(tdir, e, 'qmp.sock'))
+                    for e in os.listdir(tdir)):
+                self.assertLess(time.monotonic(), end)
+                time.sleep(0.05)
+            time.sleep(0.5)
+            p.send_signal(signal.SIGUSR1)
+            self.assertEqual(p.wait(60), 0, p.stderr.read())
+            self.assertTrue(os.path.isdir(os.path.join(tdir, 'e2')))
+        finally:
+            self.run_tool('destroy', 'e1')
+            self.run_tool('destroy', 'e2')
+        self.assert_leftovers('e2')
+
+    def test_pool_waiting_clone_destroyed(self):
+        """A waiting clone destroyed under a running pool: the pool starts
+        another and keeps serving."""
+        pool = self.start_pool('b', 1)
+        victim = self.pooled_dirs()[0]
+        self.run_tool('destroy', victim, check=True)
+        end = time.monotonic() + 60
+        while True:
+            st = self.pool_request('b', {'execute': 'status'})['return']
+            if st['ready'] == 1 and victim not in self.pooled_dirs():
+                break
+            self.assertLess(time.monotonic(), end, st)
+            time.sleep(0.05)
+        self.assertIsNone(pool.poll())
+        c = self.pool_request('b', {'execute': 'clone'})['return']
+        self.destroy_all([c])
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_create_interrupted_before_qmp(self):
+        """SIGTERM while QEMU has not opened its QMP socket yet (it waits
+        on a FIFO nobody reads): the tool stops it and cleans up."""
+        fifo = self.tmp.join('create.fifo')
+        os.mkfifo(fifo, 0o600)
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'create', 'y',
+                              '--', *self.args, '-chardev',
+                              f'file,id=hold,path={fifo}'],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        tdir = os.path.join(self.dir, 'templates')
+        end = time.monotonic() + 60
+        while not any(e.startswith('.y.') and os.path.exists(
+                os.path.join(tdir, e, 'qemu.log')) for e in os.listdir(tdir)):
+            self.assertLess(time.monotonic(), end)
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 1)
+        self.assertIn('interrupted', p.stderr.read())
+        self.assert_leftovers('y')
 
     # -- bad input
 
@@ -403,12 +882,18 @@ class TemplateToolTest(unittest.TestCase):
                                     "manifest says")
             os.unlink(os.path.join(d, 'state'))
             self.expect_clone_error('x', 'cannot use')
-            with open(os.path.join(d, 'manifest.json'), 'w') as f:
-                f.write('{"format": 1, "name": "x", garbage')
-            self.expect_clone_error('x', 'is not valid JSON')
-            with open(os.path.join(d, 'manifest.json'), 'w') as f:
-                json.dump({'format': 99, 'name': 'x'}, f)
-            self.expect_clone_error('x', 'is not a format 1 manifest')
+            # every damaged manifest says what to do
+            hint = 'destroy it and create it again'
+            for text, error in (('{"format": 1, "name": "x", garbage',
+                                 'is not valid JSON'),
+                                ('', 'is not valid JSON'),
+                                ('[1, 2]', 'is not a JSON object'),
+                                ('{"format": 99, "name": "x"}',
+                                 'is not a format 1 manifest')):
+                with open(os.path.join(d, 'manifest.json'), 'w') as f:
+                    f.write(text)
+                self.expect_clone_error('x', error)
+                self.expect_clone_error('x', hint)
             # list shows it as broken; destroy removes it
             listed = self.tool_json('list', 'x')
             self.assertIn('error', listed[0])
@@ -456,7 +941,8 @@ class TemplateToolTest(unittest.TestCase):
                           '--ready', 'log:@DIR@/console.log:NEVER',
                           '--timeout', '2', '--', *self.args)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("did not get ready: 'NEVER' did not appear", r.stderr)
+        self.assertIn("did not get ready: 'log:@DIR@/console.log:NEVER' "
+                      "did not hold within 2 s", r.stderr)
         self.assert_leftovers('y')
 
     def test_create_ready_guest_agent(self):
@@ -500,7 +986,7 @@ class TemplateToolTest(unittest.TestCase):
                           '--ready', f'ga:{path}', '--timeout', '2', '--',
                           *self.args)
         self.assertEqual(r.returncode, 1)
-        self.assertIn('did not answer guest-ping within 2 s', r.stderr)
+        self.assertIn(f"'ga:{path}' did not hold within 2 s", r.stderr)
         self.assert_leftovers('y')
 
     def start_create(self, name):
@@ -510,7 +996,7 @@ class TemplateToolTest(unittest.TestCase):
                               'log:@DIR@/console.log:NEVER', '--',
                               *self.args], stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, env=self.env)
         self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
                                  p.stdout.close(), p.stderr.close()))
         tdir = os.path.join(self.dir, 'templates')
@@ -554,6 +1040,237 @@ class TemplateToolTest(unittest.TestCase):
                           *self.args, '-device', 'no-such-device')
         self.assertEqual(r.returncode, 1)
         self.assertIn("'no-such-device' is not a valid device", r.stderr)
+        self.assert_leftovers('y')
+
+    # -- trust and permissions
+
+    NOBODY = 65534
+
+    def edit_manifest(self, name, change):
+        path = os.path.join(self.dir, 'templates', name, 'manifest.json')
+        m = self.manifest(name)
+        change(m)
+        with open(path, 'w') as f:
+            json.dump(m, f)
+
+    def test_manifest_does_not_choose_qemu(self):
+        """The QEMU that runs is the user's choice: a manifest naming
+        another binary is refused, and that binary never runs."""
+        self.damaged_copy('b', 'ev')
+        mark = self.tmp.join('ran')
+        script = self.tmp.join('evil.sh')
+        with open(script, 'w') as f:
+            f.write(f'#!/bin/sh\ntouch {mark}\nexit 1\n')
+        os.chmod(script, 0o755)
+        try:
+            self.edit_manifest('ev', lambda m: m['qemu'].update(path=script))
+            for cmd in ('clone', 'pool'):
+                r = self.run_tool(cmd, 'ev')
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn(f"was made with QEMU '{script}', not with "
+                              f"'{self.qemu}'", r.stderr)
+            # a binary that others can change is not run, even if chosen
+            os.chmod(script, 0o777)
+            r = self.run_tool('clone', 'ev', '--qemu', script)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn('can be changed by other users', r.stderr)
+            self.assertFalse(os.path.exists(mark))
+        finally:
+            self.run_tool('destroy', 'ev', check=True)
+        self.assert_leftovers('ev')
+
+    def test_manifest_args_checked(self):
+        """A manifest's arguments, and a clone's extra ones, get no more
+        than create allows."""
+        self.damaged_copy('b', 'ea')
+        args = self.manifest('ea')['args']
+        try:
+            for extra in (['-uuid', '00000000-0000-0000-0000-000000000001'],
+                          ['-readconfig', '/dev/null'],
+                          ['--incoming', 'defer'],
+                          ['-device', '{"driver": "vmgenid"}']):
+                self.edit_manifest('ea', lambda m: m.update(args=args + extra))
+                self.expect_clone_error('ea', 'is managed by qemu-template')
+            r = self.run_tool('clone', 'b', '--', '-uuid',
+                              '00000000-0000-0000-0000-000000000001')
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('is managed by qemu-template', r.stderr)
+        finally:
+            self.run_tool('destroy', 'ea', check=True)
+        self.assert_leftovers('ea')
+
+    def test_untrusted_files(self):
+        """Template files that others own or can change are not used."""
+        d = self.damaged_copy('b', 'eu')
+        man = os.path.join(d, 'manifest.json')
+        mem = os.path.join(d, 'memory')
+        try:
+            os.chmod(man, 0o646)
+            self.expect_clone_error('eu', "manifest.json' is writable by "
+                                    "other users")
+            os.chmod(man, 0o664)
+            self.expect_clone_error('eu', "manifest.json' is writable by "
+                                    "its group")
+            os.chmod(man, 0o644)
+            os.chmod(mem, 0o666)
+            self.expect_clone_error('eu', "memory' is writable by other")
+            os.chmod(mem, 0o644)
+            os.chmod(d, 0o777)
+            self.expect_clone_error('eu', "eu' is writable by other users")
+            os.chmod(d, 0o755)
+            if os.geteuid() == 0:
+                os.chown(man, self.NOBODY, -1)
+                self.expect_clone_error('eu', f'is owned by uid '
+                                        f'{self.NOBODY}')
+                os.chown(man, 0, -1)
+        finally:
+            self.run_tool('destroy', 'eu', check=True)
+        self.assert_leftovers('eu')
+
+    def test_untrusted_clone_record(self):
+        """A clone record that another user could write does not say
+        which process destroy stops."""
+        if os.geteuid() != 0:
+            self.skipTest('needs root to give a file to another user')
+        cdir = os.path.join(self.dir, 'clones', 'b-0fake000')
+        os.makedirs(cdir)
+        # a process whose command line names the clone's directory
+        victim = subprocess.Popen([sys.executable, '-c',
+                                   'import time; time.sleep(600)', cdir],
+                                  stdout=subprocess.DEVNULL)
+        try:
+            rec = os.path.join(cdir, 'clone.json')
+            with open(rec, 'w') as f:
+                json.dump({'id': 'b-0fake000', 'template': 'b',
+                           'pid': victim.pid, 'dir': cdir}, f)
+            os.chown(rec, self.NOBODY, -1)
+            r = self.run_tool('destroy', 'b-0fake000')
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(f'is owned by uid {self.NOBODY}', r.stderr)
+            self.assertIsNone(victim.poll())
+        finally:
+            victim.kill()
+            victim.wait()
+            shutil.rmtree(cdir, ignore_errors=True)
+
+    def test_permissions_and_commas(self):
+        """Under umask 002, in a directory whose path holds commas and
+        ',offset=' (an option of file: URIs): everything the tool and its
+        QEMUs make is the user's alone, and QEMU gets every path right."""
+        top = self.tmp.join('a,b,offset=1')
+        self.addCleanup(self.kill_recorded, top)
+
+        def umask002():
+            os.umask(0o002)
+
+        def run(*args):
+            return self.run_tool(*args, tool_dir=top, preexec_fn=umask002,
+                                 check=True)
+        for name, mode in (('c', 'bypass'), ('d', 'mapped-ram')):
+            run('create', name, '--mode', mode, '--qemu', self.qemu,
+                '--ready', 'delay:0', '--', *self.args)
+            c = json.loads(run('--json', 'clone', name).stdout)[0]
+            self.assertEqual(qmp(c['qmp'], 'query-status')['status'],
+                             'running')
+            # @DIR@ in -chardev socket,path= and -serial file:
+            for f in ('agent.sock', 'console.log', 'qmp.sock'):
+                self.assertTrue(os.path.exists(os.path.join(c['dir'], f)), f)
+        pool = subprocess.Popen([self.tool, '--dir', top, 'pool', 'd'],
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, text=True,
+                                env=self.env, preexec_fn=umask002)
+        self.addCleanup(self.stop_pool, pool)
+        self.assertIn('clones ready', pool.stdout.readline())
+        c = json.loads(run('--json', 'clone', 'd').stdout)[0]
+        self.assertTrue(c['pooled'])
+        for root, dirs, files in os.walk(top):
+            for e in dirs + files:
+                path = os.path.join(root, e)
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+                self.assertEqual(mode & 0o077, 0, f'{path}: {mode:o}')
+                if '/templates/' in path:
+                    self.assertEqual(mode & 0o222, 0, f'{path}: {mode:o}')
+        self.stop_pool(pool)
+        for c in os.listdir(os.path.join(top, 'clones')):
+            run('destroy', c)
+        for name in ('c', 'd'):
+            run('destroy', name)
+
+    def kill_recorded(self, top):
+        cdir = os.path.join(top, 'clones')
+        for c in os.listdir(cdir) if os.path.isdir(cdir) else []:
+            try:
+                with open(os.path.join(cdir, c, 'clone.json')) as f:
+                    os.kill(json.load(f)['pid'], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+    def test_pool_peer_check(self):
+        """A pool serves its user only: another user who can reach its
+        socket gets an error, not a clone, and cannot stop it."""
+        if os.geteuid() != 0:
+            self.skipTest('needs root to act as another user')
+        pool = self.start_pool('b', 1)
+        sock = os.path.join(self.dir, 'pools', 'b.sock')
+        opened = [self.tmp.path, self.dir, os.path.dirname(sock), sock]
+        modes = [os.stat(p).st_mode for p in opened]
+        code = ('import socket, sys\n'
+                's = socket.socket(socket.AF_UNIX)\n'
+                's.settimeout(30)\n'
+                's.connect(sys.argv[1])\n'
+                'try:\n'
+                '    s.sendall(b\'{"execute": "quit"}\\n\')\n'
+                'except OSError:\n'
+                '    pass\n'
+                'print(s.makefile().readline())\n')
+        try:
+            for p in opened:
+                os.chmod(p, 0o777 if p == sock else 0o711)
+            r = subprocess.run([sys.executable, '-c', code, sock],
+                               user=self.NOBODY, capture_output=True,
+                               text=True, timeout=60)
+        finally:
+            for p, m in zip(opened, modes):
+                os.chmod(p, m)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ans = json.loads(r.stdout)
+        self.assertIn(f'of uid {self.NOBODY}, not a process of this user',
+                      ans['error']['desc'])
+        self.assertIsNone(pool.poll())
+        st = self.pool_request('b', {'execute': 'status'})['return']
+        self.assertEqual(st['served'], 0)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_destroy_relative_dir(self):
+        """destroy with a relative --dir sees a process that maps the
+        template (/proc/PID/maps holds absolute paths)."""
+        d = self.damaged_copy('b', 'r')
+        rel = dict(tool_dir=os.path.basename(self.dir),
+                   cwd=os.path.dirname(self.dir))
+        with open(os.path.join(d, 'memory'), 'rb') as f:
+            mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+        try:
+            r = self.run_tool('destroy', 'r', **rel)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("template 'r' is mapped by processes", r.stderr)
+            self.assertTrue(os.path.isdir(d))
+        finally:
+            mm.close()
+        self.run_tool('destroy', 'r', check=True, **rel)
+        self.assertFalse(os.path.exists(d))
+
+    def test_create_locked(self):
+        """A template being made is locked: a second create of the name is
+        refused while the first runs."""
+        p, _ = self.start_create('y')
+        r = self.run_tool('create', 'y', '--qemu', self.qemu, '--',
+                          *self.args)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("template 'y' is in use: another qemu-template "
+                      "creates", r.stderr)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 1)
         self.assert_leftovers('y')
 
     def test_upstream_qemu(self):

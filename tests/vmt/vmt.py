@@ -163,6 +163,12 @@ def template_tool(binary=None):
                         'qemu-template', 'qemu-template')
 
 
+def template_tool_env(binary=None, env=None):
+    """The environment to run qemu-template in: the QEMU binary it runs
+    ($QEMU_TEMPLATE_QEMU; clone and pool never take it from a manifest)."""
+    return dict(env or os.environ, QEMU_TEMPLATE_QEMU=qemu_binary(binary))
+
+
 # qemu-template: the template is ready when the guest's crng is (so that a
 # clone's reseed shows); @DIR@ is each VM's directory
 TOOL_READY = 'log:@DIR@/console.log:vmt-init: crng ready'
