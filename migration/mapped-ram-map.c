@@ -16,7 +16,9 @@
  *   file-backed or hugetlbfs RAM has its own backing;
  * - a page whose bitmap bit is clear reads as zero: where the file still
  *   holds data for it (a live save wrote the page, then found it zero),
- *   that range gets an anonymous mapping instead;
+ *   that range gets an anonymous mapping instead; a file whose extension
+ *   record says that its clear pages read as zero (this QEMU's saves,
+ *   mapped-ram-ext.c) needs no search for such data;
  * - the block is mapped through physmem (qemu_ram_map_private()), which
  *   re-applies the allocation-time madvise() flags and records the file
  *   in the RAMBlock, so discard and poisoned-page recovery know the truth;
@@ -215,12 +217,14 @@ static bool zero_range(RAMBlock *rb, long first, long end, unsigned *nr_maps,
 
 /*
  * A clear bit normally sits over a hole of the file, which reads as zero.
- * But a live save may have written a page and found it zero later,
- * leaving old data at its offset: walk the file's data extents and zero
- * the clear pages they cover.
+ * But a live save by a QEMU that does not punch such pages out may have
+ * written a page and found it zero later, leaving old data at its offset:
+ * walk the file's data extents (@nr_extents counts them) and zero the
+ * clear pages they cover.
  */
 static bool zero_stale_pages(RAMBlock *rb, int fd, const unsigned long *bitmap,
-                             long num_pages, unsigned *nr_maps, Error **errp)
+                             long num_pages, unsigned *nr_extents,
+                             unsigned *nr_maps, Error **errp)
 {
     off_t base = rb->pages_offset;
     off_t end = base + ((off_t)num_pages << TARGET_PAGE_BITS);
@@ -244,6 +248,7 @@ static bool zero_stale_pages(RAMBlock *rb, int fd, const unsigned long *bitmap,
         if (data >= end) {
             return true;
         }
+        (*nr_extents)++;
         hole = MIN(hole, end);
         first = (data - base) >> TARGET_PAGE_BITS;
         last = DIV_ROUND_UP(hole - base, TARGET_PAGE_SIZE);
@@ -284,11 +289,11 @@ bool mapped_ram_map_check_extent(const char *mode, RAMBlock *rb,
 
 bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                           const unsigned long *bitmap, long num_pages,
-                          Error **errp)
+                          bool clear_is_zero, Error **errp)
 {
     int64_t t0 = g_get_monotonic_time();
     size_t len = (size_t)num_pages << TARGET_PAGE_BITS;
-    unsigned nr_zero_maps = 0;
+    unsigned nr_extents = 0, nr_zero_maps = 0;
     struct stat st;
     bool ok = false;
     int fd;
@@ -319,10 +324,13 @@ bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
         error_prepend(errp, "mapped-ram-load=map: ");
         goto out;
     }
-    if (!zero_stale_pages(rb, fd, bitmap, num_pages, &nr_zero_maps, errp)) {
+    if (!clear_is_zero &&
+        !zero_stale_pages(rb, fd, bitmap, num_pages, &nr_extents,
+                          &nr_zero_maps, errp)) {
         goto out;
     }
-    trace_mapped_ram_map_block(rb->idstr, len, rb->pages_offset, nr_zero_maps,
+    trace_mapped_ram_map_block(rb->idstr, len, rb->pages_offset,
+                               clear_is_zero, nr_extents, nr_zero_maps,
                                g_get_monotonic_time() - t0);
     ok = true;
 out:

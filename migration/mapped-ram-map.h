@@ -13,11 +13,13 @@
 /*
  * Map the @num_pages pages of @rb, stored from @rb->pages_offset in the
  * file behind @f, privately over @rb's memory.  Pages whose bit is clear
- * in @bitmap read as zero.
+ * in @bitmap read as zero: they are holes of the file if @clear_is_zero
+ * (the file's extension record says so), else the file is searched for
+ * data under them.
  */
 bool mapped_ram_map_block(QEMUFile *f, RAMBlock *rb,
                           const unsigned long *bitmap, long num_pages,
-                          Error **errp);
+                          bool clear_is_zero, Error **errp);
 
 /*
  * Check that the file (@st) holds @num_pages pages of @rb from

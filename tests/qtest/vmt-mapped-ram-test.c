@@ -8,6 +8,7 @@
 
 #include "qemu/osdep.h"
 #include "qemu/bswap.h"
+#include "qemu/crc32c.h"
 #include "libqtest.h"
 #include "migration/bootfile.h"
 #include "migration/migration-qmp.h"
@@ -86,8 +87,212 @@ static void test_map_live(void)
 }
 
 /*
+ * The extension record of a mapped-ram block (migration/mapped-ram-ext.c):
+ * right after the block's bitmap, 56 bytes, big endian; its crc32c at
+ * offset 16, its compat flags at 40 (bit 0: clear pages read as zero).
+ */
+#define EXT_LEN             56
+#define EXT_VERSION         8
+#define EXT_LENGTH          12
+#define EXT_CRC             16
+#define EXT_PAGES_OFFSET    32
+#define EXT_COMPAT          40
+#define EXT_INCOMPAT        48
+
+static off_t ext_offset(uint64_t bitmap_offset)
+{
+    uint64_t pages = VMT_MEM_BYTES / TEST_MEM_PAGE_SIZE;
+
+    return bitmap_offset + ROUND_UP(DIV_ROUND_UP(pages, 8), 8);
+}
+
+static void ext_read(const char *file, off_t off, uint8_t *rec)
+{
+    int fd = open(file, O_RDONLY);
+
+    g_assert_cmpint(pread(fd, rec, EXT_LEN, off), ==, EXT_LEN);
+    close(fd);
+}
+
+/* Write @rec at @off of @file, with its checksum made right if @fix_crc. */
+static void ext_write(const char *file, off_t off, uint8_t *rec, bool fix_crc)
+{
+    int fd = open(file, O_RDWR);
+
+    if (fix_crc) {
+        stl_be_p(rec + EXT_CRC, 0);
+        stl_be_p(rec + EXT_CRC, crc32c(0xffffffff, rec, EXT_LEN));
+    }
+    g_assert_cmpint(pwrite(fd, rec, EXT_LEN, off), ==, EXT_LEN);
+    close(fd);
+}
+
+/* The record of mem0 in @file, written by this QEMU; returns its offset. */
+static off_t ext_check_saved(const char *file, uint8_t *rec)
+{
+    uint64_t bitmap_offset, pages_offset;
+    off_t off;
+
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    off = ext_offset(bitmap_offset);
+    ext_read(file, off, rec);
+    g_assert_cmpmem(rec, 8, "QMRAMEXT", 8);
+    g_assert_cmpint(ldl_be_p(rec + EXT_VERSION), ==, 1);
+    g_assert_cmpint(ldl_be_p(rec + EXT_LENGTH), ==, EXT_LEN);
+    g_assert_cmpint(ldq_be_p(rec + EXT_PAGES_OFFSET), ==, pages_offset);
+    g_assert_cmpint(ldq_be_p(rec + EXT_COMPAT), ==, 1);
+    g_assert_cmpint(ldq_be_p(rec + EXT_INCOMPAT), ==, 0);
+    return off;
+}
+
+/* A file without the record, as upstream QEMU writes them. */
+static void ext_strip(const char *file)
+{
+    uint8_t rec[EXT_LEN];
+    off_t off = ext_check_saved(file, rec);
+
+    memset(rec, 0, sizeof(rec));
+    ext_write(file, off, rec, false);
+}
+
+/*
+ * Whether the map load of mem0, traced to @trace, took the file's clear
+ * pages as holes, and how many data extents of the file it walked.
+ */
+static void map_trace(const char *trace, bool *holes, unsigned *extents)
+{
+    g_autofree char *log = NULL;
+    const char *at;
+
+    g_assert_true(g_file_get_contents(trace, &log, NULL, NULL));
+    unlink(trace);
+    at = strstr(log, "block mem0 mapped ");
+    g_assert_nonnull(at);
+    at = strstr(at, "clear pages are holes ");
+    g_assert_nonnull(at);
+    *holes = atoi(at + strlen("clear pages are holes "));
+    at = strstr(at, "data extents walked ");
+    g_assert_nonnull(at);
+    *extents = atoi(at + strlen("data extents walked "));
+    g_test_message("map load of mem0: clear pages are holes %d, %u data "
+                   "extents walked", *holes, *extents);
+}
+
+static char *trace_opts(const char *trace)
+{
+    return g_strdup_printf("-trace mapped_ram_map_block -D %s", trace);
+}
+
+/*
+ * A file this QEMU saves says that its clear pages are holes: a map load
+ * does not walk the file's data extents, whatever their number.
+ */
+static void test_map_record(void)
+{
+    g_autofree char *file = vmt_path("fixed-ext.img");
+    g_autofree char *trace = vmt_path("fixed-ext.trace");
+    g_autofree char *extra = trace_opts(trace);
+    VmtSaveOpts s = { 0 };
+    VmtLoadOpts l = { .mode = "map", .extra = extra };
+    uint8_t rec[EXT_LEN];
+    QTestState *to;
+    unsigned extents;
+    bool holes;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &s);
+    ext_check_saved(file, rec);
+    to = vmt_load_fixed(file, &l, "ext_serial");
+    map_trace(trace, &holes, &extents);
+    g_assert_true(holes);
+    g_assert_cmpint(extents, ==, 0);
+    vmt_check_continues(to, "ext_serial");
+    qtest_quit(to);
+    unlink(file);
+}
+
+/*
+ * A live save that wrote a page and later found it zero punches the page
+ * out of the file: it reads as zero there, so the file keeps its record
+ * and a map load needs no walk.
+ */
+static void live_zeroed_page(bool multifd)
+{
+    g_autofree char *file = vmt_path("fixed-zeroed.img");
+    g_autofree char *trace = vmt_path("fixed-zeroed.trace");
+    g_autofree char *extra = trace_opts(trace);
+    g_autofree char *args = vmt_vm_args("memory-backend-ram", "zsrc_serial");
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    VmtLoadOpts l = { .mode = "map", .extra = extra, .multifd = multifd };
+    uint64_t bitmap_offset, pages_offset, page = VMT_ZERO_PAGE_ADDR;
+    uint8_t rec[EXT_LEN], byte;
+    QTestState *from, *to;
+    unsigned extents;
+    off_t data;
+    bool holes;
+    int fd;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    from = qtest_init(args);
+    wait_for_serial("zsrc_serial");
+    qtest_writeq(from, page, 0x5a5a5a5a5a5a5a5aULL);
+    vmt_set_mapped_ram_caps(from, multifd, false);
+    /* Passes go on while the guest dirties its pages. */
+    migrate_set_parameter_int(from, "max-bandwidth", 100 * 1000 * 1000);
+    migrate_set_parameter_int(from, "downtime-limit", 1);
+    qtest_qmp_assert_success(from, "{ 'execute': 'migrate', 'arguments':"
+                             " { 'uri': %s } }", uri);
+    /* The first pass is done: it wrote the page with its data. */
+    while (get_migration_pass(from) < 2) {
+        g_usleep(10 * 1000);
+    }
+    qtest_writeq(from, page, 0);
+    migrate_ensure_converge(from);
+    wait_for_migration_complete(from);
+    qtest_quit(from);
+
+    /* The page's bit is clear and its offset is a hole. */
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    fd = open(file, O_RDONLY);
+    g_assert_cmpint(pread(fd, &byte, 1, bitmap_offset +
+                          page / TEST_MEM_PAGE_SIZE / 8), ==, 1);
+    g_assert_cmpint(byte & (1 << (page / TEST_MEM_PAGE_SIZE % 8)), ==, 0);
+    data = lseek(fd, pages_offset + page, SEEK_DATA);
+    g_test_message("next data at file offset %lld, the page at %" PRIu64,
+                   (long long)data, pages_offset + page);
+    g_assert_true(data < 0 ||
+                  (uint64_t)data >= pages_offset + page + TEST_MEM_PAGE_SIZE);
+    close(fd);
+    ext_check_saved(file, rec);
+
+    to = vmt_load_fixed(file, &l, "zdst_serial");
+    map_trace(trace, &holes, &extents);
+    g_assert_true(holes);
+    g_assert_cmpint(extents, ==, 0);
+    vmt_check_continues(to, "zdst_serial");     /* reads the page as zero */
+    qtest_quit(to);
+    unlink(file);
+}
+
+static void test_map_live_zeroed_page(void)
+{
+    live_zeroed_page(false);
+}
+
+static void test_map_live_zeroed_page_multifd(void)
+{
+    live_zeroed_page(true);
+}
+
+/*
  * A page whose bit is clear reads as zero even where the file holds data
- * for it, as after a live save that wrote the page and then found it zero.
+ * for it, as after a live save that wrote the page and then found it zero
+ * (by a QEMU that does not punch such pages out: the file has no
+ * extension record, and the loader walks the file's data extents).
  * Stale pages in several data extents of the file, one next to pages that
  * are in the file.
  */
@@ -96,28 +301,68 @@ static const uint64_t stale_pages[] = {
     VMT_ZERO_PAGE_ADDR + 9 * TEST_MEM_PAGE_SIZE, 140 * 1024 * 1024,
 };
 
+/* Put the stale pages into @file. */
+static void put_stale_pages(const char *file)
+{
+    uint64_t bitmap_offset, pages_offset;
+    int i;
+
+    vmt_find_header(file, &bitmap_offset, &pages_offset);
+    for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
+        vmt_put_stale_page(file, bitmap_offset, pages_offset, stale_pages[i]);
+    }
+}
+
+/* Load @file with map: it must walk the file and zero the stale pages. */
+static void load_walks(const char *file, const char *serial)
+{
+    g_autofree char *trace = vmt_path("fixed-walk.trace");
+    g_autofree char *extra = trace_opts(trace);
+    VmtLoadOpts l = { .mode = "map", .extra = extra };
+    QTestState *to;
+    unsigned extents;
+    bool holes;
+    int i;
+
+    to = vmt_load_fixed(file, &l, serial);
+    map_trace(trace, &holes, &extents);
+    g_assert_false(holes);
+    g_assert_cmpint(extents, >, 0);
+    vmt_check_continues(to, serial);
+    for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
+        g_assert_cmpint(qtest_readq(to, stale_pages[i]), ==, 0);
+    }
+    qtest_quit(to);
+}
+
 static void test_map_stale_zero_page(void)
 {
     g_autofree char *file = vmt_path("fixed-stale.img");
+    g_autofree char *trace = vmt_path("fixed-stale.trace");
+    g_autofree char *extra = g_strdup_printf(
+        "-machine dump-guest-core=off -trace mapped_ram_map_block -D %s",
+        trace);
     g_autofree char *flags = NULL;
     uint64_t bitmap_offset, pages_offset;
     VmtSaveOpts s = { 0 };
-    VmtLoadOpts l = {
-        .mode = "map", .extra = "-machine dump-guest-core=off",
-    };
+    VmtLoadOpts l = { .mode = "map", .extra = extra };
     QTestState *to;
+    unsigned extents;
+    bool holes;
     int i;
 
     if (!vmt_accel_available()) {
         return;
     }
     vmt_save_fixed(file, &s);
+    ext_strip(file);
+    put_stale_pages(file);
     vmt_find_header(file, &bitmap_offset, &pages_offset);
-    for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
-        vmt_put_stale_page(file, bitmap_offset, pages_offset, stale_pages[i]);
-    }
 
     to = vmt_load_fixed(file, &l, "stale_serial");
+    map_trace(trace, &holes, &extents);
+    g_assert_false(holes);
+    g_assert_cmpint(extents, >=, ARRAY_SIZE(stale_pages) - 1);
     vmt_check_continues(to, "stale_serial");    /* reads the zero page */
     for (i = 0; i < ARRAY_SIZE(stale_pages); i++) {
         g_assert_cmpint(qtest_readq(to, stale_pages[i]), ==, 0);
@@ -146,6 +391,86 @@ static void test_map_stale_zero_page(void)
         g_assert_cmpint(nr, >=, 5);
     }
     qtest_quit(to);
+    unlink(file);
+}
+
+/*
+ * A record that does not check out is ignored: the load walks the file as
+ * without one.  A valid record with a feature this QEMU does not know
+ * (an incompat flag) is refused.
+ */
+static void test_map_bad_record(void)
+{
+    g_autofree char *file = vmt_path("fixed-badext.img");
+    uint8_t good[EXT_LEN], rec[EXT_LEN];
+    off_t off;
+
+    if (!vmt_accel_available()) {
+        return;
+    }
+    vmt_save_fixed(file, &(VmtSaveOpts) { 0 });
+    off = ext_check_saved(file, good);
+    put_stale_pages(file);
+
+    /* Damaged: its checksum no longer matches. */
+    memcpy(rec, good, sizeof(rec));
+    rec[EXT_COMPAT] ^= 0x80;
+    ext_write(file, off, rec, false);
+    load_walks(file, "badext1_serial");
+
+    /* Longer than what the file holds before the pages (or 4 KiB). */
+    memcpy(rec, good, sizeof(rec));
+    stl_be_p(rec + EXT_LENGTH, 0xffffffff);
+    ext_write(file, off, rec, true);
+    load_walks(file, "badext2_serial");
+
+    /* Shorter than version 1's record. */
+    stl_be_p(rec + EXT_LENGTH, 8);
+    ext_write(file, off, rec, true);
+    load_walks(file, "badext3_serial");
+
+    /* An unknown version. */
+    memcpy(rec, good, sizeof(rec));
+    stl_be_p(rec + EXT_VERSION, 2);
+    ext_write(file, off, rec, true);
+    load_walks(file, "badext4_serial");
+
+    /* The record of another block (a different pages offset). */
+    memcpy(rec, good, sizeof(rec));
+    stq_be_p(rec + EXT_PAGES_OFFSET, ldq_be_p(rec + EXT_PAGES_OFFSET) +
+             1024 * 1024);
+    ext_write(file, off, rec, true);
+    load_walks(file, "badext5_serial");
+
+    /* A feature this QEMU does not know: refused, whatever the mode. */
+    memcpy(rec, good, sizeof(rec));
+    stq_be_p(rec + EXT_INCOMPAT, 1ULL << 63);
+    ext_write(file, off, rec, true);
+    vmt_load_must_fail(file, "memory-backend-ram", "map", "badext6_serial",
+                       "mapped-ram file: RAM block 'mem0' needs features "
+                       "this QEMU does not know (incompat flags "
+                       "0x8000000000000000)");
+    vmt_load_must_fail(file, "memory-backend-ram", "copy", "badext7_serial",
+                       "RAM block 'mem0' needs features this QEMU does not "
+                       "know");
+
+    /* Unknown compat flags are ignored; known ones still apply. */
+    memcpy(rec, good, sizeof(rec));
+    stq_be_p(rec + EXT_COMPAT, 0xff);
+    ext_write(file, off, rec, true);
+    {
+        g_autofree char *trace = vmt_path("fixed-badext.trace");
+        g_autofree char *extra = trace_opts(trace);
+        VmtLoadOpts l = { .mode = "map", .extra = extra };
+        QTestState *to = vmt_load_fixed(file, &l, "badext8_serial");
+        unsigned extents;
+        bool holes;
+
+        map_trace(trace, &holes, &extents);
+        g_assert_true(holes);
+        g_assert_cmpint(extents, ==, 0);
+        qtest_quit(to);
+    }
     unlink(file);
 }
 
@@ -441,6 +766,12 @@ int main(int argc, char **argv)
     qtest_add_func("/vmt/mapped-ram/map/live", test_map_live);
     qtest_add_func("/vmt/mapped-ram/map/stale-zero-page",
                    test_map_stale_zero_page);
+    qtest_add_func("/vmt/mapped-ram/map/record", test_map_record);
+    qtest_add_func("/vmt/mapped-ram/map/bad-record", test_map_bad_record);
+    qtest_add_func("/vmt/mapped-ram/map/live-zeroed-page",
+                   test_map_live_zeroed_page);
+    qtest_add_func("/vmt/mapped-ram/map/live-zeroed-page/multifd",
+                   test_map_live_zeroed_page_multifd);
     qtest_add_func("/vmt/mapped-ram/map/migrate-again",
                    test_map_migrate_again);
     qtest_add_func("/vmt/mapped-ram/map/refuse-shared-or-file-ram",

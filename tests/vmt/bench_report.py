@@ -991,10 +991,12 @@ def write_report(res, out, made_plots):
     if 'restore' in res:
         section('restore')
         rs = res['restore']
-        md += ['One template per RAM size (upstream binary) boots, its '
+        md += ['One template per RAM size (our binary) boots, its '
                f'agent writes {rs["fill"]:g} of the RAM size (at most '
                '1024 MiB) into guest tmpfs, and it is saved with '
-               '`mapped-ram` to one file.  Every load uses that same file: '
+               '`mapped-ram` to one file (its extension records tell map '
+               'that clear pages are holes; upstream reads it as its '
+               'own).  Every load uses that same file: '
                '`-incoming defer`, `mapped-ram` on, `mapped-ram-load` '
                'copy, map or lazy (ours only), then the time from sending '
                '`migrate-incoming` to the `RESUME` event\'s timestamp.  '

@@ -39,8 +39,11 @@ Mutation kinds:
               flipped) or a byte array damaged: the bypass-shared-memory and
               bypass-shared-memory/identity sections (nr, idstr, every
               identity field, their section headers), the ram section's
-              block list and the mapped-ram block headers (version,
-              page_size, bitmap_offset, pages_offset)
+              block list, the mapped-ram block headers (version,
+              page_size, bitmap_offset, pages_offset) and the extension
+              record after the first block's bitmap (every field; half
+              the time with the record's CRC made right again, so that
+              the loader gets past it)
   bitmap      mapped-ram bitmaps: bits flipped, words set to all ones/zero
   header      section headers and footers of every section (type byte,
               section id, name length and name, instance and version id,
@@ -174,6 +177,24 @@ RAM_FLAG_HOOK, RAM_FLAG_MULTIFD_FLUSH = 0x80, 0x200
 PAGE = 4096
 ID_LEN = 256                    # TEMPLATE_ID_NAME_LEN
 MR_HDR = 28                     # MappedRamHeader: be32 + 3 x be64
+# the extension record after a mapped-ram bitmap (migration/mapped-ram-ext.c)
+MR_EXT_MAGIC = b'QMRAMEXT'
+MR_EXT_LEN = 56
+MR_EXT_CRC = 16
+MR_EXT_FIELDS = ((0, 8, 'magic', 'bytes'), (8, 4, 'version', 'int'),
+                 (12, 4, 'length', 'int'), (16, 4, 'crc', 'int'),
+                 (20, 4, 'reserved', 'int'), (24, 8, 'num_pages', 'int'),
+                 (32, 8, 'pages_offset', 'int'), (40, 8, 'compat', 'int'),
+                 (48, 8, 'incompat', 'int'))
+
+
+def crc32c(data):
+    crc = 0xffffffff
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82f63b78 if crc & 1 else 0)
+    return crc ^ 0xffffffff
 
 
 class SetupError(Exception):
@@ -446,13 +467,15 @@ def load_input(inp):
 
 class Field:
     """A field of a record: offset, size, what it is."""
-    __slots__ = ('off', 'size', 'name', 'kind', 'verified', 'value', 'ok')
+    __slots__ = ('off', 'size', 'name', 'kind', 'verified', 'value', 'ok',
+                 'ext')
 
     def __init__(self, off, size, name, kind='int', verified=False,
-                 value=None, ok=()):
+                 value=None, ok=(), ext=None):
         self.off, self.size, self.name = off, size, name
         self.kind, self.verified, self.value = kind, verified, value
         self.ok = ok            # other values a load may accept
+        self.ext = ext          # offset of the extension record it is in
 
 
 class Layout:
@@ -767,6 +790,18 @@ def parse_ram(r, L, t, mapped, ignore, label):
                                    f'last byte of pages of {name}')
                         L.boundary(pgo + length, f'end of pages of {name}')
                         L.skips.append((h + MR_HDR, pgo + length))
+                        ext = bmo + bsize
+                        # The first block's record (guest RAM): the
+                        # others' would outnumber every other field.
+                        if (r.d[ext:ext + 8] == MR_EXT_MAGIC and
+                                all(f.ext is None for f in L.ours)):
+                            L.ours += [Field(ext + o, n, f'block {name} '
+                                             f'extension record {f}', k,
+                                             ext=ext)
+                                       for o, n, f, k in MR_EXT_FIELDS]
+                            L.boundary(ext, f'extension record of {name}')
+                            L.regions.append((ext, ext + MR_EXT_LEN,
+                                              f'extension record of {name}'))
                         r.pos = pgo + length
                 else:
                     L.regions.append((b, r.pos, f'block record {name}'))
@@ -931,6 +966,15 @@ def mutate_field(rng, inp, m, f):
         new = struct.pack(fmt, nv & mask)
         desc = f'{v:#x} -> {nv & mask:#x}'
     m.patches.append((f.off, new))
+    if (f.ext is not None and f.off != f.ext + MR_EXT_CRC and
+            rng.randrange(2)):
+        # The CRC made right again: the loader looks at the field.
+        rec = bytearray(inp.data[f.ext:f.ext + MR_EXT_LEN])
+        rec[f.off - f.ext:f.off - f.ext + f.size] = new
+        rec[MR_EXT_CRC:MR_EXT_CRC + 4] = bytes(4)
+        m.patches.append((f.ext + MR_EXT_CRC,
+                          struct.pack('>I', crc32c(rec))))
+        desc += ', CRC made right'
     m.what.append(f'{f.name} @{f.off:#x}: {desc}')
     if (f.verified and new != old and
             int.from_bytes(new, 'big') not in f.ok):

@@ -11,8 +11,12 @@ must read mapped-ram streams: this series' copy) lists the
 sections of each stream as "name (section id)" in stream order.  The lists
 must be equal: this series adds no section and moves no section id unless
 its capabilities are used.  Then each binary loads the other's mapped-ram
-file (ours with mapped-ram-load=copy and map).  Prints one line per comparison and
-"stream-compat: N passed, N failed"; exits 1 on any difference.
+file (ours with mapped-ram-load=copy and map).  Our mapped-ram file has
+this series' extension record after each block's bitmap (which upstream
+ignores), upstream's has none; our map load of upstream's file must walk
+its data extents (trace event mapped_ram_map_block).  Prints one line per
+comparison and "stream-compat: N passed, N failed"; exits 1 on any
+difference.
 """
 
 import argparse
@@ -58,9 +62,9 @@ def save(qemu, path, caps):
         proc.wait()
 
 
-def load(qemu, path, globals_):
+def load(qemu, path, globals_, extra=()):
     """Load the stopped VM saved in @path; True if the load completed."""
-    args = [qemu] + VM_ARGS + ['-qmp', 'stdio']
+    args = [qemu] + VM_ARGS + list(extra) + ['-qmp', 'stdio']
     for g in globals_:
         args += ['-global', g]
     args += ['-incoming', 'file:' + path]
@@ -98,6 +102,26 @@ def sections(scripts, path):
     return list(json.loads(out).keys())
 
 
+def ext_records(scripts, path):
+    """What analyze-migration.py says of the extension record of each
+    mapped-ram block of @path: 'valid', 'none' or why it is not valid."""
+    out = subprocess.run([sys.executable,
+                          os.path.join(scripts, 'analyze-migration.py'),
+                          '-f', path], check=True, capture_output=True,
+                         text=True).stdout
+    ram = [v for k, v in json.loads(out).items() if k.startswith('ram (')]
+    blocks = ram[0]['mapped-ram'] if ram else {}
+    res = {}
+    for name, info in blocks.items():
+        ext = info.get('extension', 'none')
+        if isinstance(ext, dict):
+            ok = (ext['valid'] == 'yes' and
+                  ext['compat'] == ['clear pages read as zero'])
+            ext = 'valid' if ok else f'invalid ({ext})'
+        res[name] = 'none' if ext.startswith('none') else ext
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument('--ours', required=True)
@@ -127,6 +151,19 @@ def main():
                 print(f'stream-compat: {label}: sections differ')
                 print(f'  ours:     {lists["ours"]}')
                 print(f'  upstream: {lists["upstream"]}')
+        # Our file has a valid extension record for every block, which
+        # says that its clear pages are holes; upstream's has none.
+        for saver, want in (('ours', 'valid'), ('upstream', 'none')):
+            recs = ext_records(opts.scripts, os.path.join(
+                tmp, f'{saver}-mapped-ram.state'))
+            bad = {b: r for b, r in recs.items() if r != want}
+            label = f'{saver} mapped-ram file: extension records {want}'
+            if recs and not bad:
+                passed += 1
+                print(f'stream-compat: {label} ({len(recs)} blocks)')
+            else:
+                failed += 1
+                print(f'stream-compat: {label}: FAILED: {bad or recs}')
         # Each loads the other's mapped-ram files (map and copy).
         for saver, loader in (('ours', 'upstream'), ('upstream', 'ours')):
             path = os.path.join(tmp, f'{saver}-mapped-ram.state')
@@ -134,9 +171,21 @@ def main():
             modes = ['copy', 'map'] if loader == 'ours' else ['copy']
             for mode in modes:
                 g = ['migration.mapped-ram=on']
+                extra = []
+                trace = os.path.join(tmp, 'map.trace')
                 if loader == 'ours':
                     g.append(f'migration.mapped-ram-load={mode}')
-                ok, err = load(qemu, path, g)
+                if mode == 'map':
+                    extra = ['-trace', 'mapped_ram_map_block', '-D', trace]
+                ok, err = load(qemu, path, g, extra)
+                if ok and mode == 'map':
+                    # No record: the loader must look for stale data.
+                    with open(trace) as f:
+                        log = f.read()
+                    os.unlink(trace)
+                    if ('block pc.ram mapped' not in log or
+                            'clear pages are holes 1' in log):
+                        ok, err = False, f'not walked: {log.strip()}'
                 label = f'{saver} mapped-ram file loaded by {loader} ({mode})'
                 if ok:
                     passed += 1

@@ -152,6 +152,12 @@ def sparse(data):
     return bytes(out)
 
 
+def strip_ext(data):
+    """The file without its extension records (after each bitmap), as
+    upstream QEMU writes it: the map loader then walks its data extents."""
+    return data.replace(b"QMRAMEXT", bytes(8))
+
+
 def write_seed(out, target, name, data):
     d = os.path.join(out, "seeds", target)
     os.makedirs(d, exist_ok=True)
@@ -193,9 +199,12 @@ def main():
                save(a.qemu, out, "b3", True, True, []))
 
     # mapped-ram files of a VM with anonymous RAM.
-    anon = sparse(save(a.qemu, out, "m1", False, False, mr))
+    raw = save(a.qemu, out, "m1", False, False, mr)
+    anon = sparse(raw)
     for t in ("vmt-migration-mapped-ram-copy", "vmt-migration-mapped-ram-map"):
         write_seed(out, t, "mapped-ram.bin", anon)
+    write_seed(out, "vmt-migration-mapped-ram-map", "mapped-ram-no-ext.bin",
+               sparse(strip_ext(raw)))
 
     # mapped-ram files of the template, RAM bypassed (and sent, for copy).
     mb = sparse(save(a.qemu, out, "m2", True, True, mr + bypass))

@@ -19,6 +19,10 @@
  * - vmt-migration-bypass: a migration stream, as written by migrate;
  * - the mapped-ram targets: a mapped-ram file, whose page regions are
  *   mostly holes, as the list of its data extents (see vmt_write_sparse()).
+ *   The seeds come with and without this series' extension record after
+ *   each bitmap (migration/mapped-ram-ext.c): with a record that checks
+ *   out, the map loader maps the pages and is done; without one, it walks
+ *   the file's data extents.
  *
  * Set VMT_FUZZ_VERBOSE=1 to see what QEMU prints while loading an input.
  *
