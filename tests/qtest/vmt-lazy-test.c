@@ -1322,6 +1322,7 @@ static void put_postcopy_advise(const char *file)
  */
 static void test_lazy_postcopy_commands(void)
 {
+    static const char *not_completed[] = { "completed", NULL };
     g_autofree char *file = vmt_path("lazy-advise.img");
     g_autofree char *uri = g_strdup_printf("file:%s", file);
     g_autofree char *vm = vmt_vm_args("memory-backend-ram", "advise_serial");
@@ -1340,8 +1341,7 @@ static void test_lazy_postcopy_commands(void)
     migrate_set_capability(to, "mapped-ram", true);
     migrate_set_capability(to, "postcopy-ram", true);
     migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
-    wait_for_migration_status(to, "failed",
-                              (const char *[]) { "completed", NULL });
+    wait_for_migration_status(to, "failed", not_completed);
     lazy = query_lazy(to);
     g_assert_nonnull(lazy);
     g_assert_false(qdict_get_bool(lazy, "completed"));
