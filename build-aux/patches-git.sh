@@ -20,6 +20,12 @@ DIR=$2
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 DL=${DL:-build/dl}
 
+# patches_hash: the content of patches/series and of the patches it lists
+patches_hash() {
+    (cd "$TOP/patches" && cat series $(grep -v '^[[:space:]]*\(#\|$\)' series)) |
+        sha256sum | cut -d' ' -f1
+}
+
 g() { git -C "$DIR" -c user.name="${GIT_AUTHOR_NAME:-vmt}" \
           -c user.email="${GIT_AUTHOR_EMAIL:-vmt@localhost}" "$@"; }
 
@@ -49,12 +55,21 @@ init)
         g am -q --whitespace=nowarn "$TOP/patches/$p" || {
             echo "patches-git: $p does not apply" >&2; exit 1; }
     done
+    # what patches/ held, so that export can refuse to overwrite newer
+    # patches (from a merge) with those of a stale tree
+    patches_hash > "$DIR/.git/vmt-patches-hash"
     echo "patches-git: $DIR ready ($(g rev-list --count overlay..HEAD) patches)"
     ;;
 export)
     [ -d "$DIR/.git" ] || { echo "patches-git: run 'make patches-git' first" >&2; exit 1; }
     if [ -n "$(g status --porcelain)" ]; then
         echo "patches-git: $DIR has uncommitted changes; commit them first" >&2
+        exit 1
+    fi
+    if [ "$(patches_hash)" != "$(cat "$DIR/.git/vmt-patches-hash" 2>/dev/null)" ]; then
+        echo "patches-git: patches/ changed since $DIR was made (a merge?);" \
+             "exporting would undo that: remove $DIR, run 'make patches-git'" \
+             "and redo your change there" >&2
         exit 1
     fi
     old=$(grep -v '^[[:space:]]*\(#\|$\)' "$TOP/patches/series" 2>/dev/null || true)
@@ -68,6 +83,7 @@ export)
             n=$((n + 1))
         done
     } > "$TOP/patches/series"
+    patches_hash > "$DIR/.git/vmt-patches-hash"
     echo "patches-git: exported $(wc -l < "$TOP/patches/series") patches"
     ;;
 *)
