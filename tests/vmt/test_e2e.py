@@ -430,6 +430,44 @@ class ResizedRamBlockHugePagesTest(unittest.TestCase):
                         self.assertIn('hg' if used >= 2 << 20 else 'nh', f,
                                       name)
 
+    def test_postcopy(self):
+        """A postcopy destination gives every block back the advice its
+        used length calls for when userfaultfd lets go of it (postcopy
+        turns huge pages off for its duration): the small blocks opt out
+        again, guest RAM asks."""
+        if not os.path.isdir('/sys/kernel/mm/transparent_hugepage'):
+            self.skipTest('the host kernel has no transparent huge pages')
+        caps = [{'capability': 'postcopy-ram', 'state': True}]
+        with vmt.TempDir(prefix='vmt-e2e-resize-') as tmp:
+            sock = tmp.join('migration.sock')
+            with self.vm(tmp, 'source', False) as src, \
+                    vmt.VM(name='destination', tmpdir=tmp.path, accel='tcg',
+                           with_guest=False,
+                           extra_args=['-S', '-incoming', 'defer']) as dst:
+                src.launch(connect_agent=False)
+                dst.launch(connect_agent=False)
+                dst.cmd('migrate-set-capabilities', capabilities=caps)
+                dst.cmd('migrate-incoming', uri=f'unix:{sock}')
+                src.cmd('migrate-set-capabilities', capabilities=caps)
+                # slow enough that postcopy starts before precopy ends
+                src.cmd('migrate-set-parameters', **{'max-bandwidth': 4096})
+                src.cmd('migrate', uri=f'unix:{sock}')
+                src.cmd('migrate-start-postcopy')
+                src.cmd('migrate-set-parameters',
+                        **{'max-bandwidth': 1 << 30,
+                           'max-postcopy-bandwidth': 1 << 30})
+                src.wait_migration()
+                dst.wait_migration()
+                info = dst.cmd('query-migrate')
+                self.assertEqual(info['status'], 'completed')
+                flags = vmflags(dst.pid)
+                for name, (hva, used) in ram_blocks(dst).items():
+                    got = [f for (start, end), f in flags.items()
+                           if start <= hva < end]
+                    self.assertEqual(len(got), 1, name)
+                    self.assertIn('hg' if used >= 2 << 20 else 'nh', got[0],
+                                  name)
+
 
 class TcgHugePagesTest(unittest.TestCase):
     """-accel tcg,tb-huge-pages=off (patch "accel/tcg: tb-huge-pages...")
