@@ -368,18 +368,25 @@ class TemplateToolTest(unittest.TestCase):
         self.assert_leftovers()
 
     def test_pool_files_deleted(self):
-        """Template files deleted under a running pool: requests fail with
-        the reason, the pool stops, nothing is left."""
+        """Template files deleted under a running pool: a new clone is
+        refused with the reason, but the pool goes on cloning the files
+        it opened and checked when it started; nothing is left."""
         d = self.damaged_copy('m', 'z')
         pool = self.start_pool('z', 1)
         os.unlink(os.path.join(d, 'template.fixed'))
         r = self.run_tool('clone', 'z')
         self.assertEqual(r.returncode, 1)
         self.assertIn('template.fixed', r.stderr)
-        r = self.pool_request('z', {'execute': 'clone'})
-        self.assertIn('template.fixed', r['error']['desc'])
-        st = self.pool_request('z', {'execute': 'status'})['return']
-        self.assertEqual((st['served'], st['failed']), (0, 1))
+        clones = [self.pool_request('z', {'execute': 'clone'})['return']
+                  for _ in range(2)]
+        try:
+            st = self.pool_request('z', {'execute': 'status'})['return']
+            self.assertEqual((st['served'], st['failed']), (2, 0))
+            for c in clones:
+                self.assertEqual(qmp(c['qmp'], 'query-status')['status'],
+                                 'running')
+        finally:
+            self.destroy_all(clones)
         self.stop_pool(pool)
         self.run_tool('destroy', 'z', check=True)
         self.assert_leftovers('z')
@@ -637,16 +644,19 @@ class TemplateToolTest(unittest.TestCase):
 
     def test_destroy_record_without_pid(self):
         """A record written before its process had a pid: destroy finds
-        the process by the clone's directory and stops it."""
+        the process of this user with the clone's -uuid and stops it."""
         cdir = os.path.join(self.dir, 'clones', 'b-0nopid00')
         os.makedirs(cdir, mode=0o700)
+        uuid = '6f0ac5e2-3b4c-4d5e-8f90-0123456789ab'
         victim = subprocess.Popen([sys.executable, '-c',
-                                   'import time; time.sleep(600)', cdir],
+                                   'import time; time.sleep(600)', cdir,
+                                   '-uuid', uuid],
                                   stdout=subprocess.DEVNULL)
         try:
             with open(os.path.join(cdir, 'clone.json'), 'w') as f:
                 json.dump({'id': 'b-0nopid00', 'template': 'b',
-                           'state': 'starting', 'dir': cdir}, f)
+                           'state': 'starting', 'dir': cdir,
+                           'identity': {'uuid': uuid}}, f)
             listed = self.tool_json('list', 'b')[0]['clones']
             self.assertEqual([c['running'] for c in listed], [True])
             self.run_tool('destroy', 'b-0nopid00', check=True)
@@ -764,11 +774,10 @@ class TemplateToolTest(unittest.TestCase):
         self.assertTrue(self.manifest('m')['stopped'])
 
     def test_create_ready_event_and_signal(self):
-        """--ready event:RESUME holds (events are kept from the start);
-        several conditions; SIGUSR1 says "save now"."""
+        """Several conditions; SIGUSR1 says "save now"."""
         try:
             r = self.run_tool('create', 'e1', '--qemu', self.qemu,
-                              '--ready', 'event:RESUME', '--ready',
+                              '--ready', 'delay:0.1', '--ready',
                               'delay:0.2', '--timeout', '60', '--',
                               *self.args)
             self.assertEqual(r.returncode, 0, r.stderr)
