@@ -491,6 +491,13 @@ Clone *clone_start(const CloneSpec *spec, CloneFunc *notify, void *opaque,
 
 /* clones freed later: "cont" answers awaited, processes being stopped */
 static int clones_pending;
+/* of those, the clones being stopped */
+static int clones_stopping;
+
+int clone_stopping(void)
+{
+    return clones_stopping;
+}
 
 static void clone_free(Clone *c)
 {
@@ -546,6 +553,7 @@ static void clone_stopped(Vm *vm, void *opaque)
 {
     Clone *c = opaque;
 
+    clones_stopping--;
     rmtree(c->vm.dir);
     clone_free(c);
 }
@@ -563,6 +571,7 @@ void clone_discard(Clone *c)
     /* no answer matters any more */
     qmp_client_free(c->vm.qmp);
     c->vm.qmp = NULL;
+    clones_stopping++;
     vm_stop(&c->vm, clone_stopped, c);
 }
 

@@ -94,6 +94,8 @@ void clone_release(Clone *c);
  * or @timeout_ms passed.
  */
 void clone_wait_pending(int timeout_ms);
+/* How many clones discarded are being stopped now. */
+int clone_stopping(void);
 
 /*
  * What identifies the process of clone @id by its record @rec: the pid

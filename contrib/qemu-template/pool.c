@@ -237,6 +237,7 @@ static QDict *pool_status(Pool *p)
     qdict_put_int(st, "ready", g_queue_get_length(&p->ready));
     qdict_put_int(st, "starting", g_queue_get_length(&p->starting));
     qdict_put_int(st, "loading", g_queue_get_length(&p->loading));
+    qdict_put_int(st, "stopping", clone_stopping());
     qdict_put_int(st, "waiting-requests", g_queue_get_length(&p->waiters));
     qdict_put_int(st, "served", p->served);
     qdict_put_int(st, "failed", p->failed);
