@@ -903,7 +903,10 @@ static bool pool_prepare(Pool *p, const char *name, int lock, Error **errp)
     }
     if (p->pidfile) {
         p->pidfile_fd = pidfile_write(p->pidfile, errp);
-        return p->pidfile_fd >= 0;
+        if (p->pidfile_fd < 0) {
+            error_prepend(errp, "--pidfile: ");
+            return false;
+        }
     }
     return true;
 }
@@ -999,13 +1002,14 @@ static QDict *pool_exchange(int fd, QDict *req, int timeout_s, Error **errp)
     g_autoptr(GString) in = g_string_new("");
     int64_t deadline = now_us() + timeout_s * G_USEC_PER_SEC;
     g_autoptr(QObject) obj = NULL;
+    int send_errno = 0;
     QDict *msg;
 
     qobject_unref(req);
     g_string_append_c(json, '\n');
     if (qemu_send_full(fd, json->str, json->len) != json->len) {
-        error_setg_errno(errp, errno, "cannot send to the pool");
-        return NULL;
+        /* a pool that refuses the connection answers, then closes */
+        send_errno = errno;
     }
     while (!strchr(in->str, '\n')) {
         struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -1023,6 +1027,10 @@ static QDict *pool_exchange(int fd, QDict *req, int timeout_s, Error **errp)
         n = read(fd, buf, sizeof(buf));
         if (n < 0 && errno == EINTR) {
             continue;
+        }
+        if (n <= 0 && send_errno) {
+            error_setg_errno(errp, send_errno, "cannot send to the pool");
+            return NULL;
         }
         if (n <= 0 || in->len > POOL_MAX_OUT) {
             error_setg(errp, "the pool closed the connection");
