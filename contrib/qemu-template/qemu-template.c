@@ -95,6 +95,7 @@ static void usage(FILE *f)
 "--dir DIR   the tool's directory (else $QEMU_TEMPLATE_DIR, else\n"
 "            $XDG_DATA_HOME/qemu-template)\n"
 "--json      results, and errors, as JSON on stdout\n"
+"            (both also after the command)\n"
 "\n"
 "The QEMU binary is --qemu, else $QEMU_TEMPLATE_QEMU, else\n"
 "qemu-system-x86_64 from $PATH; clone and pool refuse a template made by\n"
@@ -138,12 +139,10 @@ int error_vprintf_unless_qmp(const char *fmt, va_list ap)
 /* --dir, given before or after the command */
 static const char *opt_dir;
 
-/* The global options every command takes too (see global_option()). */
-#define GLOBAL_OPTIONS \
-    { "dir", required_argument, NULL, 'd' }, \
-    { "json", no_argument, NULL, 'j' }
-
-/* A global option given after the command: true if @c was one. */
+/*
+ * A global option given after the command: true if @c was one.  Every
+ * command's table has them: { "dir", ..., 'd' }, { "json", ..., 'j' }.
+ */
 static bool global_option(int c, const char *arg)
 {
     if (c == 'd') {
@@ -241,7 +240,8 @@ static int cmd_create(int argc, char **argv, char **rest, QObject **result,
         { "qemu", required_argument, NULL, 'q' },
         { "ready", required_argument, NULL, 'r' },
         { "timeout", required_argument, NULL, 't' },
-        GLOBAL_OPTIONS,
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     g_autoptr(GPtrArray) ready = g_ptr_array_new();
@@ -305,7 +305,8 @@ static int cmd_clone(int argc, char **argv, char **rest, QObject **result,
         { "nic", required_argument, NULL, 'N' },
         { "qemu", required_argument, NULL, 'q' },
         { "timeout", required_argument, NULL, 't' },
-        GLOBAL_OPTIONS,
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     g_autoptr(GPtrArray) nics = g_ptr_array_new();
@@ -365,7 +366,8 @@ static int cmd_pool(int argc, char **argv, char **rest, QObject **result,
         { "pidfile", required_argument, NULL, 'p' },
         { "timeout", required_argument, NULL, 't' },
         { "client-timeout", required_argument, NULL, 'c' },
-        GLOBAL_OPTIONS,
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     g_autoptr(GPtrArray) nics = g_ptr_array_new();
@@ -434,7 +436,8 @@ static int simple_command(int argc, char **argv, char **rest, int min,
 {
     static const struct option opts[] = {
         { "help", no_argument, NULL, 'h' },
-        GLOBAL_OPTIONS,
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     int c;
