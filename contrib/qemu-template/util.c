@@ -781,22 +781,46 @@ QDict *read_json_dict(const char *path, Error **errp)
     return read_json_dict_at(AT_FDCWD, path, path, errp);
 }
 
+/* @len bytes of @data as @path: a new file renamed over it, not synced. */
+static bool replace_file(const char *path, const char *data, size_t len,
+                         Error **errp)
+{
+    g_autofree char *tmp = g_strdup_printf("%s.XXXXXX", path);
+    int fd = g_mkstemp_full(tmp, O_WRONLY | O_CLOEXEC, 0600);
+    bool ok;
+
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        return false;
+    }
+    ok = qemu_write_full(fd, data, len) == len;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        unlink(tmp);
+        return false;
+    }
+    return true;
+}
+
 /*
  * Write @obj as @path through a temporary file and a rename; synced when
  * @durable (a template's manifest), else not (records of processes,
- * which a crash of the machine makes moot anyway).
+ * which a crash of the machine makes moot anyway; an fsync costs a pool
+ * milliseconds per clone).
  */
 bool write_json(const char *path, QObject *obj, bool durable, Error **errp)
 {
     g_autoptr(GString) json = qobject_to_json_pretty(obj, true);
     g_autoptr(GError) gerr = NULL;
-    GFileSetContentsFlags flags = G_FILE_SET_CONTENTS_CONSISTENT;
 
-    if (durable) {
-        flags |= G_FILE_SET_CONTENTS_DURABLE;
-    }
     g_string_append_c(json, '\n');
-    if (!g_file_set_contents_full(path, json->str, json->len, flags, 0600,
+    if (!durable) {
+        return replace_file(path, json->str, json->len, errp);
+    }
+    if (!g_file_set_contents_full(path, json->str, json->len,
+                                  G_FILE_SET_CONTENTS_CONSISTENT |
+                                  G_FILE_SET_CONTENTS_DURABLE, 0600,
                                   &gerr)) {
         error_setg(errp, "cannot write '%s': %s", path, gerr->message);
         return false;
