@@ -2,9 +2,9 @@
  * qemu-template: list, status, destroy
  *
  * Clone records are untrusted input: a record another user could write
- * is not read, every member is optional, and a pid is only believed when
- * the process's command line names the clone's directory (which comes
- * from the directory's name, not from the record).
+ * is not read, every member is optional, and a pid is only believed for
+ * a process of this user that started when the record says and whose
+ * command line holds the clone's own "-uuid UUID" (proc.c).
  *
  * Copyright (c) 2026 The VM templating authors
  *
@@ -17,22 +17,20 @@
 #include "qobject/qlist.h"
 #include "qemu-template.h"
 #include "manifest.h"
+#include "clone.h"
 #include "pool.h"
 #include "admin.h"
 
-/* The process of the clone in @dir that @rec names, or finds; or 0. */
-static pid_t clone_pid(QDict *rec, const char *dir)
+/*
+ * The process of clone @id that its record @rec names (a record written
+ * before its process had a pid: the process found); or 0.
+ */
+static pid_t clone_pid(QDict *rec, const char *id)
 {
-    pid_t pid = rec ? qdict_get_try_int(rec, "pid", 0) : 0;
+    ProcRef r;
 
-    if (pid > 0 && process_alive(pid, dir) && !pid_gone(pid)) {
-        return pid;
-    }
-    /* a record written before its process had a pid */
-    if (rec && !qdict_haskey(rec, "pid")) {
-        return find_process(dir);
-    }
-    return 0;
+    clone_record_ref(rec, id, &r);
+    return proc_find(&r);
 }
 
 static void add_memory(QDict *c, pid_t pid)
@@ -66,7 +64,7 @@ static QDict *clone_entry(const char *id, const char *template)
     c = qdict_clone_shallow(rec);
     qdict_put_str(c, "id", id);
     qdict_put_str(c, "dir", dir);
-    pid = clone_pid(rec, dir);
+    pid = clone_pid(rec, id);
     qobject_unref(rec);
     qdict_put_bool(c, "running", pid > 0);
     if (pid > 0) {
@@ -76,22 +74,46 @@ static QDict *clone_entry(const char *id, const char *template)
     return c;
 }
 
+static gint compare_names(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The names in DIR/@sub (checked first), sorted. */
+static GPtrArray *tool_dir_names(const char *sub)
+{
+    int fd = tool_dir_open(sub, false, NULL);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    struct dirent *e;
+
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] != '.') {
+            g_ptr_array_add(names, g_strdup(e->d_name));
+        }
+    }
+    if (d) {
+        closedir(d);
+    } else if (fd >= 0) {
+        close(fd);
+    }
+    g_ptr_array_sort(names, compare_names);
+    return names;
+}
+
 QList *load_clones(const char *template)
 {
-    g_autofree char *cdir = g_build_filename(top_dir, "clones", NULL);
-    GDir *d = g_dir_open(cdir, 0, NULL);
+    g_autoptr(GPtrArray) ids = tool_dir_names("clones");
     QList *list = qlist_new();
-    const char *e;
+    guint i;
 
-    while (d && (e = g_dir_read_name(d))) {
-        QDict *c = valid_name(e) ? clone_entry(e, template) : NULL;
+    for (i = 0; i < ids->len; i++) {
+        const char *id = g_ptr_array_index(ids, i);
+        QDict *c = valid_name(id) ? clone_entry(id, template) : NULL;
 
         if (c) {
             qlist_append(list, c);
         }
-    }
-    if (d) {
-        g_dir_close(d);
     }
     return list;
 }
@@ -182,19 +204,28 @@ static void print_clone(QDict *c)
 
 bool list_run(const char *only, QObject **result, Error **errp)
 {
-    g_autofree char *tdir = g_build_filename(top_dir, "templates", NULL);
-    GDir *d = g_dir_open(tdir, 0, NULL);
+    g_autoptr(GPtrArray) names = NULL;
     QList *out = qlist_new();
     QListEntry *te, *ce;
-    const char *e;
+    guint i;
+    int fd;
 
-    while (d && (e = g_dir_read_name(d))) {
-        if (e[0] != '.' && (!only || !strcmp(e, only))) {
+    /* a templates/ that others could change lists nothing */
+    fd = tool_dir_open("templates", false, errp);
+    if (fd < 0 && (!errp || *errp)) {
+        qobject_unref(out);
+        return false;
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    names = tool_dir_names("templates");
+    for (i = 0; i < names->len; i++) {
+        const char *e = g_ptr_array_index(names, i);
+
+        if (!only || !strcmp(e, only)) {
             qlist_append(out, template_entry(e));
         }
-    }
-    if (d) {
-        g_dir_close(d);
     }
     if (only && qlist_empty(out)) {
         qobject_unref(out);
@@ -218,58 +249,117 @@ bool list_run(const char *only, QObject **result, Error **errp)
 /* ------------------------------------------------------------------ */
 /* destroy */
 
+static void no_such(const char *name, Error **errp)
+{
+    error_setg(errp, "no template or clone named '%s'", name);
+}
+
+/*
+ * Open @name in DIR/@sub, checked with everything above it; -1 with
+ * @errp, or -1 and ENOENT (with @errp unset) if it is not there.
+ */
+static int open_entry(const char *sub, const char *name, int *parent,
+                      Error **errp)
+{
+    g_autofree char *path = g_build_filename(top_dir, sub, name, NULL);
+    int fd;
+
+    *parent = valid_name(name) ? tool_dir_open(sub, false, errp) : -1;
+    if (*parent < 0) {
+        return -1;
+    }
+    if (faccessat(*parent, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
+        close(*parent);
+        *parent = -1;
+        errno = ENOENT;
+        return -1;
+    }
+    fd = openat_trusted(*parent, name, path, S_IFDIR, NULL, errp);
+    if (fd < 0) {
+        close(*parent);
+        *parent = -1;
+    }
+    return fd;
+}
+
 static bool destroy_clone(const char *id, Error **errp)
 {
+    ERRP_GUARD();
     g_autofree char *path = clone_path(id, CLONE_FILE);
-    g_autofree char *dir = clone_path(id, NULL);
     g_autoptr(QDict) rec = NULL;
-    pid_t pid;
+    int cdir, fd = open_entry("clones", id, &cdir, errp);
+    ProcRef r = { .opt = "-name", .val = id };
+    bool ok;
 
-    if (!valid_name(id) || !g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-        error_setg(errp, "no template or clone named '%s'", id);
+    if (fd < 0) {
+        if (!*errp) {
+            no_such(id, errp);
+        } else {
+            error_prepend(errp, "clone '%s': ", id);
+        }
         return false;
     }
     /* a record someone else could write does not say what to stop */
-    if (!stat_trusted(dir, S_IFDIR, NULL, errp) ||
-        (g_file_test(path, G_FILE_TEST_EXISTS) &&
-         !stat_trusted(path, S_IFREG, NULL, errp))) {
-        error_prepend(errp, "clone '%s': ", id);
-        return false;
+    if (faccessat(fd, CLONE_FILE, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+        int rfd = openat_trusted(fd, CLONE_FILE, path, S_IFREG, NULL, errp);
+
+        if (rfd < 0) {
+            error_prepend(errp, "clone '%s': ", id);
+            close(fd);
+            close(cdir);
+            return false;
+        }
+        close(rfd);
+        /* a damaged record of the user's own: its directory is enough */
+        rec = read_json_dict_at(fd, CLONE_FILE, path, NULL);
     }
-    rec = read_json_dict(path, NULL);
-    /* without a (readable) record, whatever runs in its directory */
-    pid = rec ? clone_pid(rec, dir) : find_process(dir);
-    kill_pid(pid);
-    if (rmtree(dir) < 0) {
-        error_setg(errp, "cannot remove '%s'", dir);
-        return false;
+    if (rec) {
+        clone_record_ref(rec, id, &r);
     }
-    return true;
+    /* without a record, whatever runs with the clone's -name */
+    proc_stop(&r, 1);
+    close(fd);
+    ok = rmtree_at(cdir, id) == 0;
+    close(cdir);
+    if (!ok) {
+        error_setg(errp, "cannot remove '%s'", clone_path(id, NULL));
+    }
+    return ok;
 }
 
-/* Remove template @name in @tdir unless something uses it. */
-static bool destroy_template(const char *name, const char *tdir,
+/* "Destroy them first: ID..." */
+static void running_clones_error(const char *name, QList *clones,
+                                 Error **errp)
+{
+    QListEntry *e;
+
+    error_setg(errp, "template '%s' has %d running clones", name,
+               count_running(clones));
+    error_append_hint(errp, "Destroy them first:");
+    QLIST_FOREACH_ENTRY(clones, e) {
+        QDict *c = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (qdict_get_try_bool(c, "running", false)) {
+            error_append_hint(errp, " %s", qdict_get_str(c, "id"));
+        }
+    }
+    error_append_hint(errp, "\n");
+}
+
+/* Remove template @name (@fd in @tdir) unless something uses it. */
+static bool destroy_template(const char *name, int tdir, int fd,
                              Error **errp)
 {
+    g_autofree char *path = template_path(name, NULL);
     g_autoptr(QList) clones = load_clones(name);
     g_autoptr(GString) others = NULL;
     QListEntry *e;
 
     if (count_running(clones)) {
-        error_setg(errp, "template '%s' has %d running clones", name,
-                   count_running(clones));
-        error_append_hint(errp, "Destroy them first:");
-        QLIST_FOREACH_ENTRY(clones, e) {
-            QDict *c = qobject_to(QDict, qlist_entry_obj(e));
-
-            if (qdict_get_try_bool(c, "running", false)) {
-                error_append_hint(errp, " %s", qdict_get_str(c, "id"));
-            }
-        }
-        error_append_hint(errp, "\n");
+        running_clones_error(name, clones, errp);
         return false;
     }
-    others = mappers_of(tdir);
+    others = mappers_of(fd, path);
     if (others->len) {
         error_setg(errp, "template '%s' is mapped by processes%s", name,
                    others->str);
@@ -284,8 +374,8 @@ static bool destroy_template(const char *name, const char *tdir,
             return false;
         }
     }
-    if (rmtree(tdir) < 0) {
-        error_setg(errp, "cannot remove '%s'", tdir);
+    if (rmtree_at(tdir, name) < 0) {
+        error_setg(errp, "cannot remove '%s'", path);
         return false;
     }
     return true;
@@ -293,26 +383,30 @@ static bool destroy_template(const char *name, const char *tdir,
 
 bool destroy_run(const char *name, Error **errp)
 {
-    g_autofree char *tdir = template_path(name, NULL);
+    ERRP_GUARD();
+    int tdir, fd, lock;
     bool ok;
-    int lock;
 
-    if (!valid_name(name) || !g_file_test(tdir, G_FILE_TEST_IS_DIR)) {
-        return destroy_clone(name, errp);
+    fd = open_entry("templates", name, &tdir, errp);
+    if (fd < 0) {
+        return !*errp && destroy_clone(name, errp);
     }
     if (template_locked(name, LOCK_POOL)) {
         error_setg(errp, "a pool of template '%s' runs", name);
         error_append_hint(errp, "Stop it first: qemu-template stop %s\n",
                           name);
-        return false;
+        ok = false;
+    } else {
+        /* no create, clone or pool of it starts until it is gone */
+        lock = template_lock(name, LOCK_TEMPLATE, true, "in use: another "
+                             "qemu-template clones, serves or destroys it",
+                             errp);
+        ok = lock >= 0 && destroy_template(name, tdir, fd, errp);
+        if (lock >= 0) {
+            close(lock);
+        }
     }
-    /* no create, clone or pool of it starts until it is gone */
-    lock = template_lock(name, LOCK_TEMPLATE, true, "in use: another "
-                         "qemu-template clones, serves or destroys it", errp);
-    if (lock < 0) {
-        return false;
-    }
-    ok = destroy_template(name, tdir, errp);
-    close(lock);
+    close(fd);
+    close(tdir);
     return ok;
 }

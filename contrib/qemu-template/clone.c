@@ -17,6 +17,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
+#include "qemu/uuid.h"
 #include "qobject/qdict.h"
 #include "qobject/qlist.h"
 #include "qemu-template.h"
@@ -24,9 +25,8 @@
 #include "clone.h"
 #include "pool.h"
 
-/* how long a clone may take to answer on QMP, and to run once loaded */
+/* how long a clone may take to answer on QMP */
 #define CLONE_CONNECT_S 30
-#define CLONE_LOAD_S 120
 /* after the load completed, how long RESUME may take before we ask */
 #define CLONE_RESUME_GRACE_MS 1000
 
@@ -68,10 +68,10 @@ static QDict *clone_record(Clone *c, CloneState state)
     qdict_put_str(rec, "dir", c->vm.dir);
     qdict_put_str(rec, "qmp", c->vm.qmp_path);
     if (c->vm.pid > 0) {
+        /* list and destroy believe the pid only for this process */
         qdict_put_int(rec, "pid", c->vm.pid);
+        qdict_put_int(rec, "pid-start", c->vm.start);
     }
-    /* the tool that looks after it until it runs */
-    qdict_put_int(rec, "tool-pid", getpid());
     qdict_put_str(ident, "vmgenid", c->genid);
     qdict_put_str(ident, "uuid", c->uuid);
     qdict_put(rec, "identity", ident);
@@ -90,7 +90,7 @@ static bool clone_write(Clone *c, CloneState state, Error **errp)
     g_autofree char *path = g_build_filename(c->vm.dir, CLONE_FILE, NULL);
     g_autoptr(QDict) rec = clone_record(c, state);
 
-    if (!write_json(path, QOBJECT(rec), errp)) {
+    if (!write_json(path, QOBJECT(rec), false, errp)) {
         return false;
     }
     if (state == CLONE_DONE) {
@@ -118,16 +118,22 @@ static void clone_notify(Clone *c)
     }
 }
 
+static void clone_remove(guint *src)
+{
+    if (*src) {
+        g_source_remove(*src);
+        *src = 0;
+    }
+}
+
 static void clone_fail(Clone *c, Error *err)
 {
     if (c->state == CLONE_FAILED || c->state == CLONE_DONE) {
         error_free(err);
         return;
     }
-    if (c->timer) {
-        g_source_remove(c->timer);
-        c->timer = 0;
-    }
+    clone_remove(&c->timer);
+    clone_remove(&c->load_timer);
     vm_append_log(&c->vm, &err);
     error_prepend(&err, "clone of '%s' failed: ", c->m->name);
     c->err = err;
@@ -221,10 +227,8 @@ static void clone_running(Clone *c)
         return;
     }
     c->state = CLONE_RUNNING;
-    if (c->timer) {
-        g_source_remove(c->timer);
-        c->timer = 0;
-    }
+    clone_remove(&c->timer);
+    clone_remove(&c->load_timer);
     clone_add_nic(c);
 }
 
@@ -297,9 +301,9 @@ static gboolean clone_load_timeout(gpointer opaque)
     Clone *c = opaque;
     Error *err = NULL;
 
-    c->timer = 0;
+    c->load_timer = 0;
     error_setg(&err, "the clone did not start running in %d s",
-               CLONE_LOAD_S);
+               c->load_timeout_s);
     clone_fail(c, err);
     return G_SOURCE_REMOVE;
 }
@@ -324,13 +328,10 @@ static void clone_vm_event(QDict *event, void *opaque)
         clone_running(c);
     } else if (!g_strcmp0(name, "MIGRATION") && data &&
                !g_strcmp0(qdict_get_try_str(data, "status"), "completed")) {
-        if (c->timer) {
-            g_source_remove(c->timer);
-        }
+        /* c->load_timer still bounds the whole load */
+        clone_remove(&c->timer);
         if (c->m->stopped) {
             clone_cont(c);
-            c->timer = g_timeout_add_seconds(CLONE_LOAD_S,
-                                             clone_load_timeout, c);
         } else {
             c->timer = g_timeout_add(CLONE_RESUME_GRACE_MS,
                                      clone_ask_status, c);
@@ -347,15 +348,16 @@ static void clone_incoming_done(QObject *ret, Error *err, void *opaque)
 
 void clone_load(Clone *c, int64_t t_req)
 {
-    g_autofree char *state = template_path(c->m->name,
-                                           mode_state_file[c->m->mode]);
+    /* the file the tool checked, passed with -add-fd */
+    g_autofree char *state = state_fdset_path();
     QDict *args = qdict_new();
 
     assert(c->state == CLONE_WAITING);
     c->t_req = t_req;
     c->state = CLONE_LOADING;
     qdict_put(args, "channels", file_channels(state));
-    c->timer = g_timeout_add_seconds(CLONE_LOAD_S, clone_load_timeout, c);
+    c->load_timer = g_timeout_add_seconds(c->load_timeout_s,
+                                          clone_load_timeout, c);
     qmp_send(c->vm.qmp, "migrate-incoming", args, clone_incoming_done, c);
 }
 
@@ -389,6 +391,9 @@ static void clone_vm_state(Vm *vm, Error *err, void *opaque)
 {
     Clone *c = opaque;
 
+    if (err && c->state == CLONE_STARTING) {
+        error_prepend(&err, "while it started: ");
+    }
     if (err) {
         clone_fail(c, err);
         return;
@@ -411,43 +416,71 @@ static bool clone_prepare(Clone *c, Error **errp)
     return clone_write(c, CLONE_STARTING, errp);
 }
 
-Clone *clone_start(Manifest *m, const char *qemu, char **extra,
-                   char **nics, bool pooled, CloneFunc *notify,
-                   void *opaque, Error **errp)
+static Clone *clone_new(const CloneSpec *spec, CloneFunc *notify,
+                        void *opaque)
 {
     g_autofree char *rnd = new_uuid();
     g_autofree char *dir = NULL;
-    g_autofree char *ram = template_path(m->name, MEMORY_FILE);
-    g_auto(GStrv) argv = NULL;
     Clone *c = g_new0(Clone, 1);
-    VmArgs va = {
-        .qemu = qemu, .user = m->args, .extra = extra, .mode = m->mode,
-        .ram_size = m->ram_size, .ram_path = ram, .clone = true,
-    };
 
-    c->m = m;
-    c->id = g_strdup_printf("%s-%.8s", m->name, rnd);
+    c->m = spec->m;
+    c->id = g_strdup_printf("%s-%.8s", spec->m->name, rnd);
     c->genid = new_uuid();
     c->uuid = new_uuid();
-    c->pooled = pooled;
-    c->nics = g_strdupv(nics);
+    c->pooled = spec->pooled;
+    c->nics = g_strdupv(spec->nics);
     c->nic_list = qlist_new();
+    c->load_timeout_s = spec->timeout_s ?: CLONE_LOAD_S;
     c->notify = notify;
     c->opaque = opaque;
     dir = clone_path(c->id, NULL);
     vm_init(&c->vm, dir);
+    return c;
+}
+
+/* Fork QEMU with the template's files as descriptors. */
+static bool clone_spawn(Clone *c, const CloneSpec *spec, Error **errp)
+{
+    const Manifest *m = spec->m;
+    g_auto(GStrv) argv = NULL;
+    int files[VM_MAX_FILES], n = 0, state;
+    VmArgs va = {
+        .qemu = spec->qemu->path, .user = m->args, .extra = spec->extra,
+        .dir = c->vm.dir, .qmp_fd = VM_FD_QMP, .mode = m->mode,
+        .ram_size = m->ram_size, .clone = true, .genid = c->genid,
+        .uuid = c->uuid, .name = c->id,
+    };
+    bool ok;
+
+    /* each clone reads the state at its own offset */
+    state = manifest_open_state(m, errp);
+    if (state < 0) {
+        return false;
+    }
+    if (m->mode == MODE_BYPASS) {
+        va.ram_fd = VM_FD_FILES + n;
+        files[n++] = m->ram_fd;
+    }
+    va.state_fd = VM_FD_FILES + n;
+    files[n++] = state;
+    argv = build_argv(&va);
+    ok = vm_spawn(&c->vm, spec->qemu, argv, files, n, true, errp);
+    close(state);
+    return ok;
+}
+
+Clone *clone_start(const CloneSpec *spec, CloneFunc *notify, void *opaque,
+                   Error **errp)
+{
+    Clone *c = clone_new(spec, notify, opaque);
+
     if (!clone_prepare(c, errp)) {
-        rmtree(dir);
+        rmtree(c->vm.dir);
         clone_release(c);
         return NULL;
     }
-    va.dir = dir;
-    va.genid = c->genid;
-    va.uuid = c->uuid;
-    va.name = c->id;
-    argv = build_argv(&va);
     /* the record has no pid until the fork returns: destroy looks it up */
-    if (!vm_spawn(&c->vm, argv, true, errp) ||
+    if (!clone_spawn(c, spec, errp) ||
         !clone_write(c, CLONE_STARTING, errp)) {
         clone_discard(c);
         return NULL;
@@ -456,20 +489,24 @@ Clone *clone_start(Manifest *m, const char *qemu, char **extra,
     return c;
 }
 
-/* clones whose "cont" answer is awaited before they are freed */
-static int clones_releasing;
+/* clones freed later: "cont" answers awaited, processes being stopped */
+static int clones_pending;
+/* of those, the clones being stopped */
+static int clones_stopping;
+
+int clone_stopping(void)
+{
+    return clones_stopping;
+}
 
 static void clone_free(Clone *c)
 {
-    if (c->release_asked) {
-        clones_releasing--;
+    if (c->pending) {
+        clones_pending--;
     }
-    if (c->notify_idle) {
-        g_source_remove(c->notify_idle);
-    }
-    if (c->timer) {
-        g_source_remove(c->timer);
-    }
+    clone_remove(&c->notify_idle);
+    clone_remove(&c->timer);
+    clone_remove(&c->load_timer);
     vm_cleanup(&c->vm);
     g_free(c->id);
     g_free(c->genid);
@@ -486,30 +523,79 @@ void clone_release(Clone *c)
     if (c->cont_pending && !c->release_asked) {
         c->release_asked = true;
         c->notify = NULL;
-        clones_releasing++;
+        c->pending = true;
+        clones_pending++;
         return;
     }
     clone_free(c);
 }
 
-void clone_wait_released(int timeout_ms)
+static gboolean clone_wait_over(gpointer opaque)
 {
-    int64_t deadline = now_us() + timeout_ms * 1000;
+    *(bool *)opaque = true;
+    return G_SOURCE_REMOVE;
+}
 
-    while (clones_releasing && now_us() < deadline) {
-        if (!g_main_context_iteration(NULL, false)) {
-            g_usleep(1000);
-        }
+void clone_wait_pending(int timeout_ms)
+{
+    bool over = false;
+    guint t = g_timeout_add(timeout_ms, clone_wait_over, &over);
+
+    while (clones_pending && !over) {
+        g_main_context_iteration(NULL, true);
     }
+    if (!over) {
+        g_source_remove(t);
+    }
+}
+
+static void clone_stopped(Vm *vm, void *opaque)
+{
+    Clone *c = opaque;
+
+    clones_stopping--;
+    rmtree(c->vm.dir);
+    clone_free(c);
 }
 
 void clone_discard(Clone *c)
 {
-    g_autofree char *dir = g_strdup(c->vm.dir);
+    clone_remove(&c->notify_idle);
+    clone_remove(&c->timer);
+    clone_remove(&c->load_timer);
+    c->notify = NULL;
+    if (!c->pending) {
+        c->pending = true;
+        clones_pending++;
+    }
+    /* no answer matters any more */
+    qmp_client_free(c->vm.qmp);
+    c->vm.qmp = NULL;
+    clones_stopping++;
+    vm_stop(&c->vm, clone_stopped, c);
+}
 
-    vm_kill(&c->vm);
-    rmtree(dir);
-    clone_free(c);
+void clone_record_ref(QDict *rec, const char *id, ProcRef *r)
+{
+    QDict *ident = qdict_get_qdict(rec, "identity");
+    const char *uuid = ident ? qdict_get_try_str(ident, "uuid") : NULL;
+    int64_t pid = qdict_get_try_int(rec, "pid", 0);
+    int64_t start = qdict_get_try_int(rec, "pid-start", 0);
+    QemuUUID u;
+
+    memset(r, 0, sizeof(*r));
+    if (qdict_haskey(rec, "pid")) {
+        /* a pid that is not one names no process */
+        r->pid = pid > 0 && pid <= INT_MAX ? pid : -1;
+    }
+    r->start = MAX(start, 0);
+    if (uuid && !qemu_uuid_parse(uuid, &u)) {
+        r->opt = "-uuid";
+        r->val = uuid;
+    } else {
+        r->opt = "-name";
+        r->val = id;
+    }
 }
 
 static const char *str_member(QDict *d, const char *key)
@@ -560,10 +646,14 @@ void clone_print(QDict *rec)
  */
 #define CLONE_BATCH 8
 
+/* how long stopping the clones not handed out may take, at most */
+#define CLONE_STOP_MS 5000
+
 typedef struct CloneRun {
     Manifest *m;
     const CloneOpts *o;
-    char *qemu;
+    QemuBinary *qemu;
+    CloneSpec spec;
     int started;
     GQueue live;
     QList *done;
@@ -615,8 +705,7 @@ static void clone_run_more(CloneRun *r)
 {
     while (!r->err && r->started < r->o->count &&
            g_queue_get_length(&r->live) < CLONE_BATCH) {
-        Clone *c = clone_start(r->m, r->qemu, r->o->extra, r->o->nics,
-                               false, clone_run_notify, r, &r->err);
+        Clone *c = clone_start(&r->spec, clone_run_notify, r, &r->err);
 
         if (!c) {
             clone_run_stop(r);
@@ -643,6 +732,10 @@ static bool clone_from_pool(CloneRun *r, Error **errp)
         case POOL_MISMATCH:
             warn_report("the pool of '%s' runs with other arguments or "
                         "NICs: starting clones without it", r->m->name);
+            return true;
+        case POOL_BUSY:
+            warn_report("the pool of '%s' is busy (too many connections): "
+                        "starting clones without it", r->m->name);
             return true;
         case POOL_ERROR:
             return false;
@@ -674,9 +767,13 @@ bool clone_run(const char *name, const CloneOpts *o, QObject **result,
     if (!r.qemu || !check_user_args(o->extra, m->mode, errp) ||
         (!o->no_pool && !clone_from_pool(&r, errp))) {
         close(lock);
-        g_free(r.qemu);
+        qemu_binary_free(r.qemu);
         return false;
     }
+    r.spec = (CloneSpec) {
+        .m = m, .qemu = r.qemu, .extra = o->extra, .nics = o->nics,
+        .timeout_s = o->timeout,
+    };
     g_queue_init(&r.live);
     r.loop = g_main_loop_new(NULL, false);
     interrupt_catch(&r.in, r.loop);
@@ -690,10 +787,11 @@ bool clone_run(const char *name, const CloneOpts *o, QObject **result,
         error_setg(&r.err, "interrupted");
     }
     clone_run_stop(&r);
+    clone_wait_pending(CLONE_STOP_MS);
     interrupt_release(&r.in);
     g_main_loop_unref(r.loop);
     close(lock);
-    g_free(r.qemu);
+    qemu_binary_free(r.qemu);
     if (r.err) {
         error_propagate(errp, r.err);
         return false;

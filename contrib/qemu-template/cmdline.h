@@ -15,19 +15,26 @@ typedef struct VmArgs {
     char **user;            /* the template's arguments */
     char **extra;           /* a clone's extra arguments, or NULL */
     const char *dir;        /* the VM's directory, for @DIR@ */
+    int qmp_fd;             /* the descriptor of its QMP listening socket */
     TemplateMode mode;
     uint64_t ram_size;      /* bypass: the RAM backend's size ... */
-    const char *ram_path;   /* ... and file */
+    const char *ram_path;   /* ... and file (a template's) ... */
+    int ram_fd;             /* ... or descriptor (a clone's) */
+    int state_fd;           /* a clone's: the descriptor of its state */
     bool clone;             /* else the template itself */
     const char *genid;
     const char *uuid;
     const char *name;
 } VmArgs;
 
+/* the fd set of -add-fd that holds a clone's state */
+#define STATE_FDSET 1
+
 /*
  * The command line: the user's arguments with @DIR@ replaced, then what
  * the tool adds.  The template starts paused (-S, the tool resumes it
- * once it listens to its events), a clone with -incoming defer.
+ * once it listens to its events), a clone with -incoming defer; a
+ * clone's template files are descriptors the tool opened and checked.
  */
 char **build_argv(const VmArgs *a);
 
@@ -41,5 +48,7 @@ bool check_user_args(char **args, TemplateMode mode, Error **errp);
 bool parse_ram_size(char **args, uint64_t *size, Error **errp);
 /* A migration channel for the file @path, as QMP's "channels" takes. */
 QList *file_channels(const char *path);
+/* The path QEMU opens a clone's state by: its fd set. */
+char *state_fdset_path(void);
 
 #endif

@@ -3,9 +3,11 @@
  *
  * QEMU starts paused (-S) in a hidden directory next to the template's
  * final place; the tool connects, checks the QEMU, and lets the guest
- * run, so every event from then on is seen.  Once the guest is ready
- * (--ready, or SIGUSR1: "save now"), the VM is saved, QEMU quits, and the
- * directory is published by one rename.  Any failure leaves nothing.
+ * run: the events that come after its "cont" are counted by name, so
+ * none is lost and the tool's own RESUME is not one of them.  Once the
+ * guest is ready (--ready, or SIGUSR1: "save now"), the VM is saved,
+ * QEMU quits, and the directory is published by one rename.  Any
+ * failure leaves nothing.
  *
  * Copyright (c) 2026 The VM templating authors
  *
@@ -27,9 +29,15 @@
 #include "vm.h"
 #include "create.h"
 
+/* while saving, how often the progress is asked for (and printed) */
+#define CREATE_PROGRESS_MS 1000
+/* how long QEMU may take to quit after the save */
+#define CREATE_QUIT_MS 5000
+
 typedef struct Create {
     const CreateOpts *o;
     Manifest *m;            /* the manifest being made */
+    QemuBinary *qemu;
     char *templates;
     char *final;
     char *tmp;
@@ -38,6 +46,9 @@ typedef struct Create {
     Interrupt in;
     bool save_now;          /* SIGUSR1 */
     guint usr1;
+    bool counting;          /* the tool's "cont" was answered */
+    GHashTable *events;     /* event name -> occurrences not yet used */
+    char *save_status;      /* the MIGRATION event that ended the save */
     int64_t t0;
     int64_t t_boot;
     int64_t t_ready;
@@ -66,13 +77,17 @@ static bool create_alive(Create *c, Error **errp)
     return true;
 }
 
-/* Run the main loop for @ms, or until something ends the wait. */
+/*
+ * Run the main loop for @ms, or until something ends the wait: an
+ * interruption, QEMU's exit, the end of the save.  (SIGUSR1 ends only
+ * the wait for --ready, which looks at it.)
+ */
 static void create_run_loop(Create *c, int ms)
 {
     bool woken = false;
     guint t = g_timeout_add(ms, create_woken, &woken);
 
-    while (!woken && !c->in.flag && !c->save_now && !c->vm.exited) {
+    while (!woken && !c->in.flag && !c->vm.exited && !c->save_status) {
         g_main_context_iteration(NULL, true);
     }
     if (!woken) {
@@ -156,17 +171,39 @@ static bool ga_ping(const char *path)
     return ok;
 }
 
-/* Has the QMP event @name come since QEMU was connected? */
-static bool seen_event(Create *c, const char *name)
+/*
+ * Every event after the tool's "cont": counted by name (their names are
+ * QEMU's, so the table stays small); the end of the save noted.
+ */
+static void create_event(QDict *event, void *opaque)
 {
-    GList *l;
+    Create *c = opaque;
+    const char *name = qdict_get_try_str(event, "event");
+    QDict *data = qdict_get_qdict(event, "data");
+    const char *st = data ? qdict_get_try_str(data, "status") : NULL;
 
-    for (l = qmp_events(c->vm.qmp)->head; l; l = l->next) {
-        if (!g_strcmp0(qdict_get_try_str(l->data, "event"), name)) {
-            return true;
-        }
+    if (!name || !c->counting) {
+        return;
     }
-    return false;
+    g_hash_table_insert(c->events, g_strdup(name), GINT_TO_POINTER(
+        GPOINTER_TO_INT(g_hash_table_lookup(c->events, name)) + 1));
+    if (!strcmp(name, "MIGRATION") && !c->save_status &&
+        (!g_strcmp0(st, "completed") || !g_strcmp0(st, "failed") ||
+         !g_strcmp0(st, "cancelled"))) {
+        c->save_status = g_strdup(st);
+    }
+}
+
+/* Did event @name come (after "cont")?  Each condition uses one. */
+static bool take_event(Create *c, const char *name)
+{
+    int n = GPOINTER_TO_INT(g_hash_table_lookup(c->events, name));
+
+    if (!n) {
+        return false;
+    }
+    g_hash_table_insert(c->events, g_strdup(name), GINT_TO_POINTER(n - 1));
+    return true;
 }
 
 /* Does the file of "log:FILE:TEXT" contain TEXT? */
@@ -218,7 +255,7 @@ static bool ready_now(Create *c, const char *cond, int64_t since)
         qemu_strtod_finite(cond + 6, NULL, &s);
         return now_us() - since >= s * G_USEC_PER_SEC;
     } else if (g_str_has_prefix(cond, "event:")) {
-        return seen_event(c, cond + 6);
+        return take_event(c, cond + 6);
     } else if (g_str_has_prefix(cond, "log:")) {
         return log_contains(c, cond + 4);
     } else if (g_str_has_prefix(cond, "ga:")) {
@@ -298,7 +335,8 @@ static bool create_boot(Create *c, Error **errp)
     g_autoptr(QObject) ver = NULL;
     VmArgs va = {
         .qemu = c->m->qemu, .user = c->m->args, .dir = c->tmp,
-        .mode = c->m->mode, .ram_size = c->m->ram_size, .ram_path = ram,
+        .qmp_fd = VM_FD_QMP, .mode = c->m->mode,
+        .ram_size = c->m->ram_size, .ram_path = ram,
         .genid = c->m->vmgenid, .uuid = c->m->uuid, .name = c->m->name,
     };
 
@@ -306,8 +344,8 @@ static bool create_boot(Create *c, Error **errp)
     progress("booting template '%s' (%s)", c->m->name,
              mode_names[c->m->mode]);
     c->t0 = now_us();
-    if (!vm_spawn(&c->vm, argv, false, errp) ||
-        !vm_connect_sync(&c->vm, 30, &c->in.flag, errp)) {
+    if (!vm_spawn(&c->vm, c->qemu, argv, NULL, 0, false, errp) ||
+        !vm_connect_sync(&c->vm, 30, &c->in.flag, create_event, c, errp)) {
         return false;
     }
     ver = create_qmp(c, "query-version", NULL, errp);
@@ -317,8 +355,12 @@ static bool create_boot(Create *c, Error **errp)
         return false;
     }
     c->t_boot = now_us();
-    /* started with -S: from here on every event is kept */
-    return create_qmp_ok(c, "cont", NULL, errp);
+    /* started with -S: every event after this "cont" counts */
+    if (!create_qmp_ok(c, "cont", NULL, errp)) {
+        return false;
+    }
+    c->counting = true;
+    return true;
 }
 
 /*
@@ -364,27 +406,51 @@ static QDict *create_ram_blocks(Create *c, Error **errp)
     return blocks;
 }
 
-/* Poll the save until it completed, failed, or took longer than allowed. */
+/* Ask how far the save is, and say so. */
+static bool create_save_progress(Create *c, Error **errp)
+{
+    g_autoptr(QObject) ret = create_qmp(c, "query-migrate", NULL, errp);
+    QDict *d = qobject_to(QDict, ret);
+    QDict *ram = d ? qdict_get_qdict(d, "ram") : NULL;
+
+    if (ram) {
+        progress("saving: %" PRId64 " MiB of %" PRId64 " MiB",
+                 qdict_get_try_int(ram, "transferred", 0) >> 20,
+                 qdict_get_try_int(ram, "total", 0) >> 20);
+    }
+    return ret != NULL;
+}
+
+/* Why the save failed, as query-migrate says. */
+static void create_save_failed(Create *c, Error **errp)
+{
+    g_autoptr(QObject) ret = create_qmp(c, "query-migrate", NULL, NULL);
+    QDict *d = qobject_to(QDict, ret);
+
+    error_setg(errp, "saving the template failed: %s",
+               (d ? qdict_get_try_str(d, "error-desc") : NULL) ?:
+               c->save_status);
+}
+
+/*
+ * Wait for the MIGRATION event that ends the save, asking for the
+ * progress once a second; a save that takes longer than allowed is
+ * cancelled.
+ */
 static bool create_wait_saved(Create *c, Error **errp)
 {
     int64_t deadline = now_us() + (int64_t)c->o->timeout * G_USEC_PER_SEC;
-    int64_t last = now_us();
 
     for (;;) {
-        g_autoptr(QObject) ret = create_qmp(c, "query-migrate", NULL, errp);
-        QDict *d = qobject_to(QDict, ret);
-        const char *status = d ? qdict_get_try_str(d, "status") : NULL;
-        QDict *ram = d ? qdict_get_qdict(d, "ram") : NULL;
-
-        if (!ret) {
+        create_run_loop(c, CREATE_PROGRESS_MS);
+        if (!c->save_status && !create_alive(c, errp)) {
             return false;
         }
-        if (!g_strcmp0(status, "completed")) {
+        if (!g_strcmp0(c->save_status, "completed")) {
             return true;
         }
-        if (!g_strcmp0(status, "failed") || !g_strcmp0(status, "cancelled")) {
-            error_setg(errp, "saving the template failed: %s",
-                       qdict_get_try_str(d, "error-desc") ?: status);
+        if (c->save_status) {
+            create_save_failed(c, errp);
             return false;
         }
         if (now_us() > deadline) {
@@ -394,13 +460,7 @@ static bool create_wait_saved(Create *c, Error **errp)
             error_append_hint(errp, "A larger --timeout allows more.\n");
             return false;
         }
-        if (ram && now_us() - last > G_USEC_PER_SEC) {
-            last = now_us();
-            progress("saving: %" PRId64 " MiB of %" PRId64 " MiB",
-                     qdict_get_try_int(ram, "transferred", 0) >> 20,
-                     qdict_get_try_int(ram, "total", 0) >> 20);
-        }
-        if (!create_pause(c, 2, errp)) {
+        if (!create_save_progress(c, errp)) {
             return false;
         }
     }
@@ -427,10 +487,15 @@ static bool create_save(Create *c, Error **errp)
         }
         c->m->stopped = true;
     }
-    cap = qdict_new();
     a = qdict_new();
     caps = qlist_new();
+    cap = qdict_new();
     qdict_put_str(cap, "capability", mode_capability[c->m->mode]);
+    qdict_put_bool(cap, "state", true);
+    qlist_append(caps, cap);
+    /* a MIGRATION event says when the save ended */
+    cap = qdict_new();
+    qdict_put_str(cap, "capability", "events");
     qdict_put_bool(cap, "state", true);
     qlist_append(caps, cap);
     qdict_put(a, "capabilities", caps);
@@ -447,12 +512,9 @@ static bool create_save(Create *c, Error **errp)
 /* QEMU quits after the save; it is killed if it does not. */
 static void create_quit(Create *c)
 {
-    int i;
-
     create_qmp_ok(c, "quit", NULL, NULL);
-    for (i = 0; i < 500 && !c->vm.exited && !c->in.flag; i++) {
-        create_run_loop(c, 10);
-    }
+    /* ends early when QEMU exited */
+    create_run_loop(c, CREATE_QUIT_MS);
     vm_kill(&c->vm);
 }
 
@@ -537,14 +599,12 @@ static bool create_publish(Create *c, Error **errp)
  */
 static void create_explain(Create *c, Error **errp)
 {
-    int i;
-
     if (c->vm.pid <= 0 || c->vm.failed) {
         return;
     }
-    for (i = 0; i < 100 && !c->vm.exited && !c->in.flag &&
-         c->vm.qmp && qmp_is_closed(c->vm.qmp); i++) {
-        create_run_loop(c, 10);
+    if (c->vm.qmp && qmp_is_closed(c->vm.qmp)) {
+        /* ends early when QEMU exited */
+        create_run_loop(c, 1000);
     }
     if (c->vm.exited) {
         error_free(*errp);
@@ -556,24 +616,34 @@ static void create_explain(Create *c, Error **errp)
 }
 
 /*
- * Half-made templates of @name: the caller holds the template's lock, so
- * the create that made them is gone.
+ * Half-made templates of @name, ".NAME.tmp-PID": the caller holds the
+ * template's lock, so the create that made them is gone.  Those of
+ * another template ("NAME.tmp-1" makes ".NAME.tmp-1.tmp-PID") are not.
  */
-static void remove_stale_tmp(const char *templates, const char *name)
+static void remove_stale_tmp(const char *name)
 {
     g_autofree char *prefix = g_strdup_printf(".%s.tmp-", name);
-    GDir *d = g_dir_open(templates, 0, NULL);
-    const char *e;
+    int fd = tool_dir_open("templates", false, NULL);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    g_autoptr(GPtrArray) stale = g_ptr_array_new_with_free_func(g_free);
+    struct dirent *e;
+    guint i;
 
-    while (d && (e = g_dir_read_name(d))) {
-        g_autofree char *path = g_build_filename(templates, e, NULL);
+    while (d && (e = readdir(d))) {
+        const char *pid = e->d_name + strlen(prefix);
 
-        if (g_str_has_prefix(e, prefix)) {
-            rmtree(path);
+        if (g_str_has_prefix(e->d_name, prefix) && *pid &&
+            strspn(pid, "0123456789") == strlen(pid)) {
+            g_ptr_array_add(stale, g_strdup(e->d_name));
         }
     }
+    for (i = 0; i < stale->len; i++) {
+        rmtree_at(dirfd(d), g_ptr_array_index(stale, i));
+    }
     if (d) {
-        g_dir_close(d);
+        closedir(d);
+    } else if (fd >= 0) {
+        close(fd);
     }
 }
 
@@ -627,12 +697,13 @@ static bool create_setup(Create *c, Error **errp)
         error_setg(errp, "template '%s' already exists", name);
         return false;
     }
-    remove_stale_tmp(c->templates, name);
+    remove_stale_tmp(name);
     /* the absolute path of the binary goes into the manifest */
-    c->m->qemu = qemu_resolve(c->o->qemu, errp);
-    if (!c->m->qemu) {
+    c->qemu = qemu_resolve(c->o->qemu, errp);
+    if (!c->qemu) {
         return false;
     }
+    c->m->qemu = g_strdup(c->qemu->path);
     /* built next to the final place, published by one rename */
     c->tmp = g_strdup_printf("%s/.%s.tmp-%d", c->templates, name, getpid());
     if (mkdir(c->tmp, 0700) < 0) {
@@ -678,8 +749,9 @@ bool create_run(const char *name, const CreateOpts *o, char **user,
     Create c = { .o = o, .lock = -1 };
     bool ok;
 
-    c.m = g_new0(Manifest, 1);
+    c.m = manifest_new();
     c.m->name = g_strdup(name);
+    c.events = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     c.m->mode = o->mode;
     c.m->args = g_strdupv(user);
     c.m->vmgenid = new_uuid();
@@ -704,6 +776,9 @@ bool create_run(const char *name, const CreateOpts *o, char **user,
         close(c.lock);
     }
     manifest_free(c.m);
+    qemu_binary_free(c.qemu);
+    g_hash_table_unref(c.events);
+    g_free(c.save_status);
     g_free(c.templates);
     g_free(c.final);
     g_free(c.tmp);

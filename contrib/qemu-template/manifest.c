@@ -19,11 +19,29 @@
 #define DAMAGED_HINT "The template is damaged: destroy it and create it " \
                      "again.\n"
 
+Manifest *manifest_new(void)
+{
+    Manifest *m = g_new0(Manifest, 1);
+
+    m->dirfd = m->ram_fd = m->state_fd = -1;
+    return m;
+}
+
+static void close_fd(int fd)
+{
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
 void manifest_free(Manifest *m)
 {
     if (!m) {
         return;
     }
+    close_fd(m->dirfd);
+    close_fd(m->ram_fd);
+    close_fd(m->state_fd);
     g_free(m->name);
     g_free(m->qemu);
     g_free(m->version);
@@ -37,41 +55,74 @@ void manifest_free(Manifest *m)
     g_free(m);
 }
 
-/* Files a template's clones need: trusted, and of the saved sizes. */
+/* Is @file one of the files a template of @mode has? */
+static bool mode_file(TemplateMode mode, const char *file)
+{
+    return !strcmp(file, mode_state_file[mode]) ||
+           (mode == MODE_BYPASS && !strcmp(file, MEMORY_FILE));
+}
+
+/* Open @file of @m: trusted, of the size the manifest says. */
+static int manifest_open_file(Manifest *m, const char *dir, const char *file,
+                              Error **errp)
+{
+    g_autofree char *path = g_build_filename(dir, file, NULL);
+    int64_t want = qdict_get_try_int(m->files, file, -1);
+    struct stat st;
+    int fd;
+
+    if (want < 0) {
+        error_setg(errp, "template '%s': the manifest does not list its "
+                   "file '%s'", m->name, file);
+        error_append_hint(errp, DAMAGED_HINT);
+        return -1;
+    }
+    fd = openat_trusted(m->dirfd, file, path, S_IFREG, &st, errp);
+    if (fd < 0) {
+        error_prepend(errp, "template '%s': ", m->name);
+        error_append_hint(errp, DAMAGED_HINT);
+        return -1;
+    }
+    if (st.st_size != want) {
+        error_setg(errp, "template '%s': '%s' has %" PRId64 " bytes, "
+                   "the manifest says %" PRId64, m->name, path,
+                   (int64_t)st.st_size, want);
+        error_append_hint(errp, "The template was changed after it was "
+                          "made: destroy it and create it again.\n");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * The files a template's clones need: exactly the mode's, well-formed
+ * entries, each opened, trusted and of the saved size.
+ */
 static bool manifest_check_files(Manifest *m, const char *dir, Error **errp)
 {
     const QDictEntry *e;
 
-    if (!qdict_size(m->files)) {
-        error_setg(errp, "template '%s': manifest lists no files", m->name);
-        error_append_hint(errp, DAMAGED_HINT);
-        return false;
-    }
     for (e = qdict_first(m->files); e; e = qdict_next(m->files, e)) {
-        g_autofree char *path = g_build_filename(dir, e->key, NULL);
         QNum *size = qobject_to(QNum, e->value);
         int64_t want;
-        struct stat st;
 
-        if (!valid_name(e->key) || !size || !qnum_get_try_int(size, &want)) {
+        if (!mode_file(m->mode, e->key) || !size ||
+            !qnum_get_try_int(size, &want) || want < 0) {
             error_setg(errp, "template '%s': manifest entry for file '%s' "
                        "is malformed", m->name, e->key);
             error_append_hint(errp, DAMAGED_HINT);
             return false;
         }
-        if (!stat_trusted(path, S_IFREG, &st, errp)) {
-            error_prepend(errp, "template '%s': ", m->name);
-            error_append_hint(errp, DAMAGED_HINT);
-            return false;
-        }
-        if (st.st_size != want) {
-            error_setg(errp, "template '%s': '%s' has %" PRId64 " bytes, "
-                       "the manifest says %" PRId64, m->name, path,
-                       (int64_t)st.st_size, want);
-            error_append_hint(errp, "The template was changed after it was "
-                              "made: destroy it and create it again.\n");
-            return false;
-        }
+    }
+    m->state_fd = manifest_open_file(m, dir, mode_state_file[m->mode],
+                                     errp);
+    if (m->state_fd < 0) {
+        return false;
+    }
+    if (m->mode == MODE_BYPASS) {
+        m->ram_fd = manifest_open_file(m, dir, MEMORY_FILE, errp);
+        return m->ram_fd >= 0;
     }
     return true;
 }
@@ -146,6 +197,42 @@ static bool manifest_parse(Manifest *m, QDict *d)
                        m->mode == MODE_MAPPED_RAM);
 }
 
+static void no_template(const char *name, Error **errp)
+{
+    error_setg(errp, "no template '%s' in '%s'", name, top_dir);
+    error_append_hint(errp, "'qemu-template list' shows the templates; "
+                      "--dir or QEMU_TEMPLATE_DIR selects another "
+                      "directory.\n");
+}
+
+/*
+ * The directory of template @name, opened and checked, and every
+ * directory above it: no one else can swap it or anything in it.
+ */
+static int template_dir_open(const char *name, Error **errp)
+{
+    ERRP_GUARD();
+    g_autofree char *dir = template_path(name, NULL);
+    int tdir = tool_dir_open("templates", false, errp);
+    int fd;
+
+    if (tdir < 0) {
+        if (!*errp) {
+            no_template(name, errp);
+        }
+        return -1;
+    }
+    if (faccessat(tdir, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
+        close(tdir);
+        no_template(name, errp);
+        return -1;
+    }
+    /* what the manifest says runs: it must be the user's own */
+    fd = openat_trusted(tdir, name, dir, S_IFDIR, NULL, errp);
+    close(tdir);
+    return fd;
+}
+
 Manifest *manifest_load(const char *name, Error **errp)
 {
     g_autofree char *dir = NULL;
@@ -159,25 +246,18 @@ Manifest *manifest_load(const char *name, Error **errp)
     }
     dir = template_path(name, NULL);
     path = template_path(name, MANIFEST_FILE);
-    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-        error_setg(errp, "no template '%s' in '%s'", name, top_dir);
-        error_append_hint(errp, "'qemu-template list' shows the templates; "
-                          "--dir or QEMU_TEMPLATE_DIR selects another "
-                          "directory.\n");
+    m = manifest_new();
+    m->name = g_strdup(name);
+    m->dirfd = template_dir_open(name, errp);
+    if (m->dirfd < 0) {
         return NULL;
     }
-    /* what the manifest says runs: it must be the user's own */
-    if (!stat_trusted(dir, S_IFDIR, NULL, errp)) {
-        return NULL;
-    }
-    d = read_json_dict(path, errp);
+    d = read_json_dict_at(m->dirfd, MANIFEST_FILE, path, errp);
     if (!d) {
         error_prepend(errp, "template '%s': ", name);
         error_append_hint(errp, DAMAGED_HINT);
         return NULL;
     }
-    m = g_new0(Manifest, 1);
-    m->name = g_strdup(name);
     if (!manifest_parse(m, d)) {
         error_setg(errp, "template '%s': manifest '%s' is not a format %d "
                    "manifest for this template", name, path, MANIFEST_FORMAT);
@@ -260,25 +340,45 @@ bool manifest_save(const Manifest *m, const char *dir, Error **errp)
     g_autofree char *path = g_build_filename(dir, MANIFEST_FILE, NULL);
     g_autoptr(QDict) d = manifest_to_qdict(m);
 
-    if (!write_json(path, QOBJECT(d), errp) || !fsync_path(path, errp)) {
+    if (!write_json(path, QOBJECT(d), true, errp)) {
         return false;
     }
     chmod(path, 0400);
     return true;
 }
 
-char *qemu_for_clones(const Manifest *m, const char *qemu, Error **errp)
+QemuBinary *qemu_for_clones(const Manifest *m, const char *qemu,
+                            Error **errp)
 {
-    g_autofree char *path = qemu_resolve(qemu, errp);
+    g_autoptr(QemuBinary) b = qemu_resolve(qemu, errp);
 
-    if (path && strcmp(path, m->qemu)) {
+    if (b && strcmp(b->path, m->qemu)) {
         error_setg(errp, "template '%s' was made with QEMU '%s', not with "
-                   "'%s'", m->name, m->qemu, path);
+                   "'%s'", m->name, m->qemu, b->path);
         error_append_hint(errp, "qemu-template runs the QEMU you choose, "
                           "never the manifest's: pass --qemu '%s' (or set "
                           "QEMU_TEMPLATE_QEMU) if you trust that binary, or "
                           "create the template again.\n", m->qemu);
         return NULL;
     }
-    return g_steal_pointer(&path);
+    return g_steal_pointer(&b);
+}
+
+int manifest_open_state(const Manifest *m, Error **errp)
+{
+    g_autofree char *self = g_strdup_printf("/proc/self/fd/%d", m->state_fd);
+    struct stat want, st;
+    /* the file itself, not a path: a new open file description */
+    int fd = open(self, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &st) < 0 || fstat(m->state_fd, &want) < 0 ||
+        st.st_dev != want.st_dev || st.st_ino != want.st_ino) {
+        error_setg_errno(errp, errno, "cannot reopen the state of template "
+                         "'%s'", m->name);
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    return fd;
 }

@@ -25,15 +25,22 @@ typedef struct Manifest {
     char *uuid;
     char *created;
     QDict *times;           /* durations of the create, in ms */
+    /* a loaded template's directory and files, opened and checked */
+    int dirfd;
+    int ram_fd;             /* bypass: the memory file */
+    int state_fd;           /* the state (mapped-ram: and RAM) file */
 } Manifest;
 
+Manifest *manifest_new(void);
 void manifest_free(Manifest *m);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manifest, manifest_free)
 
 /*
  * The manifest of template @name, parsed as hostile input: a trusted
  * file, every member present and well-typed, the arguments allowed, the
- * files trusted and of their recorded sizes.
+ * mode's files (and no other) trusted and of their recorded sizes.
+ * Every directory on the way is opened and checked; the files stay
+ * open, so what clones get is what was checked here.
  */
 Manifest *manifest_load(const char *name, Error **errp);
 /*
@@ -47,7 +54,10 @@ QDict *manifest_to_qdict(const Manifest *m);
  * The QEMU binary for clones of @m: the user's choice (--qemu @qemu,
  * else the default), which must be the binary that made the template.
  */
-char *qemu_for_clones(const Manifest *m, const char *qemu, Error **errp);
+QemuBinary *qemu_for_clones(const Manifest *m, const char *qemu,
+                            Error **errp);
+/* A descriptor of the state file of its own (offset and all). */
+int manifest_open_state(const Manifest *m, Error **errp);
 /* Write @m as @dir/manifest.json, synced and read-only. */
 bool manifest_save(const Manifest *m, const char *dir, Error **errp);
 

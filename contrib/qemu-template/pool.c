@@ -5,15 +5,18 @@
  * -incoming defer, their QMP connected and their QEMU version checked; a
  * request takes the oldest, loads the state with migrate-incoming, and
  * the pool starts a new one.  Everything runs on one GLib main loop:
- * clients, clones starting, clones loading; no step waits for another.
- * New clones are started only while no request is being served (or when
- * a request waits for one), so a request never waits for a refill.
+ * clients, clones starting, loading and being stopped; nothing waits
+ * for a process (a clone start returns once forked, a clone is stopped
+ * by a timer and its child watch).  New clones are started one per
+ * turn of the loop, only while no request is being served (or when a
+ * request waits for one).
  *
  * The socket, DIR/pools/NAME.sock, speaks one JSON object per line:
  * {"execute": "clone"[, "arguments": {"args": [...], "nics": [...]}]},
  * {"execute": "status"} and {"execute": "quit"}.  Clients are
- * non-blocking, their input and output bounded, their number limited,
- * and idle or stalled clients are dropped.
+ * non-blocking, their input and output bounded, their number limited;
+ * a client that does not send a whole request, or read its answer, in
+ * time is dropped, however slowly it trickles bytes.
  *
  * Copyright (c) 2026 The VM templating authors
  *
@@ -38,19 +41,23 @@
 #define POOL_MAX_CLIENTS 32
 #define POOL_MAX_LINE (64 * 1024)
 #define POOL_MAX_OUT (1024 * 1024)
-/* a client that asks nothing, or reads nothing of its answers, is closed */
-#define POOL_IDLE_S 60
-#define POOL_STALL_S 30
 /* clones started at once while refilling */
 #define POOL_MAX_STARTING 2
+/* clones in a row that fail while they start: the template is at fault */
+#define POOL_MAX_START_FAILURES 3
 /* how long a client waits for an answer */
 #define POOL_ANSWER_S 180
+/* how long stopping the clones not handed out may take, at most */
+#define POOL_STOP_MS 5000
 
 typedef struct Pool {
     Manifest *m;
     const PoolOpts *o;
-    char *qemu;
+    QemuBinary *qemu;
+    CloneSpec spec;
     char *path;
+    char *pidfile;
+    int pidfile_fd;
     int lfd;
     guint accept_watch;
     guint refill_idle;
@@ -62,6 +69,8 @@ typedef struct Pool {
     GQueue clients;
     int served;
     int failed;
+    int abandoned;      /* loaded for a client that left: stopped */
+    int start_failures; /* in a row */
     char *last_error;
     Error *fatal;
     GMainLoop *loop;
@@ -79,8 +88,8 @@ typedef struct PoolClient {
     bool busy;          /* its clone request runs: later ones wait */
     bool closing;       /* closed once its output is sent */
     int64_t t_req;
-    int64_t last_in;
-    int64_t out_since;
+    int64_t idle_since; /* connected, or last answered: a request is due */
+    int64_t out_since;  /* its output has been waiting since */
 } PoolClient;
 
 static char *pool_socket(const char *name)
@@ -144,7 +153,10 @@ static bool pc_flush(PoolClient *pc)
             return false;
         }
         g_string_erase(pc->out, 0, n);
-        pc->out_since = now_us();
+    }
+    if (!pc->out->len && !pc->busy) {
+        /* all answered: the next request is due from now */
+        pc->idle_since = now_us();
     }
     if (!pc->out->len && pc->closing) {
         pc_close(pc);
@@ -225,14 +237,37 @@ static QDict *pool_status(Pool *p)
     qdict_put_int(st, "ready", g_queue_get_length(&p->ready));
     qdict_put_int(st, "starting", g_queue_get_length(&p->starting));
     qdict_put_int(st, "loading", g_queue_get_length(&p->loading));
+    qdict_put_int(st, "stopping", clone_stopping());
     qdict_put_int(st, "waiting-requests", g_queue_get_length(&p->waiters));
     qdict_put_int(st, "served", p->served);
     qdict_put_int(st, "failed", p->failed);
+    qdict_put_int(st, "abandoned", p->abandoned);
     qdict_put_int(st, "clients", g_queue_get_length(&p->clients));
     if (p->last_error) {
         qdict_put_str(st, "last-error", p->last_error);
     }
     return st;
+}
+
+/* A list of strings, or absent? */
+static bool string_list(QDict *args, const char *key)
+{
+    QObject *v = qdict_get(args, key);
+    QList *l = qobject_to(QList, v);
+    QListEntry *e;
+
+    if (!v) {
+        return true;
+    }
+    if (!l) {
+        return false;
+    }
+    QLIST_FOREACH_ENTRY(l, e) {
+        if (!qobject_to(QString, qlist_entry_obj(e))) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Are the string lists @want (a QList or NULL) and @have the same? */
@@ -245,8 +280,7 @@ static bool same_strings(QList *want, char **have)
         QLIST_FOREACH_ENTRY(want, e) {
             QString *s = qobject_to(QString, qlist_entry_obj(e));
 
-            if (!s || !have || !have[i] ||
-                strcmp(qstring_get_str(s), have[i])) {
+            if (!have || !have[i] || strcmp(qstring_get_str(s), have[i])) {
                 return false;
             }
             i++;
@@ -257,15 +291,45 @@ static bool same_strings(QList *want, char **have)
 
 static void pool_serve(Pool *p);
 
-static bool pc_clone(PoolClient *pc, QDict *args)
+/* "arguments" of a clone request: only "args" and "nics", string lists. */
+static bool pc_clone_args_valid(QObject *obj, Error **errp)
+{
+    QDict *args = qobject_to(QDict, obj);
+    const QDictEntry *e;
+
+    if (!obj) {
+        return true;
+    }
+    if (!args) {
+        error_setg(errp, "'arguments' must be an object");
+        return false;
+    }
+    for (e = qdict_first(args); e; e = qdict_next(args, e)) {
+        if (strcmp(e->key, "args") && strcmp(e->key, "nics")) {
+            error_setg(errp, "unknown member '%s' of 'arguments' (args, "
+                       "nics)", e->key);
+            return false;
+        }
+    }
+    if (!string_list(args, "args") || !string_list(args, "nics")) {
+        error_setg(errp, "'args' and 'nics' must be lists of strings");
+        return false;
+    }
+    return true;
+}
+
+static bool pc_clone(PoolClient *pc, QObject *obj)
 {
     Pool *p = pc->p;
+    QDict *args = qobject_to(QDict, obj);
+    Error *err = NULL;
 
+    if (!pc_clone_args_valid(obj, &err)) {
+        return pc_reply(pc, NULL, err, NULL);
+    }
     /* the pool's clones were started with the pool's arguments */
     if (args && (!same_strings(qdict_get_qlist(args, "args"), p->o->extra) ||
                  !same_strings(qdict_get_qlist(args, "nics"), p->o->nics))) {
-        Error *err = NULL;
-
         error_setg(&err, "the pool's clones were started with other "
                    "arguments or NICs");
         return pc_reply(pc, NULL, err, "ArgumentMismatch");
@@ -290,7 +354,7 @@ static bool pc_request(PoolClient *pc, const char *line)
         error_setg(&err, "expected {\"execute\": COMMAND}");
         return pc_reply(pc, NULL, err, NULL);
     } else if (!strcmp(cmd, "clone")) {
-        return pc_clone(pc, qdict_get_qdict(req, "arguments"));
+        return pc_clone(pc, qdict_get(req, "arguments"));
     } else if (!strcmp(cmd, "status")) {
         return pc_reply(pc, QOBJECT(pool_status(pc->p)), NULL, NULL);
     } else if (!strcmp(cmd, "quit")) {
@@ -338,7 +402,7 @@ static gboolean pc_readable(int fd, GIOCondition cond, gpointer opaque)
         pc_close(pc);
         return G_SOURCE_REMOVE;
     }
-    pc->last_in = now_us();
+    /* bytes alone do not keep a client: pool_tick() wants requests */
     g_string_append_len(pc->in, buf, n);
     if (pc->in->len > 2 * POOL_MAX_LINE) {
         /* a busy client that keeps sending: drop it */
@@ -359,7 +423,7 @@ static void pool_add_client(Pool *p, int fd)
     pc->fd = fd;
     pc->in = g_string_new("");
     pc->out = g_string_new("");
-    pc->last_in = now_us();
+    pc->idle_since = now_us();
     g_queue_push_tail(&p->clients, pc);
     if (!check_peer(fd, 0, p->path, &err)) {
         /* only the pool's user may take its clones */
@@ -384,21 +448,24 @@ static gboolean pool_accept(int lfd, GIOCondition cond, gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
-/* Every second: drop clients that ask nothing or read nothing. */
+/*
+ * Every second: drop clients that did not send a whole request in time
+ * (since they connected or were last answered), or left an answer
+ * unread for as long; a trickle of bytes extends neither.
+ */
 static gboolean pool_tick(gpointer opaque)
 {
     Pool *p = opaque;
     int64_t now = now_us();
+    int64_t limit = (int64_t)p->o->client_timeout * G_USEC_PER_SEC;
     GList *l, *next;
 
     for (l = p->clients.head; l; l = next) {
         PoolClient *pc = l->data;
 
         next = l->next;
-        if ((pc->out->len &&
-             now - pc->out_since > POOL_STALL_S * G_USEC_PER_SEC) ||
-            (!pc->busy && !pc->out->len &&
-             now - pc->last_in > POOL_IDLE_S * G_USEC_PER_SEC)) {
+        if ((pc->out->len && now - pc->out_since > limit) ||
+            (!pc->busy && !pc->out->len && now - pc->idle_since > limit)) {
             pc_close(pc);
         }
     }
@@ -458,11 +525,13 @@ static void pool_loaded(Pool *p, Clone *c)
     bool alive = false;
 
     g_queue_remove(&p->loading, c);
-    if (c->state == CLONE_DONE) {
+    if (c->state == CLONE_DONE && !pc) {
+        /* its client left: nobody would own it */
+        p->abandoned++;
+        clone_discard(c);
+    } else if (c->state == CLONE_DONE) {
         p->served++;
-        if (pc) {
-            alive = pc_reply(pc, qobject_ref(QOBJECT(c->rec)), NULL, NULL);
-        }
+        alive = pc_reply(pc, qobject_ref(QOBJECT(c->rec)), NULL, NULL);
         clone_release(c);
     } else {
         p->failed++;
@@ -478,6 +547,20 @@ static void pool_loaded(Pool *p, Clone *c)
     }
 }
 
+/* A clone failed before it was ready; too many in a row stop the pool. */
+static void pool_start_failed(Pool *p, Clone *c)
+{
+    pool_set_error(p, c->err);
+    if (++p->start_failures >= POOL_MAX_START_FAILURES && !p->fatal) {
+        /* a template that cannot be cloned: say so and stop */
+        p->fatal = error_copy(c->err);
+        error_prepend(&p->fatal, "%d clones in a row failed to start; the "
+                      "last: ", p->start_failures);
+        g_main_loop_quit(p->loop);
+    }
+    clone_discard(c);
+}
+
 static void pool_clone_notify(Clone *c, void *opaque)
 {
     Pool *p = opaque;
@@ -485,6 +568,7 @@ static void pool_clone_notify(Clone *c, void *opaque)
     if (g_queue_find(&p->loading, c)) {
         pool_loaded(p, c);
     } else if (c->state == CLONE_WAITING) {
+        p->start_failures = 0;
         g_queue_remove(&p->starting, c);
         g_queue_push_tail(&p->ready, c);
         pool_serve(p);
@@ -494,19 +578,17 @@ static void pool_clone_notify(Clone *c, void *opaque)
         pool_set_error(p, c->err);
         clone_discard(c);
     } else {
-        /* a template that cannot be cloned: say so and stop */
+        /* killed while it started (OOM, destroy), or the template's fault */
         g_queue_remove(&p->starting, c);
-        pool_set_error(p, c->err);
-        if (!p->fatal) {
-            p->fatal = error_copy(c->err);
-        }
-        clone_discard(c);
-        g_main_loop_quit(p->loop);
-        return;
+        pool_start_failed(p, c);
     }
     pool_refill_soon(p);
 }
 
+/*
+ * Start one clone (the loop runs between two), if the pool lacks one;
+ * a request being served goes first, unless it waits for a clone.
+ */
 static gboolean pool_refill(gpointer opaque)
 {
     Pool *p = opaque;
@@ -514,26 +596,28 @@ static gboolean pool_refill(gpointer opaque)
                g_queue_get_length(&p->ready);
     bool wanted = !g_queue_is_empty(&p->waiters) &&
                   g_queue_is_empty(&p->ready);
+    Error *err = NULL;
+    Clone *c;
 
     p->refill_idle = 0;
-    /* a request being served goes first, unless it waits for a clone */
-    while (!p->fatal && have < MAX(p->o->size, 1) &&
-           (int)g_queue_get_length(&p->starting) < POOL_MAX_STARTING &&
-           (g_queue_is_empty(&p->loading) || wanted)) {
-        Error *err = NULL;
-        Clone *c = clone_start(p->m, p->qemu, p->o->extra, p->o->nics, true,
-                               pool_clone_notify, p, &err);
-
-        if (!c) {
-            pool_set_error(p, err);
+    if (p->fatal || have >= MAX(p->o->size, 1) ||
+        (int)g_queue_get_length(&p->starting) >= POOL_MAX_STARTING ||
+        (!g_queue_is_empty(&p->loading) && !wanted)) {
+        return G_SOURCE_REMOVE;
+    }
+    c = clone_start(&p->spec, pool_clone_notify, p, &err);
+    if (!c) {
+        pool_set_error(p, err);
+        if (++p->start_failures >= POOL_MAX_START_FAILURES) {
             p->fatal = err;
             g_main_loop_quit(p->loop);
-            break;
+            return G_SOURCE_REMOVE;
         }
+        error_free(err);
+    } else {
         g_queue_push_tail(&p->starting, c);
-        have++;
-        wanted = false;
     }
+    pool_refill_soon(p);
     return G_SOURCE_REMOVE;
 }
 
@@ -551,34 +635,45 @@ static void pool_refill_soon(Pool *p)
 /*
  * Pooled clones that a killed pool of @name left: the records say which
  * (their template, pooled, not yet running).  The caller holds the pool
- * lock, so no other pool of the template runs.
+ * lock, so no other pool of the template runs.  They are stopped all
+ * at once, before the pool serves.
  */
 static void pool_reap_stale(const char *name)
 {
-    g_autofree char *cdir = g_build_filename(top_dir, "clones", NULL);
-    GDir *d = g_dir_open(cdir, 0, NULL);
-    const char *e;
+    int cdir = tool_dir_open("clones", false, NULL);
+    DIR *d = cdir >= 0 ? fdopendir(cdir) : NULL;
+    g_autoptr(GArray) refs = g_array_new(false, true, sizeof(ProcRef));
+    g_autoptr(GPtrArray) recs = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)qobject_unref_any);
+    g_autoptr(GPtrArray) ids = g_ptr_array_new_with_free_func(g_free);
+    struct dirent *e;
+    guint i;
 
-    while (d && (e = g_dir_read_name(d))) {
-        g_autofree char *dir = clone_path(e, NULL);
-        g_autofree char *path = clone_path(e, CLONE_FILE);
-        g_autoptr(QDict) rec = read_json_dict(path, NULL);
-        pid_t pid;
+    while (d && (e = readdir(d))) {
+        g_autofree char *path = clone_path(e->d_name, CLONE_FILE);
+        QDict *rec = valid_name(e->d_name) ? read_json_dict(path, NULL)
+                                           : NULL;
+        ProcRef r;
 
         if (!rec || g_strcmp0(qdict_get_try_str(rec, "template"), name) ||
             !qdict_get_try_bool(rec, "pooled", false) ||
             !g_strcmp0(qdict_get_try_str(rec, "state"), "running")) {
+            qobject_unref(rec);
             continue;
         }
-        pid = qdict_get_try_int(rec, "pid", 0);
-        if (!process_alive(pid, dir)) {
-            pid = find_process(dir);
-        }
-        kill_pid(pid);
-        rmtree(dir);
+        g_ptr_array_add(ids, g_strdup(e->d_name));
+        g_ptr_array_add(recs, rec);
+        clone_record_ref(rec, g_ptr_array_index(ids, ids->len - 1), &r);
+        g_array_append_val(refs, r);
+    }
+    proc_stop((ProcRef *)refs->data, refs->len);
+    for (i = 0; i < ids->len; i++) {
+        rmtree_at(dirfd(d), g_ptr_array_index(ids, i));
     }
     if (d) {
-        g_dir_close(d);
+        closedir(d);
+    } else if (cdir >= 0) {
+        close(cdir);
     }
 }
 
@@ -606,8 +701,43 @@ static int pool_listen(const char *path, Error **errp)
 }
 
 /*
- * --daemonize: the parent waits until the child's pool is full (and
- * prints the line saying so) or failed (and exits 1).
+ * The daemon's parent: wait until the child's pool is full (print the
+ * line saying so, exit 0) or failed (report its error, exit 1).  The
+ * child sends "pool ..." or its error: the message, a NUL, the hint.
+ */
+static void G_GNUC_NORETURN pool_parent_wait(int fd)
+{
+    g_autoptr(GString) in = g_string_new("");
+    Error *err = NULL;
+    char buf[4096];
+    ssize_t n;
+
+    while ((n = read(fd, buf, sizeof(buf))) > 0 ||
+           (n < 0 && errno == EINTR)) {
+        g_string_append_len(in, buf, MAX(n, 0));
+    }
+    if (g_str_has_prefix(in->str, "pool ")) {
+        fputs(in->str, stdout);
+        exit(0);
+    }
+    if (in->len) {
+        const char *hint = in->str + strlen(in->str) + 1;
+
+        error_setg(&err, "%s", in->str);
+        if (hint < in->str + in->len && *hint) {
+            error_append_hint(&err, "%s", hint);
+        }
+    } else {
+        error_setg(&err, "the pool exited before it was ready");
+    }
+    tool_report_error(err, NULL);
+    exit(1);
+}
+
+/*
+ * --daemonize: fork; the parent waits (pool_parent_wait()), the child
+ * goes on in a session of its own, in "/", without the descriptors the
+ * tool was started with.
  */
 static bool pool_daemonize(Pool *p, Error **errp)
 {
@@ -623,29 +753,40 @@ static bool pool_daemonize(Pool *p, Error **errp)
     pid = fork();
     if (pid < 0) {
         error_setg_errno(errp, errno, "cannot fork");
+        close(pfd[0]);
+        close(pfd[1]);
         return false;
     }
     if (pid > 0) {
-        char buf[4096];
-        ssize_t n;
-
         close(pfd[1]);
-        do {
-            n = read(pfd[0], buf, sizeof(buf) - 1);
-        } while (n < 0 && errno == EINTR);
-        buf[MAX(n, 0)] = '\0';
-        if (g_str_has_prefix(buf, "pool ")) {
-            fputs(buf, stdout);
-            exit(0);
-        }
-        fprintf(stderr, "%s", n > 0 ? buf : "qemu-template: the pool "
-                "exited before it was ready\n");
-        exit(1);
+        pool_parent_wait(pfd[0]);
     }
     close(pfd[0]);
     p->ready_fd = pfd[1];
     setsid();
+    fds_close_inherited();
+    if (chdir("/") < 0) {
+        /* the pool uses absolute paths only */
+    }
     return true;
+}
+
+/* Tell the daemon's parent why the pool failed: it reports it, once. */
+static void pool_tell_parent(Pool *p, Error **errp)
+{
+    g_autofree char *hint = *errp ? error_hint(*errp) : NULL;
+    g_autoptr(GString) msg = g_string_new(*errp ? error_get_pretty(*errp)
+                                                : "the pool failed");
+
+    g_string_append_c(msg, '\0');
+    g_string_append(msg, hint ?: "");
+    if (qemu_write_full(p->ready_fd, msg->str, msg->len) != msg->len) {
+        /* the parent is gone: nobody to tell */
+    }
+    close(p->ready_fd);
+    p->ready_fd = -1;
+    error_free(*errp);
+    *errp = NULL;
 }
 
 /* Once daemonized and ready to serve: no more terminal. */
@@ -669,6 +810,15 @@ static gboolean pool_signal(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
+/* Answer @pc's clone request, if it waits, with "the pool stopped". */
+static void pool_stopped_reply(PoolClient *pc)
+{
+    Error *err = NULL;
+
+    error_setg(&err, "the pool stopped");
+    pc_reply(pc, NULL, err, NULL);
+}
+
 /* Stop every clone not handed out, answer every request, close up. */
 static void pool_shutdown(Pool *p)
 {
@@ -677,18 +827,12 @@ static void pool_shutdown(Pool *p)
 
     while ((c = g_queue_pop_head(&p->loading))) {
         if (c->user) {
-            Error *err = NULL;
-
-            error_setg(&err, "the pool stopped");
-            pc_reply(c->user, NULL, err, NULL);
+            pool_stopped_reply(c->user);
         }
         clone_discard(c);
     }
     while ((pc = g_queue_pop_head(&p->waiters))) {
-        Error *err = NULL;
-
-        error_setg(&err, "the pool stopped");
-        pc_reply(pc, NULL, err, NULL);
+        pool_stopped_reply(pc);
     }
     while ((c = g_queue_pop_head(&p->ready)) ||
            (c = g_queue_pop_head(&p->starting))) {
@@ -708,7 +852,8 @@ static void pool_shutdown(Pool *p)
     }
     close(p->lfd);
     unlink(p->path);
-    clone_wait_released(1000);
+    /* the clones stop together: SIGTERM, SIGKILL 3 s later if need be */
+    clone_wait_pending(POOL_STOP_MS);
 }
 
 static void pool_loop(Pool *p)
@@ -756,10 +901,30 @@ static bool pool_prepare(Pool *p, const char *name, int lock, Error **errp)
     if (p->o->daemonize && !pool_daemonize(p, errp)) {
         return false;
     }
-    if (p->o->pidfile && !qemu_write_pidfile(p->o->pidfile, errp)) {
-        return false;
+    if (p->pidfile) {
+        p->pidfile_fd = pidfile_write(p->pidfile, errp);
+        if (p->pidfile_fd < 0) {
+            error_prepend(errp, "--pidfile: ");
+            return false;
+        }
     }
     return true;
+}
+
+static void pool_init(Pool *p, Manifest *m, const PoolOpts *o)
+{
+    *p = (Pool) {
+        .m = m, .o = o, .lfd = -1, .ready_fd = -1, .pidfile_fd = -1,
+    };
+    p->path = pool_socket(m->name);
+    /* absolute before a daemon goes to "/" */
+    p->pidfile = o->pidfile ? g_canonicalize_filename(o->pidfile, NULL)
+                            : NULL;
+    g_queue_init(&p->starting);
+    g_queue_init(&p->ready);
+    g_queue_init(&p->loading);
+    g_queue_init(&p->waiters);
+    g_queue_init(&p->clients);
 }
 
 bool pool_run(const char *name, const PoolOpts *o, Error **errp)
@@ -767,20 +932,19 @@ bool pool_run(const char *name, const PoolOpts *o, Error **errp)
     ERRP_GUARD();
     int lock;
     g_autoptr(Manifest) m = manifest_load_locked(name, &lock, errp);
-    Pool p = { .m = m, .o = o, .lfd = -1, .ready_fd = -1 };
+    Pool p;
     bool ok;
 
     if (!m) {
         return false;
     }
-    p.path = pool_socket(name);
-    g_queue_init(&p.starting);
-    g_queue_init(&p.ready);
-    g_queue_init(&p.loading);
-    g_queue_init(&p.waiters);
-    g_queue_init(&p.clients);
+    pool_init(&p, m, o);
     ok = pool_prepare(&p, name, lock, errp);
     if (ok) {
+        p.spec = (CloneSpec) {
+            .m = m, .qemu = p.qemu, .extra = o->extra, .nics = o->nics,
+            .pooled = true, .timeout_s = o->timeout,
+        };
         if (o->daemonize) {
             pool_detach_stdio();
         }
@@ -793,22 +957,17 @@ bool pool_run(const char *name, const PoolOpts *o, Error **errp)
         close(p.lfd);
         unlink(p.path);
     }
-    if (p.ready_fd >= 0) {
-        /* the daemon's parent hears why */
-        g_autofree char *msg = g_strdup_printf(
-            "qemu-template: %s\n", *errp ? error_get_pretty(*errp) : "");
-
-        if (qemu_write_full(p.ready_fd, msg, strlen(msg)) < 0) {
-            /* nobody to tell */
-        }
-        close(p.ready_fd);
+    if (p.pidfile_fd >= 0) {
+        pidfile_remove(p.pidfile, p.pidfile_fd);
     }
-    if (o->pidfile && ok) {
-        unlink(o->pidfile);
+    if (p.ready_fd >= 0) {
+        /* a daemon that never got ready: its parent reports the error */
+        pool_tell_parent(&p, errp);
     }
     close(lock);
-    g_free(p.qemu);
+    qemu_binary_free(p.qemu);
     g_free(p.path);
+    g_free(p.pidfile);
     g_free(p.last_error);
     return ok;
 }
@@ -843,13 +1002,14 @@ static QDict *pool_exchange(int fd, QDict *req, int timeout_s, Error **errp)
     g_autoptr(GString) in = g_string_new("");
     int64_t deadline = now_us() + timeout_s * G_USEC_PER_SEC;
     g_autoptr(QObject) obj = NULL;
+    int send_errno = 0;
     QDict *msg;
 
     qobject_unref(req);
     g_string_append_c(json, '\n');
     if (qemu_send_full(fd, json->str, json->len) != json->len) {
-        error_setg_errno(errp, errno, "cannot send to the pool");
-        return NULL;
+        /* a pool that refuses the connection answers, then closes */
+        send_errno = errno;
     }
     while (!strchr(in->str, '\n')) {
         struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -867,6 +1027,10 @@ static QDict *pool_exchange(int fd, QDict *req, int timeout_s, Error **errp)
         n = read(fd, buf, sizeof(buf));
         if (n < 0 && errno == EINTR) {
             continue;
+        }
+        if (n <= 0 && send_errno) {
+            error_setg_errno(errp, send_errno, "cannot send to the pool");
+            return NULL;
         }
         if (n <= 0 || in->len > POOL_MAX_OUT) {
             error_setg(errp, "the pool closed the connection");
@@ -911,12 +1075,27 @@ static QList *strv_to_qlist(char **v)
     return l;
 }
 
+/* Is @msg an answer with "return"?  Else its error in @errp. */
+static bool pool_answer_error(QDict *msg, Error **errp)
+{
+    QDict *err = qdict_get_qdict(msg, "error");
+
+    if (qdict_haskey(msg, "return")) {
+        return true;
+    }
+    error_setg(errp, "pool: %s",
+               (err ? qdict_get_try_str(err, "desc") : NULL) ?:
+               "malformed answer");
+    return false;
+}
+
 PoolAnswer pool_take(const char *name, char **extra, char **nics,
                      QDict **rec, Error **errp)
 {
     ERRP_GUARD();
     QDict *req = qdict_new(), *args = qdict_new(), *err;
     g_autoptr(QDict) msg = NULL;
+    const char *cls;
     bool ran;
 
     qdict_put_str(req, "execute", "clone");
@@ -941,13 +1120,14 @@ PoolAnswer pool_take(const char *name, char **extra, char **nics,
         return POOL_SERVED;
     }
     err = qdict_get_qdict(msg, "error");
-    if (err && !g_strcmp0(qdict_get_try_str(err, "class"),
-                          "ArgumentMismatch")) {
+    cls = err ? qdict_get_try_str(err, "class") : NULL;
+    if (!g_strcmp0(cls, "ArgumentMismatch")) {
         return POOL_MISMATCH;
     }
-    error_setg(errp, "pool: %s",
-               (err ? qdict_get_try_str(err, "desc") : NULL) ?:
-               "malformed answer");
+    if (!g_strcmp0(cls, "Busy")) {
+        return POOL_BUSY;
+    }
+    pool_answer_error(msg, errp);
     return POOL_ERROR;
 }
 
@@ -977,7 +1157,7 @@ bool pool_stop(const char *name, Error **errp)
     if (!ran && !*errp) {
         error_setg(errp, "no pool of '%s' runs", name);
     }
-    if (!msg) {
+    if (!msg || !pool_answer_error(msg, errp)) {
         return false;
     }
     /* gone once it released its lock */

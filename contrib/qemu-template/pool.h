@@ -14,9 +14,18 @@ typedef struct PoolOpts {
     char **extra;
     char **nics;
     int size;
+    int timeout;            /* s, for each clone to run once loaded */
+    int client_timeout;     /* s, see POOL_CLIENT_S */
     bool daemonize;
     const char *pidfile;
 } PoolOpts;
+
+/*
+ * The default of PoolOpts.client_timeout: a client must send a whole
+ * request within it of connecting or of its last answer, and read each
+ * answer within it; else it is dropped.
+ */
+#define POOL_CLIENT_S 60
 
 /* "pool NAME": serve clones of @name until stopped. */
 bool pool_run(const char *name, const PoolOpts *o, Error **errp);
@@ -25,6 +34,7 @@ typedef enum PoolAnswer {
     POOL_NONE,          /* no pool runs for the template */
     POOL_SERVED,        /* the record */
     POOL_MISMATCH,      /* the pool's clones have other arguments */
+    POOL_BUSY,          /* the pool takes no more connections now */
     POOL_ERROR,
 } PoolAnswer;
 

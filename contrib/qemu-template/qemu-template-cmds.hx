@@ -26,7 +26,11 @@ SRST
   QEMU starts paused (``-S``) and runs once the tool listens to its
   events.  Each ``--ready`` *COND* must hold in turn (without any,
   the VM is saved at once): ``delay:SECONDS``; ``event:NAME``, a QMP
-  event such as ``RESUME``, counted from the start; ``log:FILE:TEXT``,
+  event (such as ``NIC_RX_FILTER_CHANGED`` when the guest's network
+  driver starts) that came after the tool let the guest run, each
+  ``event:`` condition taking one occurrence (none is lost while earlier
+  conditions are waited for; the tool's own ``RESUME`` is not one);
+  ``log:FILE:TEXT``,
   *FILE* (for example a serial port's file or a chardev ``logfile``)
   contains *TEXT*; ``ga:SOCKET``, the guest agent (qemu-ga) on the UNIX
   socket *SOCKET* of a chardev answers ``guest-ping``; ``signal``, the
@@ -41,19 +45,21 @@ SRST
   there.  In the value of an option that takes an option list
   (``-chardev``, ``-netdev``, ``-device``, ``-object``, ``-drive`` and
   the like) a comma of the directory is doubled, or, in a JSON value,
-  the directory is escaped as a JSON string; elsewhere
-  (``-serial file:@DIR@/x``) it is the plain path.  The tool adds its QMP
+  the directory is escaped as a JSON string; in the old character device
+  syntax of ``-serial``, ``-monitor``, ``-qmp``, ``-gdb`` and the like a
+  comma is doubled after ``unix:`` (an option list), and
+  ``file:@DIR@/x`` gets the plain path.  The tool adds its QMP
   monitor, the ``vmgenid`` device, ``-uuid``, ``-name``, ``-S``,
-  ``-incoming`` and, in bypass mode, the RAM backend; these may not be
-  given, nor ``-daemonize`` and ``-readconfig`` (whose file the tool
-  could not check).
+  ``-incoming``, ``-add-fd`` and, in bypass mode, the RAM backend; these
+  may not be given, nor ``-daemonize`` and ``-readconfig`` (whose file
+  the tool could not check).
 ERST
 
 DEF("clone", cmd_clone,
-    "clone NAME [--count N] [--no-pool] [--nic NETDEV]... [--qemu PATH] [-- EXTRA-QEMU-ARGS...]",
+    "clone NAME [--count N] [--no-pool] [--nic NETDEV]... [--qemu PATH] [--timeout S] [-- EXTRA-QEMU-ARGS...]",
     "Start N clones of NAME (from its pool when one runs).")
 SRST
-.. option:: clone NAME [--count N] [--no-pool] [--nic NETDEV]... [--qemu PATH] [-- EXTRA-QEMU-ARGS...]
+.. option:: clone NAME [--count N] [--no-pool] [--nic NETDEV]... [--qemu PATH] [--timeout S] [-- EXTRA-QEMU-ARGS...]
 
   Start *N* clones (1) of template *NAME*.  For each it prints the
   clone's id, ``pid``, QMP socket path ``qmp``, its ``vmgenid`` and
@@ -65,7 +71,8 @@ SRST
 
   Each clone starts with ``-incoming defer``; its QEMU version is
   checked against the template's before any of the template's state is
-  loaded, then the state is loaded with ``migrate-incoming``.  Without
+  loaded, then the state is loaded with ``migrate-incoming``; a clone
+  that does not run ``--timeout`` seconds (120) after that fails.  Without
   a pool, up to eight clones start at once and each is reported as soon
   as it runs, with its own time from exec.  If one fails, the others not
   reported yet are stopped; the clones already reported keep running.
@@ -89,18 +96,18 @@ SRST
 
   When a pool of the template runs, ``clone`` takes its clones from it
   (unless ``--no-pool``) if the pool's clones were started with the
-  same extra arguments and NICs; otherwise it says so and starts its
-  own.  The record of a clone from a pool holds ``request-us`` (from the
+  same extra arguments and NICs and the pool takes the connection;
+  otherwise it says so and starts its own.  The record of a clone from a pool holds ``request-us`` (from the
   request to the answer, what the client waits for) and
   ``request-running-us`` (to the guest running) instead of ``qmp-us``,
   ``running-us`` and ``ready-us`` (from exec).
 ERST
 
 DEF("pool", cmd_pool,
-    "pool NAME [--size N] [--nic NETDEV]... [--qemu PATH] [--daemonize] [--pidfile FILE] [-- EXTRA-QEMU-ARGS...]",
+    "pool NAME [--size N] [--nic NETDEV]... [--qemu PATH] [--timeout S] [--client-timeout S] [--daemonize] [--pidfile FILE] [-- EXTRA-QEMU-ARGS...]",
     "Keep N clones of NAME waiting for their state; serve requests.")
 SRST
-.. option:: pool NAME [--size N] [--nic NETDEV]... [--qemu PATH] [--daemonize] [--pidfile FILE] [-- EXTRA-QEMU-ARGS...]
+.. option:: pool NAME [--size N] [--nic NETDEV]... [--qemu PATH] [--timeout S] [--client-timeout S] [--daemonize] [--pidfile FILE] [-- EXTRA-QEMU-ARGS...]
 
   Keep *N* clones (1) of template *NAME* started, with everything but
   the state loaded (``-incoming defer``, their own identity, guest RAM
@@ -113,11 +120,17 @@ SRST
   full and runs until ``SIGTERM``, ``SIGINT``, ``SIGHUP``, ``qemu-template
   stop NAME`` or a ``quit`` request: the clones still waiting are
   stopped, the clones handed out keep running.  ``--daemonize`` returns
-  once the pool is full (or failed) and leaves it running in the
-  background; ``--pidfile`` writes its pid.  A pool started after one was
+  once the pool is full (or failed, with its error) and leaves it
+  running in the background, in ``/``, without the descriptors it was
+  started with; ``--pidfile`` writes its pid (see Trust and permissions)
+  and is removed when the pool stops.  A pool started after one was
   killed stops the waiting clones that the killed one left (their
-  records say which).  If a new clone cannot be started (for example the
-  template's files were deleted), the pool reports the error and stops.
+  records say which).  The pool opens the template's files when it
+  starts and clones those.  A clone that dies while it starts (killed,
+  or out of memory) is replaced; if three in a row fail to start (a
+  template that cannot be cloned), the pool reports the last error and
+  stops.  ``--timeout`` is ``clone``'s.  A request whose client is gone
+  before its clone runs has the clone stopped (``abandoned``).
 
   The socket is its user's alone: other users are refused (their
   ``SO_PEERCRED``).  It speaks one JSON object per line:
@@ -125,10 +138,13 @@ SRST
   "nics": [...]}``, which must match the pool's) answers ``{"return":
   CLONE-RECORD}``; ``{"execute": "status"}`` answers the template, pid,
   size, clones ready, starting and loading, requests waiting, clones
-  served, failed requests and the last error; ``{"execute": "quit"}``
-  stops the pool.  Errors are ``{"error": {"class": CLASS, "desc":
-  TEXT}}``.  At most 32 clients are connected; one that sends nothing
-  for 60 s, or reads nothing of its answers for 30 s, is dropped.
+  served, failed requests, clones abandoned and being stopped, and the
+  last error; ``{"execute": "quit"}`` stops the pool.  Errors are
+  ``{"error": {"class": CLASS, "desc": TEXT}}``.  At most 32 clients are
+  connected (class ``Busy`` for more); a client must send a whole
+  request within ``--client-timeout`` seconds (60) of connecting or of
+  its last answer, and read each answer within as long, else it is
+  dropped, whatever it trickles meanwhile.
 ERST
 
 DEF("stop", cmd_stop,

@@ -24,6 +24,7 @@
 #include "qapi/error.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
+#include "monitor/monitor.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
 #include "qemu-template.h"
@@ -94,6 +95,7 @@ static void usage(FILE *f)
 "--dir DIR   the tool's directory (else $QEMU_TEMPLATE_DIR, else\n"
 "            $XDG_DATA_HOME/qemu-template)\n"
 "--json      results, and errors, as JSON on stdout\n"
+"            (both also after the command)\n"
 "\n"
 "The QEMU binary is --qemu, else $QEMU_TEMPLATE_QEMU, else\n"
 "qemu-system-x86_64 from $PATH; clone and pool refuse a template made by\n"
@@ -113,6 +115,62 @@ static int cmd_usage(const char *cmd, FILE *f)
 
 /* ------------------------------------------------------------------ */
 /* option helpers */
+
+/*
+ * libqemuutil's stubs print errors on stderr; these take their place so
+ * that error_hint() can capture a hint (the JSON of an error has it).
+ */
+int error_vprintf(const char *fmt, va_list ap)
+{
+    if (error_capture) {
+        size_t before = error_capture->len;
+
+        g_string_append_vprintf(error_capture, fmt, ap);
+        return error_capture->len - before;
+    }
+    return vfprintf(stderr, fmt, ap);
+}
+
+int error_vprintf_unless_qmp(const char *fmt, va_list ap)
+{
+    return error_vprintf(fmt, ap);
+}
+
+/* --dir, given before or after the command */
+static const char *opt_dir;
+
+/*
+ * A global option given after the command: true if @c was one.  Every
+ * command's table has them: { "dir", ..., 'd' }, { "json", ..., 'j' }.
+ */
+static bool global_option(int c, const char *arg)
+{
+    if (c == 'd') {
+        opt_dir = arg;
+    } else if (c == 'j') {
+        opt_json = true;
+    }
+    return c == 'd' || c == 'j';
+}
+
+/*
+ * The tool's directory, once the command's options are read: created
+ * by commands that make something (@create), else only looked at.
+ */
+static bool setup_dir(bool create, Error **errp)
+{
+    g_autofree char *default_dir = NULL;
+    const char *dir = opt_dir ?: g_getenv("QEMU_TEMPLATE_DIR");
+
+    if (!dir) {
+        default_dir = g_build_filename(g_get_user_data_dir(),
+                                       "qemu-template", NULL);
+        dir = default_dir;
+    }
+    /* what the tool and its QEMUs create is the user's alone */
+    umask(umask(0) | 077);
+    return setup_top_dir(dir, create, errp);
+}
 
 /*
  * What getopt did not accept (it prints nothing: opterr is off): @c is
@@ -182,6 +240,8 @@ static int cmd_create(int argc, char **argv, char **rest, QObject **result,
         { "qemu", required_argument, NULL, 'q' },
         { "ready", required_argument, NULL, 'r' },
         { "timeout", required_argument, NULL, 't' },
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     g_autoptr(GPtrArray) ready = g_ptr_array_new();
@@ -189,6 +249,9 @@ static int cmd_create(int argc, char **argv, char **rest, QObject **result,
     int c;
 
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (global_option(c, optarg)) {
+            continue;
+        }
         switch (c) {
         case 'h':
             return cmd_usage(argv[0], stdout);
@@ -219,6 +282,9 @@ static int cmd_create(int argc, char **argv, char **rest, QObject **result,
     }
     g_ptr_array_add(ready, NULL);
     o.ready = (char **)ready->pdata;
+    if (!setup_dir(true, errp)) {
+        return EXIT_FAILED;
+    }
     return create_run(argv[optind], &o, rest, result, errp) ? EXIT_OK
                                                              : EXIT_FAILED;
 }
@@ -238,14 +304,20 @@ static int cmd_clone(int argc, char **argv, char **rest, QObject **result,
         { "no-pool", no_argument, NULL, 'P' },
         { "nic", required_argument, NULL, 'N' },
         { "qemu", required_argument, NULL, 'q' },
+        { "timeout", required_argument, NULL, 't' },
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     g_autoptr(GPtrArray) nics = g_ptr_array_new();
-    CloneOpts o = { .count = 1, .extra = rest };
+    CloneOpts o = { .count = 1, .extra = rest, .timeout = CLONE_LOAD_S };
     int c;
 
     g_ptr_array_add(nics, NULL);
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (global_option(c, optarg)) {
+            continue;
+        }
         switch (c) {
         case 'h':
             return cmd_usage(argv[0], stdout);
@@ -263,6 +335,11 @@ static int cmd_clone(int argc, char **argv, char **rest, QObject **result,
         case 'q':
             o.qemu = optarg;
             break;
+        case 't':
+            if (!parse_count("timeout", optarg, 1, &o.timeout, errp)) {
+                return EXIT_USAGE;
+            }
+            break;
         default:
             return bad_option(c, argv, errp);
         }
@@ -271,6 +348,9 @@ static int cmd_clone(int argc, char **argv, char **rest, QObject **result,
         return EXIT_USAGE;
     }
     o.nics = (char **)nics->pdata;
+    if (!setup_dir(true, errp)) {
+        return EXIT_FAILED;
+    }
     return clone_run(argv[optind], &o, result, errp) ? EXIT_OK : EXIT_FAILED;
 }
 
@@ -284,14 +364,24 @@ static int cmd_pool(int argc, char **argv, char **rest, QObject **result,
         { "qemu", required_argument, NULL, 'q' },
         { "daemonize", no_argument, NULL, 'D' },
         { "pidfile", required_argument, NULL, 'p' },
+        { "timeout", required_argument, NULL, 't' },
+        { "client-timeout", required_argument, NULL, 'c' },
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     g_autoptr(GPtrArray) nics = g_ptr_array_new();
-    PoolOpts o = { .size = 1, .extra = rest };
+    PoolOpts o = {
+        .size = 1, .extra = rest, .timeout = CLONE_LOAD_S,
+        .client_timeout = POOL_CLIENT_S,
+    };
     int c;
 
     g_ptr_array_add(nics, NULL);
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (global_option(c, optarg)) {
+            continue;
+        }
         switch (c) {
         case 'h':
             return cmd_usage(argv[0], stdout);
@@ -312,6 +402,17 @@ static int cmd_pool(int argc, char **argv, char **rest, QObject **result,
         case 'p':
             o.pidfile = optarg;
             break;
+        case 't':
+            if (!parse_count("timeout", optarg, 1, &o.timeout, errp)) {
+                return EXIT_USAGE;
+            }
+            break;
+        case 'c':
+            if (!parse_count("client-timeout", optarg, 1, &o.client_timeout,
+                             errp)) {
+                return EXIT_USAGE;
+            }
+            break;
         default:
             return bad_option(c, argv, errp);
         }
@@ -320,20 +421,31 @@ static int cmd_pool(int argc, char **argv, char **rest, QObject **result,
         return EXIT_USAGE;
     }
     o.nics = (char **)nics->pdata;
+    if (!setup_dir(true, errp)) {
+        return EXIT_FAILED;
+    }
     return pool_run(argv[optind], &o, errp) ? EXIT_OK : EXIT_FAILED;
 }
 
-/* A command with no options of its own and @min..@max names. */
+/*
+ * A command with no options of its own and @min..@max names, which
+ * creates nothing (not even the tool's directory); -1 after --help.
+ */
 static int simple_command(int argc, char **argv, char **rest, int min,
                           int max, Error **errp)
 {
     static const struct option opts[] = {
         { "help", no_argument, NULL, 'h' },
+        { "dir", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     int c;
 
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (global_option(c, optarg)) {
+            continue;
+        }
         if (c == 'h') {
             cmd_usage(argv[0], stdout);
             return -1;
@@ -344,7 +456,10 @@ static int simple_command(int argc, char **argv, char **rest, int min,
         error_setg(errp, "%s takes no QEMU arguments", argv[0]);
         return EXIT_USAGE;
     }
-    return positional(argc, argv, min, max, errp);
+    if (positional(argc, argv, min, max, errp)) {
+        return EXIT_USAGE;
+    }
+    return setup_dir(false, errp) ? EXIT_OK : EXIT_FAILED;
 }
 
 static int cmd_stop(int argc, char **argv, char **rest, QObject **result,
@@ -393,23 +508,6 @@ static int cmd_help(int argc, char **argv, char **rest, QObject **result,
 /* ------------------------------------------------------------------ */
 /* main */
 
-/* With --json, a failure is a JSON object on stdout too. */
-static void report_error(Error *err, QObject *result)
-{
-    if (opt_json) {
-        QDict *out = qdict_new(), *e = qdict_new();
-
-        qdict_put_str(e, "desc", error_get_pretty(err));
-        qdict_put(out, "error", e);
-        if (result) {
-            qdict_put_obj(out, "result", qobject_ref(result));
-        }
-        print_json(QOBJECT(out));
-        qobject_unref(out);
-    }
-    error_report_err(err);
-}
-
 /* Split the command's words at "--": *@rest gets what follows. */
 static int split_rest(int argc, char **argv, char ***rest)
 {
@@ -427,8 +525,8 @@ static int split_rest(int argc, char **argv, char ***rest)
     return argc;
 }
 
-/* The global options; returns an exit code, or -1 to go on. */
-static int global_options(int argc, char **argv, const char **dir)
+/* The global options before the command; an exit code, or -1 to go on. */
+static int global_options(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "help", no_argument, NULL, 'h' },
@@ -449,10 +547,8 @@ static int global_options(int argc, char **argv, const char **dir)
                    QEMU_COPYRIGHT "\n");
             return EXIT_OK;
         case 'd':
-            *dir = optarg;
-            break;
         case 'j':
-            opt_json = true;
+            global_option(c, optarg);
             break;
         default:
             usage(stderr);
@@ -466,46 +562,19 @@ static int global_options(int argc, char **argv, const char **dir)
     return -1;
 }
 
-/* Does a command's word ask for its help (so the tool touches nothing)? */
-static bool wants_help(int argc, char **argv)
-{
-    int i;
-
-    for (i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static bool setup_dir(const char *dir, Error **errp)
-{
-    g_autofree char *default_dir = NULL;
-
-    dir = dir ?: g_getenv("QEMU_TEMPLATE_DIR");
-    if (!dir) {
-        default_dir = g_build_filename(g_get_user_data_dir(),
-                                       "qemu-template", NULL);
-        dir = default_dir;
-    }
-    /* what the tool and its QEMUs create is the user's alone */
-    umask(umask(0) | 077);
-    return setup_top_dir(dir, errp);
-}
-
 int main(int argc, char **argv)
 {
-    const char *dir = NULL;
     const Command *cmd;
     QObject *result = NULL;
     Error *err = NULL;
     char **rest;
     int r, n;
 
+    /* a daemonized pool closes what it was started with */
+    fds_note_inherited();
     error_init(argv[0]);
     signal(SIGPIPE, SIG_IGN);
-    r = global_options(argc, argv, &dir);
+    r = global_options(argc, argv);
     if (r >= 0) {
         return r;
     }
@@ -515,20 +584,16 @@ int main(int argc, char **argv)
         error_setg(&err, "unknown command '%s'", argv[0]);
         error_append_hint(&err, "'qemu-template help' lists the "
                           "commands.\n");
-        report_error(err, NULL);
+        tool_report_error(err, NULL);
         return EXIT_USAGE;
     }
     n = split_rest(argc - optind, argv, &rest);
     qemu_reset_optind();
     opterr = 0;
-    if (cmd->fn != cmd_help && !wants_help(n, argv) &&
-        !setup_dir(dir, &err)) {
-        report_error(err, NULL);
-        return EXIT_FAILED;
-    }
+    /* each command sets the tool's directory up after its options */
     r = cmd->fn(n, argv, rest, &result, &err);
     if (err) {
-        report_error(err, result);
+        tool_report_error(err, result);
     } else if (opt_json && result) {
         print_json(result);
     }

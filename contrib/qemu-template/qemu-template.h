@@ -44,10 +44,12 @@ extern const char *const mode_state_file[MODE__MAX];
 
 /* the absolute, resolved tool directory */
 extern char *top_dir;
+/* a command that creates nothing found no tool directory */
+extern bool top_dir_missing;
 /* --json: results (and errors) as JSON on stdout */
 extern bool opt_json;
 
-/* util.c: paths, files, the trust model, locks, processes */
+/* util.c: paths, files, the trust model, locks, output */
 int64_t now_us(void);
 bool valid_name(const char *name);
 char *template_path(const char *name, const char *file);
@@ -56,6 +58,11 @@ char *new_uuid(void);
 char *iso_now(void);
 void progress(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void print_json(QObject *obj);
+/* error_vprintf() appends here instead of printing, while it is set */
+extern GString *error_capture;
+char *error_hint(const Error *err);
+void tool_report_error(Error *err, QObject *result);
+char *sanitize_text(const char *text);
 
 /* SIGINT, SIGTERM and SIGHUP set @flag and quit @loop (if any). */
 typedef struct Interrupt {
@@ -66,30 +73,65 @@ typedef struct Interrupt {
 void interrupt_catch(Interrupt *in, GMainLoop *loop);
 void interrupt_release(Interrupt *in);
 
+/* Note the descriptors the tool was started with; close them. */
+void fds_note_inherited(void);
+void fds_close_inherited(void);
+
 bool check_trusted(const char *path, const struct stat *st, Error **errp);
 bool stat_trusted(const char *path, mode_t type, struct stat *st,
                   Error **errp);
-bool setup_top_dir(const char *dir, Error **errp);
+int openat_trusted(int dirfd, const char *name, const char *path,
+                   mode_t type, struct stat *st, Error **errp);
+bool check_ancestors(const char *path, const char *what, Error **errp);
+bool setup_top_dir(const char *dir, bool create, Error **errp);
+int tool_dir_open(const char *sub, bool create, Error **errp);
 char *tool_subdir(const char *sub, Error **errp);
 int template_lock(const char *name, int what, bool exclusive,
                   const char *busy, Error **errp);
 bool template_locked(const char *name, int what);
-char *qemu_resolve(const char *qemu, Error **errp);
 bool check_peer(int fd, pid_t pid, const char *path, Error **errp);
 
+/* The QEMU binary: its resolved path, and the file itself (O_PATH). */
+typedef struct QemuBinary {
+    char *path;
+    int fd;
+} QemuBinary;
+QemuBinary *qemu_resolve(const char *qemu, Error **errp);
+void qemu_binary_free(QemuBinary *b);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(QemuBinary, qemu_binary_free)
+
+int pidfile_write(const char *path, Error **errp);
+void pidfile_remove(const char *path, int fd);
+
 QDict *read_json_dict(const char *path, Error **errp);
-bool write_json(const char *path, QObject *obj, Error **errp);
+QDict *read_json_dict_at(int dirfd, const char *name, const char *path,
+                         Error **errp);
+bool write_json(const char *path, QObject *obj, bool durable, Error **errp);
 bool fsync_path(const char *path, Error **errp);
 int rmtree(const char *path);
+int rmtree_at(int parent, const char *name);
 
+/* proc.c: other processes */
 typedef struct MemUse {
     uint64_t pss, private_kib, shared_kib;
 } MemUse;
 bool mem_use(pid_t pid, MemUse *m);
-bool process_alive(pid_t pid, const char *needle);
-pid_t find_process(const char *needle);
 bool pid_gone(pid_t pid);
-void kill_pid(pid_t pid);
-GString *mappers_of(const char *dir);
+bool proc_start_time(pid_t pid, uint64_t *start);
+
+/*
+ * A process of this user a record names: its pid (0: look for it), its
+ * start time (0: not recorded), and two words of its command line that
+ * only it has (the clone's "-uuid" and UUID).
+ */
+typedef struct ProcRef {
+    pid_t pid;
+    uint64_t start;
+    const char *opt;
+    const char *val;
+} ProcRef;
+pid_t proc_find(const ProcRef *r);
+void proc_stop(const ProcRef *refs, int n);
+GString *mappers_of(int dirfd, const char *dir);
 
 #endif

@@ -4,9 +4,10 @@
  * Messages are split by QEMU's JSON streamer (JSONMessageParser), so an
  * answer may span reads or share one with an event.  Answers come in the
  * order of the commands (no out-of-band execution is asked for), so each
- * goes to the oldest command waiting.  Events are handed to the owner and
- * also kept, so a caller that waits for one sees events that came while
- * it was doing something else.
+ * goes to the oldest command waiting.  Events go to the owner as they
+ * come.  A message that is none of these, or an answer without a
+ * "return" or with an "error" that is not an object, breaks the
+ * connection: every command waiting fails with that error.
  *
  * Copyright (c) 2026 The VM templating authors
  *
@@ -23,9 +24,6 @@
 #include "qemu-template.h"
 #include "qmp.h"
 
-/* events kept for qmp_events(), at most */
-#define MAX_KEPT_EVENTS 256
-
 typedef struct QmpPending {
     char *cmd;
     QmpReplyFunc *fn;
@@ -38,7 +36,6 @@ struct QmpClient {
     guint watch;
     JSONMessageParser parser;
     GQueue pending;
-    GQueue events;
     QmpEventFunc *event;
     QmpClosedFunc *closed;
     void *opaque;
@@ -80,6 +77,27 @@ static void qmp_close(QmpClient *q, Error *err)
     }
 }
 
+/*
+ * Is @msg a well-formed answer: a "return", or an "error" object?  Else
+ * @err says what is wrong with it.
+ */
+static bool qmp_answer_valid(QmpClient *q, QDict *msg, Error **errp)
+{
+    QObject *e = qdict_get(msg, "error");
+
+    if (e && !qobject_to(QDict, e)) {
+        error_setg(errp, "QEMU sent a QMP error that is not an object on "
+                   "'%s'", q->name);
+        return false;
+    }
+    if (!e && !qdict_haskey(msg, "return")) {
+        error_setg(errp, "QEMU sent a QMP message that is neither an "
+                   "answer nor an event on '%s'", q->name);
+        return false;
+    }
+    return true;
+}
+
 static void qmp_answer(QmpClient *q, QDict *msg)
 {
     QmpPending *p = g_queue_pop_head(&q->pending);
@@ -94,6 +112,7 @@ static void qmp_answer(QmpClient *q, QDict *msg)
                    qdict_get_try_str(qerr, "desc") ?: "unknown error");
     }
     if (p->fn) {
+        /* a "return" is there: qmp_answer_valid() */
         p->fn(err ? NULL : qdict_get(msg, "return"), err, p->opaque);
     } else {
         error_free(err);
@@ -116,6 +135,8 @@ static void qmp_message(void *opaque, QObject *obj, Error *err)
     } else if (!msg) {
         error_setg(&err, "QEMU sent a QMP message that is not an object "
                    "on '%s'", q->name);
+    } else if (!qdict_haskey(msg, "event") && !qdict_haskey(msg, "QMP")) {
+        qmp_answer_valid(q, msg, &err);
     }
     if (err) {
         qobject_unref(obj);
@@ -123,17 +144,10 @@ static void qmp_message(void *opaque, QObject *obj, Error *err)
         return;
     }
     if (qdict_haskey(msg, "event")) {
-        qobject_ref(msg);
-        g_queue_push_tail(&q->events, msg);
-        if (g_queue_get_length(&q->events) > MAX_KEPT_EVENTS) {
-            QDict *oldest = g_queue_pop_head(&q->events);
-
-            qobject_unref(oldest);
-        }
         if (q->event) {
             q->event(msg, q->opaque);
         }
-    } else if (qdict_haskey(msg, "return") || qdict_haskey(msg, "error")) {
+    } else if (!qdict_haskey(msg, "QMP")) {
         qmp_answer(q, msg);
     }
     /* else the greeting, {"QMP": ...} */
@@ -142,12 +156,7 @@ static void qmp_message(void *opaque, QObject *obj, Error *err)
 
 static void qmp_destroy(QmpClient *q)
 {
-    QDict *ev;
-
     json_message_parser_destroy(&q->parser);
-    while ((ev = g_queue_pop_head(&q->events))) {
-        qobject_unref(ev);
-    }
     if (q->watch) {
         g_source_remove(q->watch);
     }
@@ -200,7 +209,6 @@ QmpClient *qmp_client_new(int fd, const char *name, QmpEventFunc *event,
     q->closed = closed;
     q->opaque = opaque;
     g_queue_init(&q->pending);
-    g_queue_init(&q->events);
     json_message_parser_init(&q->parser, qmp_message, q, NULL);
     q->watch = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR,
                              qmp_readable, q);
@@ -309,6 +317,9 @@ QObject *qmp_call(QmpClient *q, const char *cmd, QDict *args,
     }
     if (call.err) {
         error_propagate(errp, call.err);
+    } else if (!call.ret) {
+        /* never: an answer has "return" or "error" (qmp_answer_valid()) */
+        error_setg(errp, "QEMU's answer to QMP '%s' has no result", cmd);
     }
     return call.ret;
 }
@@ -320,11 +331,6 @@ bool qmp_call_ok(QmpClient *q, const char *cmd, QDict *args,
 
     qobject_unref(ret);
     return ret != NULL;
-}
-
-GQueue *qmp_events(QmpClient *q)
-{
-    return &q->events;
 }
 
 bool qmp_is_closed(QmpClient *q)

@@ -44,8 +44,6 @@ QObject *qmp_call(QmpClient *q, const char *cmd, QDict *args,
 bool qmp_call_ok(QmpClient *q, const char *cmd, QDict *args,
                  int64_t deadline, const bool *stop, Error **errp);
 
-/* The events received so far, oldest first (kept until freed). */
-GQueue *qmp_events(QmpClient *q);
 bool qmp_is_closed(QmpClient *q);
 
 /* "major.minor.micro[package]" from a query-version answer */

@@ -1,5 +1,5 @@
 /*
- * qemu-template: paths, files, the trust model, locks and processes
+ * qemu-template: paths, files, the trust model, locks and output
  *
  * Copyright (c) 2026 The VM templating authors
  *
@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include "qapi/error.h"
 #include "qemu/cutils.h"
+#include "qemu/error-report.h"
 #include "qemu/uuid.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
@@ -35,6 +36,7 @@ const char *const mode_state_file[MODE__MAX] = {
 };
 
 char *top_dir;
+bool top_dir_missing;
 bool opt_json;
 
 int64_t now_us(void)
@@ -105,6 +107,73 @@ void print_json(QObject *obj)
     fflush(stdout);
 }
 
+/* where error_vprintf() prints while set (see qemu-template.c) */
+GString *error_capture;
+
+/* The hint of @err (its error_append_hint() text), or NULL. */
+char *error_hint(const Error *err)
+{
+    g_autofree char *head = g_strdup_printf("%s\n", error_get_pretty(err));
+    g_autoptr(GString) out = g_string_new("");
+    const char *p;
+
+    error_capture = out;
+    error_report_err(error_copy(err));
+    error_capture = NULL;
+    p = strstr(out->str, head);
+    p = p ? p + strlen(head) : "";
+    return *p ? g_strdup(p) : NULL;
+}
+
+/*
+ * Report @err on stderr; with --json also as a JSON object on stdout,
+ * with its hint and @result (what the command made anyway).
+ */
+void tool_report_error(Error *err, QObject *result)
+{
+    if (opt_json) {
+        QDict *out = qdict_new(), *e = qdict_new();
+        g_autofree char *hint = error_hint(err);
+
+        qdict_put_str(e, "desc", error_get_pretty(err));
+        if (hint) {
+            qdict_put_str(e, "hint", hint);
+        }
+        qdict_put(out, "error", e);
+        if (result) {
+            qdict_put_obj(out, "result", qobject_ref(result));
+        }
+        print_json(QOBJECT(out));
+        qobject_unref(out);
+    }
+    error_report_err(err);
+}
+
+/*
+ * @text (a guest's or QEMU's output) fit for a terminal: valid UTF-8,
+ * every control character but newline and tab written as \xNN or \uNNNN,
+ * so that no escape sequence reaches the user's terminal.
+ */
+char *sanitize_text(const char *text)
+{
+    g_autofree char *valid = g_utf8_make_valid(text, -1);
+    GString *out = g_string_sized_new(strlen(valid));
+    const char *p;
+
+    for (p = valid; *p; p = g_utf8_next_char(p)) {
+        gunichar c = g_utf8_get_char(p);
+
+        if (c == '\n' || c == '\t' || !g_unichar_iscntrl(c)) {
+            g_string_append_unichar(out, c);
+        } else if (c < 0x80) {
+            g_string_append_printf(out, "\\x%02x", c);
+        } else {
+            g_string_append_printf(out, "\\u%04x", c);
+        }
+    }
+    return g_string_free(out, false);
+}
+
 static gboolean interrupt_signal(gpointer opaque)
 {
     Interrupt *in = opaque;
@@ -138,6 +207,39 @@ void interrupt_release(Interrupt *in)
 }
 
 /* ------------------------------------------------------------------ */
+/* descriptors the tool was started with */
+
+static GArray *inherited_fds;
+
+void fds_note_inherited(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+
+    inherited_fds = g_array_new(false, false, sizeof(int));
+    while (d && (e = readdir(d))) {
+        int fd;
+
+        if (!qemu_strtoi(e->d_name, NULL, 10, &fd) && fd > 2 &&
+            fd != dirfd(d)) {
+            g_array_append_val(inherited_fds, fd);
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+}
+
+void fds_close_inherited(void)
+{
+    guint i;
+
+    for (i = 0; inherited_fds && i < inherited_fds->len; i++) {
+        close(g_array_index(inherited_fds, int, i));
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* the trust model (docs/devel/qemu-template.rst) */
 
 /*
@@ -146,8 +248,7 @@ void interrupt_release(Interrupt *in)
  * belong to the user that runs it and no one else can change them.  @st
  * is what lstat() or fstat() said of @path.
  */
-bool check_trusted(const char *path, const struct stat *st,
-                          Error **errp)
+bool check_trusted(const char *path, const struct stat *st, Error **errp)
 {
     if (st->st_uid != geteuid()) {
         error_setg(errp, "'%s' is owned by uid %u, not by uid %u that runs "
@@ -167,9 +268,20 @@ bool check_trusted(const char *path, const struct stat *st,
     return true;
 }
 
+static bool check_type(const char *path, const struct stat *st, mode_t type,
+                       Error **errp)
+{
+    if ((st->st_mode & S_IFMT) != type) {
+        error_setg(errp, "'%s' is not a %s", path,
+                   type == S_IFDIR ? "directory" : "regular file");
+        return false;
+    }
+    return true;
+}
+
 /* lstat() @path: a trusted file of type @type (S_IFREG or S_IFDIR)? */
 bool stat_trusted(const char *path, mode_t type, struct stat *st,
-                         Error **errp)
+                  Error **errp)
 {
     struct stat buf;
 
@@ -178,37 +290,76 @@ bool stat_trusted(const char *path, mode_t type, struct stat *st,
         error_setg_errno(errp, errno, "cannot use '%s'", path);
         return false;
     }
-    if ((st->st_mode & S_IFMT) != type) {
-        error_setg(errp, "'%s' is not a %s", path,
-                   type == S_IFDIR ? "directory" : "regular file");
-        return false;
-    }
-    return check_trusted(path, st, errp);
+    return check_type(path, st, type, errp) && check_trusted(path, st, errp);
 }
 
 /*
- * The directories above the tool's directory belong to root or to the
- * user, and no one else may write them unless they are sticky (/tmp):
- * else someone else could replace the tool's directory.
+ * Open @name in the directory @dirfd without following a symlink, and
+ * check that it is of @type and trusted; @path names it in errors.
+ * Files are opened read-only and non-blocking (a FIFO does not hang).
  */
-static bool check_ancestors(const char *dir, Error **errp)
+int openat_trusted(int dirfd, const char *name, const char *path,
+                   mode_t type, struct stat *st, Error **errp)
 {
-    g_autofree char *p = g_path_get_dirname(dir);
+    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC;
+    struct stat buf;
+    int fd;
+
+    st = st ?: &buf;
+    flags |= type == S_IFDIR ? O_DIRECTORY : O_NONBLOCK;
+    fd = openat(dirfd, name, flags);
+    if (fd < 0) {
+        error_setg_errno(errp, errno == ELOOP ? EMLINK : errno,
+                         "cannot use '%s'", path);
+        if (errno == ELOOP) {
+            error_append_hint(errp, "qemu-template does not follow "
+                              "symbolic links in its directory.\n");
+        }
+        return -1;
+    }
+    if (fstat(fd, st) < 0) {
+        error_setg_errno(errp, errno, "cannot use '%s'", path);
+    } else if (check_type(path, st, type, errp) &&
+               check_trusted(path, st, errp)) {
+        return fd;
+    }
+    close(fd);
+    return -1;
+}
+
+/*
+ * A directory that only root and the user can change the entries of:
+ * theirs, and writable by no one else unless sticky (like /tmp, where
+ * others can add entries but not replace the user's).
+ */
+static bool safe_dir(const struct stat *st)
+{
+    return (!st->st_uid || st->st_uid == geteuid()) &&
+           (!(st->st_mode & (S_IWGRP | S_IWOTH)) || (st->st_mode & S_ISVTX));
+}
+
+/*
+ * Every directory above @path (absolute, without symlinks) is safe:
+ * else someone else could replace @path.  @what names @path in errors.
+ */
+bool check_ancestors(const char *path, const char *what, Error **errp)
+{
+    g_autofree char *p = g_path_get_dirname(path);
 
     for (;;) {
         struct stat st;
         char *up;
 
-        if (stat(p, &st) < 0) {
+        if (lstat(p, &st) < 0) {
             error_setg_errno(errp, errno, "cannot use '%s'", p);
             return false;
         }
-        if ((st.st_uid && st.st_uid != geteuid()) ||
-            ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))) {
-            error_setg(errp, "'%s', above the template directory '%s', can "
-                       "be changed by other users", p, dir);
-            error_append_hint(errp, "Choose a --dir below directories that "
-                              "only you and root can change.\n");
+        if (!S_ISDIR(st.st_mode) || !safe_dir(&st)) {
+            error_setg(errp, "'%s', above %s '%s', can be changed by other "
+                       "users", p, what, path);
+            error_append_hint(errp, "qemu-template uses only paths below "
+                              "directories that only you and root can "
+                              "change.\n");
             return false;
         }
         if (!strcmp(p, "/")) {
@@ -220,40 +371,129 @@ static bool check_ancestors(const char *dir, Error **errp)
     }
 }
 
-/* Make @dir the tool's directory: created 0700, resolved, trusted. */
-bool setup_top_dir(const char *dir, Error **errp)
+/*
+ * The path the user gave, before it is resolved: every directory it
+ * goes through is safe, and every symbolic link on the way belongs to
+ * root or the user; else another user could choose where it leads.
+ * Components that do not exist yet are not looked at.
+ */
+static bool check_given_path(const char *path, Error **errp)
 {
+    g_auto(GStrv) parts = g_strsplit(path, "/", -1);
+    g_autoptr(GString) p = g_string_new("/");
+    int i;
+
+    for (i = 0; parts[i]; i++) {
+        struct stat dir, st;
+
+        if (!parts[i][0]) {
+            continue;
+        }
+        if (stat(p->str, &dir) < 0) {
+            return true;    /* the rest is made by mkdir, or fails */
+        }
+        if (!safe_dir(&dir)) {
+            error_setg(errp, "'%s', on the way to the directory '%s', can "
+                       "be changed by other users", p->str, path);
+            error_append_hint(errp, "Choose a --dir below directories that "
+                              "only you and root can change.\n");
+            return false;
+        }
+        g_string_append_printf(p, "%s%s", p->len > 1 ? "/" : "", parts[i]);
+        if (lstat(p->str, &st) < 0) {
+            return true;
+        }
+        if (S_ISLNK(st.st_mode) && st.st_uid && st.st_uid != geteuid()) {
+            error_setg(errp, "'%s', on the way to the directory '%s', is a "
+                       "symbolic link of uid %u", p->str, path,
+                       (unsigned)st.st_uid);
+            error_append_hint(errp, "Choose a --dir without other users' "
+                              "symbolic links.\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Make @dir the tool's directory: the path checked as given, created
+ * 0700 when @create (else a missing directory sets top_dir_missing),
+ * resolved, and trusted with everything above it.
+ */
+bool setup_top_dir(const char *dir, bool create, Error **errp)
+{
+    g_autofree char *abs = g_canonicalize_filename(dir, NULL);
     char *real;
 
-    if (g_mkdir_with_parents(dir, 0700) < 0) {
-        error_setg_errno(errp, errno, "cannot create '%s'", dir);
+    if (!check_given_path(abs, errp)) {
+        return false;
+    }
+    if (!create && !g_file_test(abs, G_FILE_TEST_EXISTS)) {
+        top_dir = g_steal_pointer(&abs);
+        top_dir_missing = true;
+        return true;
+    }
+    if (create && g_mkdir_with_parents(abs, 0700) < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", abs);
         return false;
     }
     /* absolute and without symlinks, as /proc/PID/maps shows paths */
-    real = realpath(dir, NULL);
+    real = realpath(abs, NULL);
     if (!real) {
-        error_setg_errno(errp, errno, "cannot resolve '%s'", dir);
+        error_setg_errno(errp, errno, "cannot resolve '%s'", abs);
         return false;
     }
     top_dir = g_strdup(real);
     free(real);
-    return check_ancestors(top_dir, errp) &&
+    return check_ancestors(top_dir, "the template directory", errp) &&
            stat_trusted(top_dir, S_IFDIR, NULL, errp);
+}
+
+/*
+ * DIR/@sub (DIR itself if @sub is NULL) opened and checked, created 0700
+ * first if @create; -1 with @errp, or -1 and ENOENT with @errp unset if
+ * it does not exist and may not be created.
+ */
+int tool_dir_open(const char *sub, bool create, Error **errp)
+{
+    g_autofree char *path = NULL;
+    int top, fd;
+
+    if (top_dir_missing) {
+        errno = ENOENT;
+        return -1;
+    }
+    top = openat_trusted(AT_FDCWD, top_dir, top_dir, S_IFDIR, NULL, errp);
+    if (top < 0 || !sub) {
+        return top;
+    }
+    path = g_build_filename(top_dir, sub, NULL);
+    if (create && mkdirat(top, sub, 0700) < 0 && errno != EEXIST) {
+        error_setg_errno(errp, errno, "cannot create '%s'", path);
+        close(top);
+        return -1;
+    }
+    if (!create && faccessat(top, sub, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+        errno == ENOENT) {
+        close(top);
+        errno = ENOENT;
+        return -1;
+    }
+    fd = openat_trusted(top, sub, path, S_IFDIR, NULL, errp);
+    close(top);
+    return fd;
 }
 
 /* DIR/@sub, created 0700 if missing; NULL if it cannot be trusted. */
 char *tool_subdir(const char *sub, Error **errp)
 {
-    g_autofree char *path = g_build_filename(top_dir, sub, NULL);
+    int fd = tool_dir_open(sub, true, errp);
 
-    if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-        error_setg_errno(errp, errno, "cannot create '%s'", path);
+    if (fd < 0) {
         return NULL;
     }
-    if (!stat_trusted(path, S_IFDIR, NULL, errp)) {
-        return NULL;
-    }
-    return g_steal_pointer(&path);
+    close(fd);
+    return g_build_filename(top_dir, sub, NULL);
 }
 
 /*
@@ -264,27 +504,29 @@ char *tool_subdir(const char *sub, Error **errp)
  * The lock goes with the descriptor; it is never waited for.
  */
 int template_lock(const char *name, int what, bool exclusive,
-                         const char *busy, Error **errp)
+                  const char *busy, Error **errp)
 {
-    g_autofree char *dir = tool_subdir("locks", errp);
     g_autofree char *path = NULL;
     struct stat st;
-    int fd, r;
+    int dir, fd, r;
 
-    if (!dir) {
-        return -1;
-    }
     if (!valid_name(name)) {
         error_setg(errp, "'%s' is not a valid template name", name);
         return -1;
     }
-    path = g_build_filename(dir, name, NULL);
-    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    dir = tool_dir_open("locks", true, errp);
+    if (dir < 0) {
+        return -1;
+    }
+    path = g_build_filename(top_dir, "locks", name, NULL);
+    fd = openat(dir, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    close(dir);
     if (fd < 0) {
         error_setg_errno(errp, errno, "cannot open the lock file '%s'", path);
         return -1;
     }
-    if (fstat(fd, &st) < 0 || !check_trusted(path, &st, errp)) {
+    if (fstat(fd, &st) < 0 || !check_type(path, &st, S_IFREG, errp) ||
+        !check_trusted(path, &st, errp)) {
         close(fd);
         return -1;
     }
@@ -304,10 +546,14 @@ int template_lock(const char *name, int what, bool exclusive,
 /* Does another qemu-template hold byte @what of @name's lock file? */
 bool template_locked(const char *name, int what)
 {
-    g_autofree char *path = g_build_filename(top_dir, "locks", name, NULL);
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int dir = tool_dir_open("locks", false, NULL);
+    int fd = dir < 0 ? -1 : openat(dir, name, O_RDONLY | O_NOFOLLOW |
+                                   O_CLOEXEC | O_NONBLOCK);
     bool locked;
 
+    if (dir >= 0) {
+        close(dir);
+    }
     if (fd < 0) {
         return false;
     }
@@ -316,18 +562,35 @@ bool template_locked(const char *name, int what)
     return locked;
 }
 
+/* ------------------------------------------------------------------ */
+/* the QEMU binary */
+
+void qemu_binary_free(QemuBinary *b)
+{
+    if (b) {
+        if (b->fd >= 0) {
+            close(b->fd);
+        }
+        g_free(b->path);
+        g_free(b);
+    }
+}
+
 /*
  * The QEMU binary the user chose: --qemu, else $QEMU_TEMPLATE_QEMU,
- * else qemu-system-x86_64 from $PATH; resolved, and a file of root or
- * the user that no one else can change.  Never the manifest's.
+ * else qemu-system-x86_64 from $PATH; resolved, a file of root or the
+ * user that no one else can write, in directories no one else can
+ * change.  Never the manifest's.  It is opened once: what runs later is
+ * the file checked here, whatever happens to the path.
  */
-char *qemu_resolve(const char *qemu, Error **errp)
+QemuBinary *qemu_resolve(const char *qemu, Error **errp)
 {
     g_autofree char *found = NULL;
-    g_autofree char *path = NULL;
+    g_autoptr(QemuBinary) b = g_new0(QemuBinary, 1);
+    struct stat st, now;
     char *real;
-    struct stat st;
 
+    b->fd = -1;
     qemu = qemu ?: g_getenv("QEMU_TEMPLATE_QEMU") ?: DEFAULT_QEMU;
     found = g_find_program_in_path(qemu);
     real = found ? realpath(found, NULL) : NULL;
@@ -337,21 +600,32 @@ char *qemu_resolve(const char *qemu, Error **errp)
                           "$QEMU_TEMPLATE_QEMU.\n");
         return NULL;
     }
-    path = g_strdup(real);
+    b->path = g_strdup(real);
     free(real);
-    if (stat(path, &st) < 0) {
-        error_setg_errno(errp, errno, "cannot use '%s'", path);
+    b->fd = open(b->path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (b->fd < 0 || fstat(b->fd, &st) < 0) {
+        error_setg_errno(errp, errno, "cannot use '%s'", b->path);
         return NULL;
     }
-    if ((st.st_uid && st.st_uid != geteuid()) ||
+    if (!check_ancestors(b->path, "the QEMU binary", errp)) {
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode) || (st.st_uid && st.st_uid != geteuid()) ||
         (st.st_mode & (S_IWGRP | S_IWOTH))) {
         error_setg(errp, "QEMU binary '%s' can be changed by other users",
-                   path);
+                   b->path);
         error_append_hint(errp, "qemu-template runs only binaries of root "
                           "or of its user that no one else can write.\n");
         return NULL;
     }
-    return g_steal_pointer(&path);
+    /* the path still names the file opened: the manifest records it */
+    if (lstat(b->path, &now) < 0 || now.st_dev != st.st_dev ||
+        now.st_ino != st.st_ino) {
+        error_setg(errp, "QEMU binary '%s' changed while it was checked",
+                   b->path);
+        return NULL;
+    }
+    return g_steal_pointer(&b);
 }
 
 /* Is the peer of the UNIX socket @fd this user (and process @pid)? */
@@ -376,56 +650,108 @@ bool check_peer(int fd, pid_t pid, const char *path, Error **errp)
 }
 
 /* ------------------------------------------------------------------ */
+/* pidfiles */
+
+/*
+ * Write this process's pid to @path and keep it locked: its directory
+ * and those above are safe, the file is opened without following a
+ * symlink, and an existing one must be the user's, with no other link.
+ * Returns the descriptor to give pidfile_remove().
+ */
+int pidfile_write(const char *path, Error **errp)
+{
+    g_autofree char *abs = g_canonicalize_filename(path, NULL);
+    g_autofree char *pid = g_strdup_printf("%d\n", (int)getpid());
+    struct stat st;
+    int fd;
+
+    if (!check_ancestors(abs, "the pidfile", errp)) {
+        return -1;
+    }
+    fd = open(abs, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+              0644);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot open the pidfile '%s'", abs);
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || !check_type(abs, &st, S_IFREG, errp) ||
+        st.st_uid != geteuid() || st.st_nlink != 1) {
+        error_setg(errp, "the pidfile '%s' is not a file of this user "
+                   "alone", abs);
+    } else if (qemu_lock_fd(fd, 0, 0, true) < 0) {
+        error_setg(errp, "the pidfile '%s' is locked by another process",
+                   abs);
+    } else if (ftruncate(fd, 0) < 0 ||
+               qemu_write_full(fd, pid, strlen(pid)) != strlen(pid)) {
+        error_setg_errno(errp, errno, "cannot write the pidfile '%s'", abs);
+    } else {
+        return fd;
+    }
+    close(fd);
+    return -1;
+}
+
+/* Remove the pidfile written on @fd, if @path is still that file. */
+void pidfile_remove(const char *path, int fd)
+{
+    g_autofree char *abs = g_canonicalize_filename(path, NULL);
+    struct stat mine, now;
+
+    if (fstat(fd, &mine) == 0 && lstat(abs, &now) == 0 &&
+        mine.st_dev == now.st_dev && mine.st_ino == now.st_ino) {
+        unlink(abs);
+    }
+    close(fd);
+}
+
+/* ------------------------------------------------------------------ */
 /* files */
 
-/* The text of @path, a trusted regular file of at most MAX_JSON_FILE. */
-static char *read_trusted(const char *path, Error **errp)
+/* The text of @name in @dirfd, a trusted file of at most MAX_JSON_FILE. */
+static char *read_trusted_at(int dirfd, const char *name, const char *path,
+                             Error **errp)
 {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    g_autofree char *text = NULL;
     struct stat st;
-    size_t len = 0;
+    int fd = openat_trusted(dirfd, name, path, S_IFREG, &st, errp);
+    g_autofree char *text = NULL;
+    ssize_t n = 0;
+    off_t len;
 
     if (fd < 0) {
-        error_setg_errno(errp, errno, "cannot read '%s'", path);
         return NULL;
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_size > MAX_JSON_FILE) {
-        error_setg(errp, "'%s' is not a regular file of at most %d bytes",
-                   path, MAX_JSON_FILE);
-        goto out;
-    }
-    if (!check_trusted(path, &st, errp)) {
-        goto out;
+    if (st.st_size > MAX_JSON_FILE) {
+        error_setg(errp, "'%s' is larger than %d bytes", path, MAX_JSON_FILE);
+        close(fd);
+        return NULL;
     }
     text = g_malloc(st.st_size + 1);
+    len = 0;
     while (len < st.st_size) {
-        ssize_t n = read(fd, text + len, st.st_size - len);
-
+        n = read(fd, text + len, st.st_size - len);
         if (n < 0 && errno == EINTR) {
             continue;
         }
-        if (n < 0) {
-            error_setg_errno(errp, errno, "cannot read '%s'", path);
-            g_clear_pointer(&text, g_free);
-            goto out;
-        }
-        if (n == 0) {
+        if (n <= 0) {
             break;
         }
         len += n;
     }
-    text[len] = '\0';
-out:
+    if (n < 0) {
+        error_setg_errno(errp, errno, "cannot read '%s'", path);
+        g_clear_pointer(&text, g_free);
+    } else {
+        text[len] = '\0';
+    }
     close(fd);
     return g_steal_pointer(&text);
 }
 
-/* The JSON object in @path, a trusted file. */
-QDict *read_json_dict(const char *path, Error **errp)
+/* The JSON object in @name of @dirfd, a trusted file. */
+QDict *read_json_dict_at(int dirfd, const char *name, const char *path,
+                         Error **errp)
 {
-    g_autofree char *text = read_trusted(path, errp);
+    g_autofree char *text = read_trusted_at(dirfd, name, path, errp);
     Error *err = NULL;
     QObject *obj;
     QDict *dict;
@@ -449,14 +775,53 @@ QDict *read_json_dict(const char *path, Error **errp)
     return dict;
 }
 
-bool write_json(const char *path, QObject *obj, Error **errp)
+/* The JSON object in @path, a trusted file. */
+QDict *read_json_dict(const char *path, Error **errp)
+{
+    return read_json_dict_at(AT_FDCWD, path, path, errp);
+}
+
+/* @len bytes of @data as @path: a new file renamed over it, not synced. */
+static bool replace_file(const char *path, const char *data, size_t len,
+                         Error **errp)
+{
+    g_autofree char *tmp = g_strdup_printf("%s.XXXXXX", path);
+    int fd = g_mkstemp_full(tmp, O_WRONLY | O_CLOEXEC, 0600);
+    bool ok;
+
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        return false;
+    }
+    ok = qemu_write_full(fd, data, len) == len;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        unlink(tmp);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Write @obj as @path through a temporary file and a rename; synced when
+ * @durable (a template's manifest), else not (records of processes,
+ * which a crash of the machine makes moot anyway; an fsync costs a pool
+ * milliseconds per clone).
+ */
+bool write_json(const char *path, QObject *obj, bool durable, Error **errp)
 {
     g_autoptr(GString) json = qobject_to_json_pretty(obj, true);
     g_autoptr(GError) gerr = NULL;
 
     g_string_append_c(json, '\n');
-    /* g_file_set_contents writes a temporary file and renames it */
-    if (!g_file_set_contents(path, json->str, json->len, &gerr)) {
+    if (!durable) {
+        return replace_file(path, json->str, json->len, errp);
+    }
+    if (!g_file_set_contents_full(path, json->str, json->len,
+                                  G_FILE_SET_CONTENTS_CONSISTENT |
+                                  G_FILE_SET_CONTENTS_DURABLE, 0600,
+                                  &gerr)) {
         error_setg(errp, "cannot write '%s': %s", path, gerr->message);
         return false;
     }
@@ -465,7 +830,7 @@ bool write_json(const char *path, QObject *obj, Error **errp)
 
 bool fsync_path(const char *path, Error **errp)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
 
     if (fd < 0 || fsync(fd) < 0) {
         error_setg_errno(errp, errno, "cannot sync '%s'", path);
@@ -478,169 +843,64 @@ bool fsync_path(const char *path, Error **errp)
     return true;
 }
 
-/* Remove @path and everything below it (template files are read-only). */
-int rmtree(const char *path)
+/*
+ * Remove @name in @dirfd and everything below it.  Every step goes
+ * through a descriptor of the directory it is in and never follows a
+ * symbolic link, so a directory swapped for a link while it is removed
+ * leads nowhere else; a directory of another user is not entered.
+ * Template files are read-only: a directory is made writable first.
+ */
+int rmtree_at(int parent, const char *name)
 {
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                    O_CLOEXEC);
+    struct dirent *e;
     struct stat st;
+    DIR *d;
     int ret = 0;
 
-    if (lstat(path, &st) < 0) {
+    if (fd < 0) {
+        if (errno == ENOTDIR || errno == ELOOP) {
+            return unlinkat(parent, name, 0) < 0 ? -errno : 0;
+        }
         return errno == ENOENT ? 0 : -errno;
     }
-    if (S_ISDIR(st.st_mode)) {
-        GDir *d;
-        const char *e;
+    if (fstat(fd, &st) < 0 || st.st_uid != geteuid()) {
+        close(fd);
+        return -EPERM;
+    }
+    fchmod(fd, 0700);
+    d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            int r = rmtree_at(dirfd(d), e->d_name);
 
-        chmod(path, 0700);
-        d = g_dir_open(path, 0, NULL);
-        while (d && (e = g_dir_read_name(d))) {
-            g_autofree char *sub = g_build_filename(path, e, NULL);
-            int r = rmtree(sub);
-
-            ret = ret ? ret : r;
+            ret = ret ?: r;
         }
-        if (d) {
-            g_dir_close(d);
-        }
-        if (rmdir(path) < 0 && !ret) {
-            ret = -errno;
-        }
-    } else if (unlink(path) < 0) {
+    }
+    closedir(d);
+    if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && !ret) {
         ret = -errno;
     }
     return ret;
 }
 
-/* ------------------------------------------------------------------ */
-/* processes */
-
-bool mem_use(pid_t pid, MemUse *m)
+/* Remove @path and everything below it (see rmtree_at()). */
+int rmtree(const char *path)
 {
-    g_autofree char *path = g_strdup_printf("/proc/%d/smaps_rollup", pid);
-    g_autofree char *text = NULL;
-    g_auto(GStrv) lines = NULL;
-    int i;
+    g_autofree char *parent = g_path_get_dirname(path);
+    g_autofree char *base = g_path_get_basename(path);
+    int dir = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int ret;
 
-    memset(m, 0, sizeof(*m));
-    if (!g_file_get_contents(path, &text, NULL, NULL)) {
-        return false;
+    if (dir < 0) {
+        return errno == ENOENT ? 0 : -errno;
     }
-    lines = g_strsplit(text, "\n", -1);
-    for (i = 0; lines[i]; i++) {
-        unsigned long long v;
-
-        if (sscanf(lines[i], "Pss: %llu kB", &v) == 1) {
-            m->pss = v;
-        } else if (sscanf(lines[i], "Private_Clean: %llu kB", &v) == 1 ||
-                   sscanf(lines[i], "Private_Dirty: %llu kB", &v) == 1) {
-            m->private_kib += v;
-        } else if (sscanf(lines[i], "Shared_Clean: %llu kB", &v) == 1 ||
-                   sscanf(lines[i], "Shared_Dirty: %llu kB", &v) == 1) {
-            m->shared_kib += v;
-        }
-    }
-    return true;
-}
-
-/* Is @pid a live process whose command line mentions @needle? */
-bool process_alive(pid_t pid, const char *needle)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", pid);
-    g_autofree char *cmd = NULL;
-    gsize len, i;
-
-    if (pid <= 0 || !g_file_get_contents(path, &cmd, &len, NULL) || !len) {
-        return false;
-    }
-    for (i = 0; i + 1 < len; i++) {
-        if (!cmd[i]) {
-            cmd[i] = ' ';
-        }
-    }
-    return strstr(cmd, needle) != NULL;
-}
-
-/* Has @pid exited (gone, or a zombie its parent did not reap yet)? */
-bool pid_gone(pid_t pid)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
-    g_autofree char *stat = NULL;
-    const char *p;
-
-    if (kill(pid, 0) < 0 || !g_file_get_contents(path, &stat, NULL, NULL)) {
-        return true;
-    }
-    p = strrchr(stat, ')');
-    return p && p[1] == ' ' && p[2] == 'Z';
-}
-
-/* Processes other than recorded clones that map a file of @dir. */
-GString *mappers_of(const char *dir)
-{
-    GDir *proc = g_dir_open("/proc", 0, NULL);
-    GString *pids = g_string_new("");
-    const char *e;
-
-    while (proc && (e = g_dir_read_name(proc))) {
-        g_autofree char *maps = NULL;
-        g_autofree char *path = NULL;
-        g_autofree char *needle = g_strdup_printf(" %s/", dir);
-
-        if (!g_ascii_isdigit(e[0])) {
-            continue;
-        }
-        path = g_strdup_printf("/proc/%s/maps", e);
-        if (g_file_get_contents(path, &maps, NULL, NULL) &&
-            strstr(maps, needle)) {
-            g_string_append_printf(pids, " %s", e);
-        }
-    }
-    if (proc) {
-        g_dir_close(proc);
-    }
-    return pids;
-}
-
-/* A live process whose command line mentions @needle, or 0. */
-pid_t find_process(const char *needle)
-{
-    GDir *proc = g_dir_open("/proc", 0, NULL);
-    const char *e;
-    pid_t found = 0;
-
-    while (proc && !found && (e = g_dir_read_name(proc))) {
-        int pid;
-
-        if (!qemu_strtoi(e, NULL, 10, &pid) && pid != getpid() &&
-            process_alive(pid, needle) && !pid_gone(pid)) {
-            found = pid;
-        }
-    }
-    if (proc) {
-        g_dir_close(proc);
-    }
-    return found;
-}
-
-/*
- * Stop @pid: SIGTERM, then SIGKILL if it did not exit in 3 s.  A child
- * of this tool counts as gone once it is a zombie (its child watch reaps
- * it).
- */
-void kill_pid(pid_t pid)
-{
-    int i;
-
-    if (pid <= 0 || kill(pid, SIGTERM) < 0) {
-        return;
-    }
-    for (i = 0; i < 300 && !pid_gone(pid); i++) {
-        g_usleep(10 * 1000);
-    }
-    if (!pid_gone(pid)) {
-        kill(pid, SIGKILL);
-        for (i = 0; i < 100 && !pid_gone(pid); i++) {
-            g_usleep(10 * 1000);
-        }
-    }
+    ret = rmtree_at(dir, base);
+    close(dir);
+    return ret;
 }

@@ -11,7 +11,9 @@
 
 #include "qemu/osdep.h"
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include "qapi/error.h"
+#include "qemu/atomic.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
 #include "qobject/qlist.h"
@@ -19,8 +21,18 @@
 #include "cmdline.h"
 #include "manifest.h"
 #include "qmp.h"
+#include "vm.h"
+#include "clone.h"
 
 static char *tmp_dir;
+/* this test's binary: it plays QEMU when run as "fake-qemu" */
+static char *self_exe;
+
+/* a path below tmp_dir */
+static char *tmp_path(const char *name)
+{
+    return g_build_filename(tmp_dir, name, NULL);
+}
 
 /* ------------------------------------------------------------------ */
 /* command lines */
@@ -35,6 +47,14 @@ static void test_subst_dir(void)
                                       "\"@DIR@/d\"}", dir, "--blockdev");
     g_autofree char *none = subst_dir("no placeholder", dir, "-device");
     g_autofree char *first = subst_dir("@DIR@", dir, NULL);
+    /* the old chardev syntax: "unix:" is an option list, "file:" not */
+    g_autofree char *unix_serial = subst_dir("unix:@DIR@/s,server=on",
+                                             dir, "-serial");
+    g_autofree char *mon = subst_dir("mon:unix:@DIR@/m,server=on", dir,
+                                     "-monitor");
+    g_autofree char *qmp = subst_dir("unix:@DIR@/q,server=on", dir, "-qmp");
+    g_autofree char *gdb = subst_dir("unix:@DIR@/g,server=on", dir,
+                                     "--gdb");
 
     g_assert_cmpstr(opts, ==, "socket,id=x,path=/t/a,,b\"c/s");
     g_assert_cmpstr(plain, ==, "file:/t/a,b\"c/log");
@@ -42,6 +62,10 @@ static void test_subst_dir(void)
                     "\"/t/a,b\\\"c/d\"}");
     g_assert_cmpstr(none, ==, "no placeholder");
     g_assert_cmpstr(first, ==, "/t/a,b\"c");
+    g_assert_cmpstr(unix_serial, ==, "unix:/t/a,,b\"c/s,server=on");
+    g_assert_cmpstr(mon, ==, "mon:unix:/t/a,,b\"c/m,server=on");
+    g_assert_cmpstr(qmp, ==, "unix:/t/a,,b\"c/q,server=on");
+    g_assert_cmpstr(gdb, ==, "unix:/t/a,,b\"c/g,server=on");
 }
 
 static bool args_ok(TemplateMode mode, const char *first, ...)
@@ -82,6 +106,15 @@ static void test_check_user_args(void)
     g_assert_false(args_ok(MODE_BYPASS, "-device", "driver=vmgenid", NULL));
     g_assert_false(args_ok(MODE_BYPASS, "-device",
                            "{\"driver\": \"vmgenid\"}", NULL));
+    /* JSON is read as QEMU reads it: escapes decoded */
+    g_assert_false(args_ok(MODE_BYPASS, "-device",
+                           "{\"driver\": \"vm\\u0067enid\"}", NULL));
+    g_assert_false(args_ok(MODE_BYPASS, "-object",
+                           "{\"qom-type\": \"x\", \"id\": "
+                           "\"qemu-t\\u0065mplate-y\"}", NULL));
+    g_assert_false(args_ok(MODE_BYPASS, "-machine",
+                           "{\"memory-b\\u0061ckend\": \"r\"}", NULL));
+    g_assert_false(args_ok(MODE_BYPASS, "-add-fd", "fd=3,set=1", NULL));
     g_assert_false(args_ok(MODE_BYPASS, "-netdev",
                            "user,id=" ID_PREFIX "x", NULL));
     g_assert_false(args_ok(MODE_BYPASS, "-object",
@@ -134,26 +167,33 @@ static void test_build_argv(void)
 {
     char *user[] = { (char *)"-m", (char *)"256M", NULL };
     VmArgs va = {
-        .qemu = "/q", .user = user, .dir = "/d,x", .mode = MODE_BYPASS,
-        .ram_size = 256 << 20, .ram_path = "/t,m/memory", .clone = true,
-        .genid = "g", .uuid = "u", .name = "n",
+        .qemu = "/q", .user = user, .dir = "/d,x", .qmp_fd = 3,
+        .mode = MODE_BYPASS, .ram_size = 256 << 20,
+        .ram_path = "/t,m/memory", .ram_fd = 4, .state_fd = 5,
+        .clone = true, .genid = "g", .uuid = "u", .name = "n",
     };
     g_auto(GStrv) clone = build_argv(&va);
     g_auto(GStrv) tmpl = NULL;
 
     g_assert_cmpstr(clone[0], ==, "/q");
+    /* the socket the tool made, the files it opened and checked */
     g_assert_true(argv_has(clone, "-chardev", "socket,id=" ID_PREFIX
-                           "qmp,path=/d,,x/qmp.sock,server=on,wait=off"));
+                           "qmp,fd=3,server=on,wait=off"));
     g_assert_true(argv_has(clone, "-object", "memory-backend-file,id="
                            ID_PREFIX "ram,size=268435456,mem-path="
-                           "/t,,m/memory,share=off,readonly=on,rom=off"));
+                           "/proc/self/fd/4,share=off,readonly=on,rom=off"));
+    g_assert_true(argv_has(clone, "-add-fd", "fd=5,set=1"));
     g_assert_true(argv_has(clone, "-incoming", "defer"));
     g_assert_true(argv_has(clone, "-global", "migration.x-events=on"));
     va.clone = false;
     tmpl = build_argv(&va);
+    g_assert_true(argv_has(tmpl, "-object", "memory-backend-file,id="
+                           ID_PREFIX "ram,size=268435456,mem-path="
+                           "/t,,m/memory,share=on"));
     g_assert_true(g_strv_contains((const char * const *)tmpl, "-S"));
     g_assert_false(g_strv_contains((const char * const *)tmpl,
                                    "-incoming"));
+    g_assert_false(g_strv_contains((const char * const *)tmpl, "-add-fd"));
 }
 
 static void test_file_channels(void)
@@ -296,13 +336,27 @@ static void test_manifest_hostile(void)
           "is managed by qemu-template" },
         { "{\"format\": 1, \"name\": \"t\", \"mode\": \"bypass\", "
           "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
-          "\"args\": [], \"files\": {}}", "lists no files" },
+          "\"args\": [], \"files\": {}}", "does not list its file 'state'" },
         { "{\"format\": 1, \"name\": \"t\", \"mode\": \"bypass\", "
           "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
           "\"args\": [], \"files\": {\"../x\": 1}}", "is malformed" },
         { "{\"format\": 1, \"name\": \"t\", \"mode\": \"bypass\", "
           "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
           "\"args\": [], \"files\": {\"state\": 4}}", "has 3 bytes" },
+        /* the mode's own files are required: not one unchecked */
+        { "{\"format\": 1, \"name\": \"t\", \"mode\": \"bypass\", "
+          "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
+          "\"args\": [], \"ram-size\": 4096, "
+          "\"files\": {\"memory\": 4096}}",
+          "does not list its file 'state'" },
+        { "{\"format\": 1, \"name\": \"t\", \"mode\": \"bypass\", "
+          "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
+          "\"args\": [], \"ram-size\": 4096, "
+          "\"files\": {\"state\": 3}}",
+          "does not list its file 'memory'" },
+        { "{\"format\": 1, \"name\": \"t\", \"mode\": \"mapped-ram\", "
+          "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
+          "\"args\": [], \"files\": {\"state\": 3}}", "is malformed" },
         { "{\"format\": 1, \"name\": \"t\", \"mode\": \"bypass\", "
           "\"qemu\": {\"path\": \"/q\", \"version\": \"1\"}, "
           "\"args\": [], \"ram-size\": 8192, "
@@ -405,7 +459,6 @@ static void test_qmp_stream(void)
         /* the event after the answer */
     }
     g_assert_cmpint(seen.events, ==, 2);
-    g_assert_cmpint(g_queue_get_length(qmp_events(q)), ==, 2);
     /* something that is not a QMP message closes the connection */
     g_assert_cmpint(write(sv[1], "[1]\n", 4), ==, 4);
     while (!seen.closed) {
@@ -440,18 +493,389 @@ static void test_qmp_error_answer(void)
     qmp_client_free(q);
 }
 
+static void test_qmp_malformed_answers(void)
+{
+    static const char *const answers[] = {
+        "{\"error\": 5}\n",
+        "{\"error\": \"no\"}\n",
+        "{\"neither\": 1}\n",
+    };
+    int i;
+
+    for (i = 0; i < ARRAY_SIZE(answers); i++) {
+        Seen seen = { 0 };
+        Error *err = NULL;
+        QmpClient *q;
+        int sv[2];
+
+        g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), ==, 0);
+        q = qmp_client_new(sv[0], "test", NULL, seen_closed, &seen);
+        g_assert_cmpint(write(sv[1], answers[i], strlen(answers[i])), ==,
+                        strlen(answers[i]));
+        /* never NULL without an error */
+        g_assert_null(qmp_call(q, "x", NULL,
+                               now_us() + 10 * G_USEC_PER_SEC, NULL, &err));
+        g_assert_nonnull(err);
+        g_assert_nonnull(strstr(error_get_pretty(err), "QEMU sent"));
+        error_free(err);
+        g_assert_true(qmp_is_closed(q));
+        qmp_client_free(q);
+        close(sv[1]);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* files and processes, under attack */
+
+typedef struct Racer {
+    char *a;
+    char *b;
+    bool stop;
+    int swaps;
+} Racer;
+
+static gpointer racer_run(gpointer opaque)
+{
+    Racer *r = opaque;
+
+    while (!qatomic_read(&r->stop)) {
+        if (!renameat2(AT_FDCWD, r->a, AT_FDCWD, r->b, RENAME_EXCHANGE)) {
+            qatomic_inc(&r->swaps);
+        }
+    }
+    return NULL;
+}
+
+#define RACE_FILES 64
+#define RACE_ROUNDS 200
+
+/* T/a, a directory of files named as the victim's, and T/l -> victim */
+static void race_tree(const char *tree, const char *victim)
+{
+    g_autofree char *a = g_build_filename(tree, "a", NULL);
+    g_autofree char *l = g_build_filename(tree, "l", NULL);
+    int i;
+
+    g_assert_cmpint(g_mkdir_with_parents(a, 0700), ==, 0);
+    for (i = 0; i < RACE_FILES; i++) {
+        g_autofree char *f = g_strdup_printf("%s/f%d", a, i);
+
+        g_assert_true(g_file_set_contents(f, "t", 1, NULL));
+    }
+    g_assert_cmpint(symlink(victim, l), ==, 0);
+}
+
+/*
+ * rmtree() while another thread keeps swapping a directory of the tree
+ * with a symbolic link to a directory outside: nothing outside goes.
+ */
+static void test_rmtree_race(void)
+{
+    g_autofree char *victim = tmp_path("victim");
+    g_autofree char *tree = tmp_path("tree");
+    Racer r = {
+        .a = g_build_filename(tree, "a", NULL),
+        .b = g_build_filename(tree, "l", NULL),
+    };
+    int round, i;
+
+    g_assert_cmpint(g_mkdir_with_parents(victim, 0700), ==, 0);
+    for (i = 0; i < RACE_FILES; i++) {
+        g_autofree char *f = g_strdup_printf("%s/f%d", victim, i);
+
+        g_assert_true(g_file_set_contents(f, "v", 1, NULL));
+    }
+    for (round = 0; round < RACE_ROUNDS; round++) {
+        GThread *t;
+
+        race_tree(tree, victim);
+        qatomic_set(&r.stop, false);
+        qatomic_set(&r.swaps, 0);
+        t = g_thread_new("racer", racer_run, &r);
+        /* the racer runs before rmtree() starts */
+        while (qatomic_read(&r.swaps) < 2) {
+            g_usleep(10);
+        }
+        rmtree(tree);
+        qatomic_set(&r.stop, true);
+        g_thread_join(t);
+        rmtree(tree);
+        for (i = 0; i < RACE_FILES; i++) {
+            g_autofree char *f = g_strdup_printf("%s/f%d", victim, i);
+
+            if (!g_file_test(f, G_FILE_TEST_EXISTS)) {
+                g_error("round %d: rmtree removed %s, outside its tree",
+                        round, f);
+            }
+        }
+    }
+    g_assert_false(g_file_test(tree, G_FILE_TEST_EXISTS));
+    rmtree(victim);
+    g_free(r.a);
+    g_free(r.b);
+}
+
+static void copy_file(const char *from, const char *to, mode_t mode)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(from, &data, &len, NULL));
+    g_assert_true(g_file_set_contents(to, data, len, NULL));
+    g_assert_cmpint(chmod(to, mode), ==, 0);
+}
+
+static void vm_exited(Vm *vm, Error *err, void *opaque)
+{
+    error_free(err);
+}
+
+/*
+ * The binary that runs is the file qemu_resolve() checked, even if its
+ * path names another file by the time the clone starts.
+ */
+static void test_exec_checked_binary(void)
+{
+    g_autofree char *dir = tmp_path("bin");
+    g_autofree char *qemu = g_build_filename(dir, "qemu", NULL);
+    g_autofree char *evil = g_build_filename(dir, "evil", NULL);
+    g_autofree char *vmdir = tmp_path("vm");
+    g_autoptr(QemuBinary) b = NULL;
+    char *argv[] = { qemu, NULL };
+    Vm vm;
+
+    g_assert_cmpint(g_mkdir_with_parents(dir, 0700), ==, 0);
+    g_assert_cmpint(g_mkdir_with_parents(vmdir, 0700), ==, 0);
+    copy_file("/bin/true", qemu, 0755);
+    copy_file("/bin/false", evil, 0755);
+    b = qemu_resolve(qemu, &error_abort);
+    /* what an attacker who could write the directory would do */
+    g_assert_cmpint(rename(evil, qemu), ==, 0);
+    vm_init(&vm, vmdir);
+    g_assert_true(vm_spawn(&vm, b, argv, NULL, 0, false, &error_abort));
+    vm_connect(&vm, 30, vm_exited, NULL, NULL);
+    while (!vm.exited) {
+        g_main_context_iteration(NULL, true);
+    }
+    g_assert_true(WIFEXITED(vm.status));
+    g_assert_cmpint(WEXITSTATUS(vm.status), ==, 0);
+    vm_cleanup(&vm);
+    rmtree(dir);
+    rmtree(vmdir);
+}
+
+/* A child of this binary that waits, with "-uuid @uuid", as @uid (-1: us). */
+static pid_t start_marked(const char *uuid, uid_t uid)
+{
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        if (uid != (uid_t)-1 && (setgid(uid) < 0 || setuid(uid) < 0)) {
+            _exit(1);
+        }
+        execl(self_exe, self_exe, "fake-sleep", "-uuid", uuid, NULL);
+        _exit(1);
+    }
+    g_assert_cmpint(pid, >, 0);
+    /* until it runs the binary, its command line is this test's */
+    for (;;) {
+        g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", pid);
+        g_autofree char *cmd = NULL;
+        gsize len;
+
+        g_assert_false(pid_gone(pid));
+        if (g_file_get_contents(path, &cmd, &len, NULL) &&
+            memmem(cmd, len, "fake-sleep", 10)) {
+            return pid;
+        }
+        g_usleep(1000);
+    }
+}
+
+static void stop_marked(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/*
+ * A record names a process by its pid, start time and -uuid: a
+ * process of another user, another start, or a uuid that only shares a
+ * prefix, is not it.
+ */
+static void test_proc_find(void)
+{
+    const char *uuid = "6f0ac5e2-3b4c-4d5e-8f90-0123456789ab";
+    pid_t pid = start_marked(uuid, -1);
+    ProcRef r = { .opt = "-uuid", .val = uuid };
+    uint64_t start;
+
+    g_assert_cmpint(proc_find(&r), ==, pid);
+    g_assert_true(proc_start_time(pid, &start));
+    r.pid = pid;
+    r.start = start;
+    g_assert_cmpint(proc_find(&r), ==, pid);
+    r.start = start + 1;
+    g_assert_cmpint(proc_find(&r), ==, 0);
+    r = (ProcRef) { .opt = "-uuid", .val = "6f0ac5e2" };
+    g_assert_cmpint(proc_find(&r), ==, 0);
+    stop_marked(pid);
+    if (geteuid() == 0) {
+        /* root does not take another user's process for its clone */
+        pid = start_marked(uuid, 65534);
+        r = (ProcRef) { .opt = "-uuid", .val = uuid };
+        g_assert_cmpint(proc_find(&r), ==, 0);
+        r.pid = pid;
+        g_assert_cmpint(proc_find(&r), ==, 0);
+        proc_stop(&r, 1);
+        g_assert_false(pid_gone(pid));
+        stop_marked(pid);
+    }
+}
+
+static void test_pidfile(void)
+{
+    g_autofree char *victim = tmp_path("victim.pid");
+    g_autofree char *sym = tmp_path("link.pid");
+    g_autofree char *hard = tmp_path("hard.pid");
+    g_autofree char *good = tmp_path("good.pid");
+    g_autofree char *text = NULL;
+    Error *err = NULL;
+    int fd;
+
+    g_assert_true(g_file_set_contents(victim, "precious", -1, NULL));
+    g_assert_cmpint(symlink(victim, sym), ==, 0);
+    g_assert_cmpint(pidfile_write(sym, &err), <, 0);
+    g_clear_pointer(&err, error_free);
+    g_assert_cmpint(link(victim, hard), ==, 0);
+    g_assert_cmpint(pidfile_write(hard, &err), <, 0);
+    g_clear_pointer(&err, error_free);
+    g_assert_true(g_file_get_contents(victim, &text, NULL, NULL));
+    g_assert_cmpstr(text, ==, "precious");
+    fd = pidfile_write(good, &error_abort);
+    g_clear_pointer(&text, g_free);
+    g_assert_true(g_file_get_contents(good, &text, NULL, NULL));
+    g_assert_cmpint(atoi(text), ==, getpid());
+    pidfile_remove(good, fd);
+    g_assert_false(g_file_test(good, G_FILE_TEST_EXISTS));
+    unlink(sym);
+    unlink(hard);
+    unlink(victim);
+}
+
+static void test_sanitize_text(void)
+{
+    g_autofree char *t = sanitize_text("a\x1b[31mb\n\tc\x07\xc2\x9b" "d");
+
+    g_assert_cmpstr(t, ==, "a\\x1b[31mb\n\tc\\x07\\u009bd");
+}
+
+/* ------------------------------------------------------------------ */
+/* a clone whose QEMU stops answering after its load */
+
+/* Play QEMU: answer on the QMP socket (fd 3), never query-status. */
+static int fake_qemu(void)
+{
+    int fd = accept(VM_FD_QMP, NULL, NULL);
+    FILE *f = fd >= 0 ? fdopen(fd, "r+") : NULL;
+    char line[65536];
+
+    if (!f) {
+        return 1;
+    }
+    fprintf(f, "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n");
+    fflush(f);
+    while (fgets(line, sizeof(line), f)) {
+        if (strstr(line, "query-version")) {
+            fprintf(f, "{\"return\": {\"qemu\": {\"major\": 1, \"minor\": "
+                    "2, \"micro\": 3}, \"package\": \"\"}}\n");
+        } else if (strstr(line, "migrate-incoming")) {
+            fprintf(f, "{\"return\": {}}\n{\"event\": \"MIGRATION\", "
+                    "\"data\": {\"status\": \"completed\"}}\n");
+        } else if (!strstr(line, "query-status")) {
+            fprintf(f, "{\"return\": {}}\n");
+        }
+        fflush(f);
+    }
+    return 0;
+}
+
+static void clone_notified(Clone *c, void *opaque)
+{
+    if (c->state == CLONE_WAITING) {
+        clone_load(c, now_us());
+    } else {
+        *(Clone **)opaque = c;
+    }
+}
+
+static gboolean test_timeout(gpointer opaque)
+{
+    g_error("%s", (const char *)opaque);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * Loaded (MIGRATION completed), then silent: the clone fails once its
+ * load timeout passed, not waits for ever.
+ */
+static void test_clone_load_stuck(void)
+{
+    g_autofree char *path = make_template();
+    g_autofree char *fake = tmp_path("fake-qemu");
+    g_autofree char *text = NULL;
+    g_autoptr(Manifest) m = NULL;
+    g_autoptr(QemuBinary) b = NULL;
+    Clone *c, *done = NULL;
+    CloneSpec spec = { .timeout_s = 1 };
+    guint guard;
+
+    copy_file(self_exe, fake, 0700);
+    text = g_strdup_printf("{\"format\": 1, \"name\": \"t\", \"mode\": "
+                           "\"bypass\", \"qemu\": {\"path\": \"%s\", "
+                           "\"version\": \"1.2.3\"}, \"args\": "
+                           "[\"fake-qemu\"], \"ram-size\": 4096, \"files\": "
+                           "{\"state\": 3, \"memory\": 4096}}", fake);
+    write_file(path, text);
+    m = manifest_load("t", &error_abort);
+    b = qemu_resolve(fake, &error_abort);
+    spec.m = m;
+    spec.qemu = b;
+    c = clone_start(&spec, clone_notified, &done, &error_abort);
+    guard = g_timeout_add_seconds(30, test_timeout, (char *)"the clone "
+                                  "stuck after its load never failed");
+    while (!done) {
+        g_main_context_iteration(NULL, true);
+    }
+    g_source_remove(guard);
+    g_assert_true(done == c);
+    g_assert_cmpint(c->state, ==, CLONE_FAILED);
+    g_assert_nonnull(strstr(error_get_pretty(c->err),
+                            "did not start running in 1 s"));
+    clone_discard(c);
+    clone_wait_pending(10000);
+}
+
 int main(int argc, char **argv)
 {
     g_autofree char *base = NULL;
     int ret;
 
+    if (argc > 1 && !strcmp(argv[1], "fake-qemu")) {
+        return fake_qemu();
+    }
+    if (argc > 1 && !strcmp(argv[1], "fake-sleep")) {
+        sleep(600);
+        return 0;
+    }
+    self_exe = g_file_read_link("/proc/self/exe", NULL);
     g_test_init(&argc, &argv, NULL);
     /* as in qemu-template: a closed peer is an error, not a signal */
     signal(SIGPIPE, SIG_IGN);
     base = g_dir_make_tmp("qemu-template-test-XXXXXX", NULL);
     tmp_dir = base;
     umask(077);
-    if (!setup_top_dir(base, &error_abort)) {
+    if (!setup_top_dir(base, true, &error_abort)) {
         return 1;
     }
     g_test_add_func("/qemu-template/cmdline/subst-dir", test_subst_dir);
@@ -471,7 +895,18 @@ int main(int argc, char **argv)
     g_test_add_func("/qemu-template/qmp/stream", test_qmp_stream);
     g_test_add_func("/qemu-template/qmp/error-answer",
                     test_qmp_error_answer);
+    g_test_add_func("/qemu-template/qmp/malformed-answers",
+                    test_qmp_malformed_answers);
+    g_test_add_func("/qemu-template/trust/rmtree-race", test_rmtree_race);
+    g_test_add_func("/qemu-template/trust/exec-checked-binary",
+                    test_exec_checked_binary);
+    g_test_add_func("/qemu-template/trust/pidfile", test_pidfile);
+    g_test_add_func("/qemu-template/proc/find", test_proc_find);
+    g_test_add_func("/qemu-template/sanitize-text", test_sanitize_text);
+    g_test_add_func("/qemu-template/clone/load-stuck",
+                    test_clone_load_stuck);
     ret = g_test_run();
     rmtree(base);
+    g_free(self_exe);
     return ret;
 }

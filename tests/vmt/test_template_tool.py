@@ -11,9 +11,11 @@ CONFIG_VMGENID: a clone's kernel reseeds its RNG when QEMU announces the
 clone's new generation ID.  Behaviour only; timings are never checked.
 """
 
+import itertools
 import json
 import mmap
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -52,6 +54,46 @@ def pid_alive(pid):
         return False
     with open(f'/proc/{pid}/stat') as f:
         return f.read().split(') ')[1][0] != 'Z'
+
+
+_ADV_SEQ = itertools.count()
+
+
+class Adversary:
+    """An unprivileged user made for one test (useradd) and removed after
+    it (userdel), with every process it was made to start."""
+
+    def __init__(self):
+        self.name = f'vmtadv{os.getpid() % 100000}n{next(_ADV_SEQ)}'
+        subprocess.run(['useradd', '--system', '--no-create-home',
+                        '--shell', '/usr/sbin/nologin', self.name],
+                       check=True, capture_output=True)
+        pw = pwd.getpwnam(self.name)
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.procs = []
+
+    def _as(self):
+        return dict(user=self.uid, group=self.gid, extra_groups=[], cwd='/')
+
+    def run(self, *args):
+        r = subprocess.run(list(args), capture_output=True, text=True,
+                           timeout=60, **self._as())
+        if r.returncode:
+            raise AssertionError(f'{self.name}: {args}: {r.stderr}')
+        return r
+
+    def popen(self, *args):
+        p = subprocess.Popen(list(args), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, **self._as())
+        self.procs.append(p)
+        return p
+
+    def remove(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        subprocess.run(['userdel', self.name], capture_output=True)
 
 
 class TemplateToolTest(unittest.TestCase):
@@ -262,9 +304,9 @@ class TemplateToolTest(unittest.TestCase):
 
     # -- the pool
 
-    def start_pool(self, name, size, *extra):
-        p = subprocess.Popen([self.tool, '--dir', self.dir, 'pool', name,
-                              '--size', str(size), *extra],
+    def start_pool(self, name, size, *extra, top=None):
+        p = subprocess.Popen([self.tool, '--dir', top or self.dir, 'pool',
+                              name, '--size', str(size), *extra],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
                              env=self.env)
@@ -283,10 +325,11 @@ class TemplateToolTest(unittest.TestCase):
                 p.wait()
         p.stdout.close()
 
-    def pool_request(self, name, req):
+    def pool_request(self, name, req, top=None):
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(60)
-            s.connect(os.path.join(self.dir, 'pools', f'{name}.sock'))
+            s.connect(os.path.join(top or self.dir, 'pools',
+                                   f'{name}.sock'))
             f = s.makefile('rw')
             f.write(json.dumps(req) + '\n')
             f.flush()
@@ -368,18 +411,25 @@ class TemplateToolTest(unittest.TestCase):
         self.assert_leftovers()
 
     def test_pool_files_deleted(self):
-        """Template files deleted under a running pool: requests fail with
-        the reason, the pool stops, nothing is left."""
+        """Template files deleted under a running pool: a new clone is
+        refused with the reason, but the pool goes on cloning the files
+        it opened and checked when it started; nothing is left."""
         d = self.damaged_copy('m', 'z')
         pool = self.start_pool('z', 1)
         os.unlink(os.path.join(d, 'template.fixed'))
         r = self.run_tool('clone', 'z')
         self.assertEqual(r.returncode, 1)
         self.assertIn('template.fixed', r.stderr)
-        r = self.pool_request('z', {'execute': 'clone'})
-        self.assertIn('template.fixed', r['error']['desc'])
-        st = self.pool_request('z', {'execute': 'status'})['return']
-        self.assertEqual((st['served'], st['failed']), (0, 1))
+        clones = [self.pool_request('z', {'execute': 'clone'})['return']
+                  for _ in range(2)]
+        try:
+            st = self.pool_request('z', {'execute': 'status'})['return']
+            self.assertEqual((st['served'], st['failed']), (2, 0))
+            for c in clones:
+                self.assertEqual(qmp(c['qmp'], 'query-status')['status'],
+                                 'running')
+        finally:
+            self.destroy_all(clones)
         self.stop_pool(pool)
         self.run_tool('destroy', 'z', check=True)
         self.assert_leftovers('z')
@@ -637,16 +687,19 @@ class TemplateToolTest(unittest.TestCase):
 
     def test_destroy_record_without_pid(self):
         """A record written before its process had a pid: destroy finds
-        the process by the clone's directory and stops it."""
+        the process of this user with the clone's -uuid and stops it."""
         cdir = os.path.join(self.dir, 'clones', 'b-0nopid00')
         os.makedirs(cdir, mode=0o700)
+        uuid = '6f0ac5e2-3b4c-4d5e-8f90-0123456789ab'
         victim = subprocess.Popen([sys.executable, '-c',
-                                   'import time; time.sleep(600)', cdir],
+                                   'import time; time.sleep(600)', cdir,
+                                   '-uuid', uuid],
                                   stdout=subprocess.DEVNULL)
         try:
             with open(os.path.join(cdir, 'clone.json'), 'w') as f:
                 json.dump({'id': 'b-0nopid00', 'template': 'b',
-                           'state': 'starting', 'dir': cdir}, f)
+                           'state': 'starting', 'dir': cdir,
+                           'identity': {'uuid': uuid}}, f)
             listed = self.tool_json('list', 'b')[0]['clones']
             self.assertEqual([c['running'] for c in listed], [True])
             self.run_tool('destroy', 'b-0nopid00', check=True)
@@ -764,11 +817,10 @@ class TemplateToolTest(unittest.TestCase):
         self.assertTrue(self.manifest('m')['stopped'])
 
     def test_create_ready_event_and_signal(self):
-        """--ready event:RESUME holds (events are kept from the start);
-        several conditions; SIGUSR1 says "save now"."""
+        """Several conditions; SIGUSR1 says "save now"."""
         try:
             r = self.run_tool('create', 'e1', '--qemu', self.qemu,
-                              '--ready', 'event:RESUME', '--ready',
+                              '--ready', 'delay:0.1', '--ready',
                               'delay:0.2', '--timeout', '60', '--',
                               *self.args)
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -1156,7 +1208,8 @@ class TemplateToolTest(unittest.TestCase):
     def test_permissions_and_commas(self):
         """Under umask 002, in a directory whose path holds commas and
         ',offset=' (an option of file: URIs): everything the tool and its
-        QEMUs make is the user's alone, and QEMU gets every path right."""
+        QEMUs make is the user's alone, and QEMU gets every path right,
+        in the old chardev syntax too (-monitor unix:PATH,server=on)."""
         top = self.tmp.join('a,b,offset=1')
         self.addCleanup(self.kill_recorded, top)
 
@@ -1168,12 +1221,13 @@ class TemplateToolTest(unittest.TestCase):
                                  check=True)
         for name, mode in (('c', 'bypass'), ('d', 'mapped-ram')):
             run('create', name, '--mode', mode, '--qemu', self.qemu,
-                '--ready', 'delay:0', '--', *self.args)
+                '--ready', 'delay:0', '--', *self.args, '-monitor',
+                'unix:@DIR@/mon.sock,server=on,wait=off')
             c = json.loads(run('--json', 'clone', name).stdout)[0]
             self.assertEqual(qmp(c['qmp'], 'query-status')['status'],
                              'running')
-            # @DIR@ in -chardev socket,path= and -serial file:
-            for f in ('agent.sock', 'console.log', 'qmp.sock'):
+            # @DIR@ in -chardev socket,path=, -serial file:, -monitor unix:
+            for f in ('agent.sock', 'console.log', 'qmp.sock', 'mon.sock'):
                 self.assertTrue(os.path.exists(os.path.join(c['dir'], f)), f)
         pool = subprocess.Popen([self.tool, '--dir', top, 'pool', 'd'],
                                 stdin=subprocess.DEVNULL,
@@ -1283,4 +1337,520 @@ class TemplateToolTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("lacks the migration capability 'bypass-shared-memory'",
                       r.stderr)
+        self.assert_leftovers('y')
+
+    # -- the review of issue 26 (notes/tool-review.md): attacks by a user
+    # made for the test, and the bugs it found
+
+    def adversary(self):
+        if os.geteuid() != 0:
+            self.skipTest('needs root to make a user')
+        adv = Adversary()
+        self.addCleanup(adv.remove)
+        return adv
+
+    def reachable(self, *paths):
+        """Let other users go through @paths (0711) for one test."""
+        for p in paths:
+            mode = stat.S_IMODE(os.stat(p).st_mode)
+            self.addCleanup(os.chmod, p, mode)
+            os.chmod(p, 0o711)
+
+    def copy_template(self, src, top):
+        """Template @src copied (mtimes kept) into a new tool dir @top."""
+        os.makedirs(os.path.join(top, 'templates'), mode=0o700)
+        os.chmod(top, 0o700)
+        d = os.path.join(top, 'templates', src)
+        shutil.copytree(os.path.join(self.dir, 'templates', src), d)
+        self.addCleanup(self.kill_recorded, top)
+        return d
+
+    def wait_for(self, what, cond, timeout=60):
+        end = time.monotonic() + timeout
+        while True:
+            v = cond()
+            if v:
+                return v
+            self.assertLess(time.monotonic(), end, what)
+            time.sleep(0.05)
+
+    def test_adv_qemu_in_shared_dir(self):
+        """Review 1: a QEMU binary in a directory another user can write
+        is refused, so no pool runs what that user puts there later."""
+        adv = self.adversary()
+        self.reachable(self.tmp.path)
+        bindir = self.tmp.join('shared-bin')
+        os.mkdir(bindir)
+        os.chmod(bindir, 0o777)
+        qemu = os.path.join(bindir, 'qemu')
+        shutil.copy2(self.qemu, qemu)
+        datadir = subprocess.run([self.qemu, '-L', 'help'],
+                                 capture_output=True,
+                                 text=True).stdout.split()[-1]
+        top = self.tmp.join('adv-bin')
+        self.addCleanup(self.kill_recorded, top)
+        mark = os.path.join(bindir, 'ran')
+        r = self.run_tool('create', 'q', '--qemu', qemu, '--ready', 'delay:0',
+                          '--', *self.args, '-L', datadir, tool_dir=top)
+        if r.returncode == 0:
+            self.attack_binary(adv, top, qemu, mark)
+        self.assertFalse(os.path.exists(mark), 'root ran the binary that '
+                         'another user put in place of QEMU')
+        self.assertEqual(r.returncode, 1, 'a QEMU in a directory others '
+                         'can write was accepted')
+        self.assertIn(f"above the QEMU binary '{qemu}', can be changed by "
+                      "other users", r.stderr)
+
+    def attack_binary(self, adv, top, qemu, mark):
+        """A pool of the template; the other user swaps the binary; a
+        request makes the pool start a clone."""
+        pool = self.start_pool('q', 1, '--qemu', qemu, top=top)
+        evil = os.path.join(os.path.dirname(qemu), 'evil')
+        adv.run('sh', '-c', f'printf "#!/bin/sh\\ntouch {mark}\\n" > {evil}'
+                f' && chmod 755 {evil} && mv -f {evil} {qemu}')
+        self.pool_request('q', {'execute': 'clone'}, top=top)
+        end = time.monotonic() + 30
+        while not os.path.exists(mark) and time.monotonic() < end:
+            time.sleep(0.1)
+        self.stop_pool(pool)
+
+    def test_adv_template_dir_swapped(self):
+        """Review 3: a templates/ that another user can write is refused;
+        a pool started on a safe template clones the files it opened and
+        checked, whatever that user puts at their paths later."""
+        adv = self.adversary()
+        top = self.tmp.join('adv-swap')
+        d = self.copy_template('b', top)
+        tdir = os.path.dirname(d)
+        os.chmod(tdir, 0o777)
+        r = self.run_tool('clone', 'b', '--no-pool', tool_dir=top)
+        os.chmod(tdir, 0o700)
+        self.assertEqual(r.returncode, 1, 'a clone through a templates/ '
+                         'others can write')
+        self.assertIn(f"'{tdir}' is writable by other users", r.stderr)
+        pool = self.start_pool('b', 1, top=top)
+        mine = os.stat(os.path.join(d, 'memory')).st_ino
+        # later someone makes templates/ writable: the other user swaps b
+        self.reachable(self.tmp.path, top)
+        os.chmod(tdir, 0o777)
+        size = os.stat(os.path.join(d, 'memory')).st_size
+        adv.run('sh', '-c', f'cd {tdir} && mv b b.old && mkdir b && '
+                'head -c 4096 /dev/urandom > b/state && '
+                f'truncate -s {size} b/memory && chmod 755 b')
+        theirs = os.stat(os.path.join(d, 'memory')).st_ino
+        answers = [self.pool_request('b', {'execute': 'clone'}, top=top)
+                   for _ in range(2)]
+        os.chmod(tdir, 0o700)
+        self.stop_pool(pool)
+        for a in answers:
+            self.assertIn('return', a, 'the pool loaded what the other user '
+                          'put at the template\'s paths')
+            with open(f'/proc/{a["return"]["pid"]}/maps') as f:
+                inodes = {int(ln.split()[4]) for ln in f}
+            self.assertIn(mine, inodes)
+            self.assertNotIn(theirs, inodes)
+            self.run_tool('destroy', a['return']['id'], tool_dir=top,
+                          check=True)
+
+    def test_adv_process_match(self):
+        """Review 4: list and destroy believe a record only for a process
+        of this user with the clone's own -uuid: not another user's
+        process that names the clone's directory, nor a process of a
+        clone whose id starts the same."""
+        adv = self.adversary()
+        cdir = os.path.join(self.dir, 'clones', 'b-0adv0000')
+        os.makedirs(cdir, mode=0o700)
+        uuid = '0e8c7a52-9d1b-4b7e-a9d4-3c2b1a098765'
+        with open(os.path.join(cdir, 'clone.json'), 'w') as f:
+            json.dump({'id': 'b-0adv0000', 'template': 'b',
+                       'state': 'starting', 'dir': cdir,
+                       'identity': {'uuid': uuid}}, f)
+        sleeper = [sys.executable, '-c', 'import time; time.sleep(600)']
+        theirs = adv.popen(*sleeper, f'path={cdir}/qmp.sock', '-uuid', uuid)
+        mine = subprocess.Popen([*sleeper, f'{cdir}-x/console.log'],
+                                stdout=subprocess.DEVNULL)
+        self.addCleanup(lambda: (mine.kill(), mine.wait()))
+        self.wait_for('the processes run', lambda: all(
+            uuid.encode() in open(f'/proc/{p.pid}/cmdline', 'rb').read() or
+            p is mine for p in (theirs, mine)))
+        listed = self.tool_json('list', 'b')[0]['clones']
+        self.assertEqual([c['running'] for c in listed], [False])
+        self.run_tool('destroy', 'b-0adv0000', check=True)
+        self.assertIsNone(theirs.poll(), 'root stopped another user\'s '
+                          'process')
+        self.assertIsNone(mine.poll(), 'destroy stopped a process of '
+                          'another clone')
+        self.assertFalse(os.path.exists(cdir))
+
+    def test_adv_dir_through_symlink(self):
+        """Review 5: a --dir that goes through a directory another user
+        can write, or through another user's symbolic link, is refused."""
+        adv = self.adversary()
+        self.reachable(self.tmp.path)
+        chosen = self.tmp.join('chosen')
+        os.mkdir(chosen, 0o700)
+        for name, mode, why in (('open', 0o777, 'can be changed by other '
+                                 'users'),
+                                ('sticky', 0o1777, 'is a symbolic link of '
+                                 'uid')):
+            shared = self.tmp.join(name)
+            os.mkdir(shared)
+            os.chmod(shared, mode)
+            link = os.path.join(shared, 'qt')
+            adv.run('ln', '-s', chosen, link)
+            r = self.run_tool('list', tool_dir=link)
+            self.assertEqual(r.returncode, 1, f'{name}: a --dir chosen by '
+                             'another user was used')
+            self.assertIn(why, r.stderr)
+
+    def test_create_keeps_other_templates_tmp(self):
+        """Review 6: create X removes only X's own half-made templates,
+        not those of a template whose name starts with X.tmp-."""
+        p, tmpdir = self.start_create('y.tmp-1')
+        r = self.run_tool('create', 'y', '--qemu', '/nonexistent/qemu', '--',
+                          *self.args)
+        self.assertEqual(r.returncode, 1)
+        self.assertTrue(os.path.isdir(tmpdir), 'create y removed the '
+                        'template y.tmp-1 being made')
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 1)
+        self.assert_leftovers('y.tmp-1')
+
+    def fifo_clone_args(self, name):
+        fifo = self.tmp.join(name)
+        os.mkfifo(fifo, 0o600)
+        return fifo, ['--', '-chardev', f'file,id=slow,path={fifo}']
+
+    def test_pool_starting_clone_killed(self):
+        """Review 8: a clone killed while it starts (the OOM killer,
+        destroy) does not stop the pool: it starts another."""
+        fifo, extra = self.fifo_clone_args('start.fifo')
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            pool = self.start_pool('b', 1, *extra)
+        finally:
+            os.close(reader)    # from now on clones wait at start
+        served = self.pool_request('b', {'execute': 'clone'})['return']
+        self.addCleanup(self.run_tool, 'destroy', served['id'])
+        starting = self.wait_for('a clone starts', lambda: [
+            r['pid'] for r in self.records().values()
+            if r and r.get('state') == 'starting' and r.get('pid')])
+        os.kill(starting[0], signal.SIGKILL)
+        st = self.wait_for('the pool notices', lambda: (
+            lambda s: s if s.get('last-error') else None)(
+                self.pool_request('b', {'execute': 'status'})['return']))
+        self.assertIsNone(pool.poll(), 'the pool stopped')
+        self.assertIn('while it started', st['last-error'])
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            self.wait_for('a new clone is ready', lambda: self.pool_request(
+                'b', {'execute': 'status'})['return']['ready'] == 1)
+        finally:
+            os.close(reader)
+        self.stop_pool(pool)
+
+    def test_pool_client_leaves(self):
+        """Review 9: a request whose client is gone before its clone runs
+        leaves no clone that nobody owns."""
+        pool = self.start_pool('b', 1)
+        s = self.pool_conn('b')
+        s.sendall(b'{"execute": "clone"}\n')
+        s.close()
+        st = self.wait_for('the request ends', lambda: (
+            lambda t: t if not t['loading'] and t['served'] + t['failed'] +
+            t.get('abandoned', 0) else None)(
+                self.pool_request('b', {'execute': 'status'})['return']))
+        running = [d for d, r in self.records().items()
+                   if r and r.get('state') == 'running']
+        for d in running:
+            self.run_tool('destroy', d)
+        self.assertEqual(running, [], 'a clone nobody owns runs')
+        self.assertEqual((st['served'], st.get('abandoned')), (0, 1))
+        self.stop_pool(pool)
+        self.wait_for('the abandoned clone is gone',
+                      lambda: not self.tool_processes())
+        self.assert_leftovers()
+
+    def test_pool_busy(self):
+        """Review 10: a pool with every connection taken: clone starts its
+        own clones, stop says why it cannot stop the pool."""
+        pool = self.start_pool('b', 1)
+        conns = [self.pool_conn('b') for _ in range(32)]
+        clones = []
+        try:
+            r = self.run_tool('--json', 'clone', 'b')
+            clones = json.loads(r.stdout) if not r.returncode else []
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("the pool of 'b' is busy", r.stderr)
+            self.assertFalse(clones[0]['pooled'])
+            r = self.run_tool('stop', 'b', timeout=30)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('too many connections', r.stderr)
+            self.assertIsNone(pool.poll())
+        finally:
+            for c in conns:
+                c.close()
+            self.destroy_all(clones)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_pidfile_and_errors(self):
+        """Review 11: an error of a daemonized pool is reported once (by
+        the parent), and a pool that fails leaves no pidfile."""
+        r = self.run_tool('pool', 'b', '--daemonize', '--pidfile',
+                          self.tmp.join('nodir', 'p.pid'))
+        self.assertEqual(r.returncode, 1)
+        errors = [ln for ln in r.stderr.splitlines()
+                  if ln.startswith('qemu-template:')]
+        self.assertEqual(len(errors), 1, r.stderr)
+        self.assertIn('--pidfile', errors[0])
+        self.damaged_copy('b', 'pv')
+        pidfile = self.tmp.join('pv.pid')
+        try:
+            self.edit_manifest('pv', lambda m: m['qemu'].update(
+                version='0.0.0'))
+            r = self.run_tool('pool', 'pv', '--daemonize', '--pidfile',
+                              pidfile)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('was made by QEMU 0.0.0', r.stderr)
+            self.assertFalse(os.path.exists(pidfile), 'stale pidfile')
+        finally:
+            self.run_tool('destroy', 'pv', check=True)
+        self.assert_leftovers('pv')
+
+    def test_adv_pidfile_symlink(self):
+        """Review 12: --pidfile does not follow another user's symlink
+        (root would overwrite the file it points to), nor take over
+        another user's file."""
+        adv = self.adversary()
+        self.reachable(self.tmp.path)
+        sticky = self.tmp.join('run')
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)
+        victim = self.tmp.join('victim')
+        with open(victim, 'w') as f:
+            f.write('precious')
+        link = os.path.join(sticky, 'pool.pid')
+        owned = os.path.join(sticky, 'other.pid')
+        adv.run('ln', '-s', victim, link)
+        adv.run('touch', owned)
+        # ELOOP, or EACCES where fs.protected_regular refuses first
+        for pidfile, why in ((link, 'cannot open the pidfile'),
+                             (owned, 'is not a file of this user alone')):
+            r = self.run_tool('pool', 'b', '--daemonize', '--pidfile',
+                              pidfile)
+            if r.returncode == 0:
+                self.run_tool('stop', 'b')
+            self.assertEqual(r.returncode, 1, f'{pidfile} was written')
+            self.assertIn(why, r.stderr)
+        with open(victim) as f:
+            self.assertEqual(f.read(), 'precious')
+        self.assert_leftovers()
+
+    def test_create_usr1_no_busy_loop(self):
+        """Review 13: after SIGUSR1, create waits for the save as it
+        would without: every query-migrate it sends during the save is a
+        progress line it prints (QEMU's trace counts them)."""
+        trace = self.tmp.join('usr1.trace')
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'create', 'u1',
+                              '--mode', 'mapped-ram', '--qemu', self.qemu,
+                              '--ready', 'signal', '--', *self.args,
+                              '-global', 'migration.x-max-bandwidth=16777216',
+                              '-trace', 'handle_qmp_command', '-D', trace],
+                             stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=self.env)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        self.addCleanup(self.run_tool, 'destroy', 'u1')
+        tdir = os.path.join(self.dir, 'templates')
+        self.wait_for('QEMU runs', lambda: any(
+            e.startswith('.u1.') and os.path.exists(
+                os.path.join(tdir, e, 'console.log'))
+            for e in os.listdir(tdir)))
+        time.sleep(0.5)
+        p.send_signal(signal.SIGUSR1)
+        self.assertEqual(p.wait(120), 0, p.stderr.read())
+        lines = p.stderr.read().count('qemu-template: saving:')
+        with open(trace) as f:
+            polls = sum('"query-migrate"' in ln for ln in f)
+        self.assertLessEqual(polls, lines + 1, f'{polls} query-migrate for '
+                             f'{lines} progress lines')
+
+    def test_destroy_newline_dir(self):
+        """Review 15: destroy sees a process that maps the template when
+        the directory's path holds a newline (/proc/PID/maps writes it
+        as \\012): it compares device and inode."""
+        top = self.tmp.join('new\nline')
+        d = self.copy_template('b', top)
+        with open(os.path.join(d, 'memory'), 'rb') as f:
+            mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+        try:
+            r = self.run_tool('destroy', 'b', tool_dir=top)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("template 'b' is mapped by processes", r.stderr)
+            self.assertTrue(os.path.isdir(d))
+        finally:
+            mm.close()
+        self.run_tool('destroy', 'b', tool_dir=top, check=True)
+        self.assertFalse(os.path.exists(d))
+
+    def test_pool_stopping_does_not_block(self):
+        """Review 17: the pool answers while a clone it discards takes its
+        time to die (a stopped process: SIGTERM waits, SIGKILL after 3 s)."""
+        pool = self.start_pool('b', 2, '--timeout', '2')
+        waiting = [r['pid'] for r in self.records().values()
+                   if r and r.get('pooled') and r.get('state') == 'waiting']
+        self.assertEqual(len(waiting), 2)
+        for pid in waiting:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            ans = self.pool_request('b', {'execute': 'clone'})
+            self.assertIn('did not start running in 2 s',
+                          ans['error']['desc'])
+            st = self.pool_request('b', {'execute': 'status'})['return']
+            self.assertEqual(st.get('stopping'), 1, st)
+        finally:
+            for pid in waiting:
+                os.kill(pid, signal.SIGCONT)
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_client_trickle(self):
+        """Review 18: a client that sends a byte now and then but never a
+        whole request is dropped once --client-timeout passed."""
+        pool = self.start_pool('b', 1, '--client-timeout', '2')
+        s = self.pool_conn('b', timeout=0.5)
+        closed = False
+        end = time.monotonic() + 30
+        try:
+            while not closed and time.monotonic() < end:
+                try:
+                    s.sendall(b' ')
+                    closed = s.recv(1) == b''
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed = True
+        finally:
+            s.close()
+        self.assertTrue(closed, 'a client trickling bytes kept its slot')
+        self.stop_pool(pool)
+
+    def second_monitor(self, name):
+        """The QMP socket a create's template has for the test (-qmp)."""
+        tdir = os.path.join(self.dir, 'templates')
+        path = self.wait_for('the second monitor', lambda: next(
+            (os.path.join(tdir, e, 'm2.sock') for e in os.listdir(tdir)
+             if e.startswith(f'.{name}.') and
+             os.path.exists(os.path.join(tdir, e, 'm2.sock'))), None))
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(30)
+        s.connect(path)
+        f = s.makefile('rw')
+        json.loads(f.readline())
+        return s, f
+
+    def test_create_ready_events(self):
+        """Review 20: --ready event:NAME counts only events after the
+        tool's own cont (its RESUME is not one), and no event is lost
+        while earlier conditions are waited for (here POWERDOWN followed
+        by 300 others)."""
+        r = self.run_tool('create', 'ev1', '--qemu', self.qemu, '--ready',
+                          'event:RESUME', '--timeout', '3', '--', *self.args)
+        self.assertEqual(r.returncode, 1, 'the tool\'s own RESUME counted')
+        self.assertIn("'event:RESUME' did not hold within 3 s", r.stderr)
+        gate = self.tmp.join('gate')
+        p = subprocess.Popen([self.tool, '--dir', self.dir, 'create', 'ev2',
+                              '--qemu', self.qemu, '--ready', f'log:{gate}:go',
+                              '--ready', 'event:POWERDOWN', '--ready',
+                              'event:RESUME', '--timeout', '60', '--',
+                              *self.args, '-qmp',
+                              'unix:@DIR@/m2.sock,server=on,wait=off'],
+                             stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=self.env)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(),
+                                 p.stdout.close(), p.stderr.close()))
+        self.addCleanup(self.run_tool, 'destroy', 'ev2')
+        s, f = self.second_monitor('ev2')
+        with s:
+            cmds = ['qmp_capabilities', 'system_powerdown']
+            cmds += ['stop', 'cont'] * 150
+            for cmd in cmds:
+                f.write(json.dumps({'execute': cmd}) + '\n')
+                f.flush()
+                while 'return' not in json.loads(f.readline()):
+                    pass
+        with open(gate, 'w') as g:
+            g.write('go')
+        self.assertEqual(p.wait(120), 0, p.stderr.read())
+
+    # -- the review's nits
+
+    def test_errors_and_options_anywhere(self):
+        """--json errors carry the hint; --dir and --json may follow the
+        command; a command that makes nothing makes no directory."""
+        r = self.run_tool('clone', 'nosuch', '--json')
+        self.assertEqual(r.returncode, 1)
+        err = json.loads(r.stdout)['error']
+        self.assertIn("'qemu-template list' shows the templates",
+                      err['hint'])
+        none = self.tmp.join('none')
+        for args in (['list'], ['status', 'x'], ['destroy', 'x'],
+                     ['stop', 'x']):
+            r = subprocess.run([self.tool, *args, '--dir', none, '--json'],
+                               capture_output=True, text=True, env=self.env)
+            self.assertFalse(os.path.exists(none), args)
+            if args == ['list']:
+                self.assertEqual((r.returncode, json.loads(r.stdout)),
+                                 (0, []))
+            else:
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn('desc', json.loads(r.stdout)['error'])
+
+    def test_pool_request_arguments_checked(self):
+        """A clone request's arguments are checked: lists of strings
+        under "args" and "nics", nothing else."""
+        pool = self.start_pool('b', 1)
+        for args in ({'args': 'junk'}, {'nics': [1]}, {'other': []}, 5):
+            ans = self.pool_request('b', {'execute': 'clone',
+                                          'arguments': args})
+            self.assertIn('error', ans, args)
+        st = self.pool_request('b', {'execute': 'status'})['return']
+        self.assertEqual((st['served'], st['ready']), (0, 1))
+        self.stop_pool(pool)
+        self.assert_leftovers()
+
+    def test_pool_daemon_detached(self):
+        """A daemonized pool keeps none of the descriptors it was started
+        with and works in "/"."""
+        rfd, wfd = os.pipe()
+        try:
+            r = subprocess.run([self.tool, '--dir', self.dir, 'pool', 'b',
+                                '--daemonize'], pass_fds=(rfd,),
+                               stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True, env=self.env, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            pid = self.pool_request('b', {'execute': 'status'})['return'][
+                'pid']
+            fds = {os.readlink(f'/proc/{pid}/fd/{fd}')
+                   for fd in os.listdir(f'/proc/{pid}/fd')}
+            inherited = os.readlink(f'/proc/self/fd/{rfd}')
+            self.assertNotIn(inherited, fds)
+            self.assertEqual(os.readlink(f'/proc/{pid}/cwd'), '/')
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+            self.run_tool('stop', 'b')
+        self.assert_leftovers()
+
+    def test_qemu_output_sanitized(self):
+        """QEMU's output quoted in an error reaches the terminal without
+        its control characters."""
+        r = self.run_tool('create', 'y', '--qemu', self.qemu, '--',
+                          *self.args, '-device', 'no-such\x1b[31m')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('no-such\\x1b[31m', r.stderr)
+        self.assertNotIn('\x1b', r.stderr)
         self.assert_leftovers('y')
